@@ -1,0 +1,83 @@
+"""The `tuneassist` entry point: argument parsing and error handling, nothing heavy.
+
+Every command module is imported here, but none of them imports torch at module level, so
+`tuneassist --help` stays fast; the engine loads only inside the command that trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from tuneassist import __version__
+from tuneassist.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and where to look for the fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuneassist.cli import train_cmd
+
+    parser = OneLineParser(
+        prog="tuneassist",
+        description="Tune CNN hyperparameters with Smith's checklist: LR range test, batch size, "
+        "momentum, weight decay, then one 1cycle run.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuneassist {__version__}")
+    parser.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    train_cmd.register(sub)
+    for name in ("runs_cmd", "profile_cmd", "tune_cmd", "tui_cmd"):
+        try:
+            module = __import__(f"tuneassist.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tuneassist.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    try:
+        if func is None:
+            default = getattr(args, "default_func", None) or parser.get_default("default_func")
+            if default is None:
+                parser.print_help()
+                return 0
+            return int(default(args) or 0)
+        return int(func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # last resort: one line, the traceback only on request
+        if os.environ.get("TUNEASSIST_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (rerun with TUNEASSIST_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Terminal plots for the headless commands (plotext), downsampled to the plot width."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+
+import plotext as plt
+
+
+def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
+    """Keep about 2 points per column: plotting 100k points in a 100-column plot is wasted work."""
+    pts = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and math.isfinite(y)]
+    step = max(1, len(pts) // max(1, 2 * width))
+    pts = pts[::step]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _size(width: int | None, height: int | None) -> tuple[int, int]:
+    cols, rows = shutil.get_terminal_size((100, 30))
+    return width or min(cols, 110), height or max(12, min(rows - 8, 22))
+
+
+def plot_lines(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    vlines: dict[str, float] | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    color: bool = True,
+    ylim: tuple[float, float] | None = None,
+) -> str:
+    """Render named (x, y) series as one plot and return it as text."""
+    w, h = _size(width, height)
+    plt.clear_figure()
+    plt.plotsize(w, h)
+    plt.theme("clear" if not color else "pro")
+    if logx:
+        plt.xscale("log")
+    ymin, ymax = math.inf, -math.inf
+    for name, (xs, ys) in series.items():
+        dx, dy = downsample(xs, ys, w)
+        if not dx:
+            continue
+        ymin, ymax = min(ymin, min(dy)), max(ymax, max(dy))
+        plt.plot(dx, dy, label=name, marker="braille")
+    for name, x in (vlines or {}).items():
+        if x is not None and math.isfinite(x) and (not logx or x > 0):
+            plt.vline(x)
+            if math.isfinite(ymax):
+                plt.text(name, x=x, y=ymax)
+    if ylim is not None:
+        plt.ylim(*ylim)
+    elif math.isfinite(ymin) and ymax > ymin:
+        pad = 0.05 * (ymax - ymin)
+        plt.ylim(ymin - pad, ymax + pad)
+    plt.title(title)
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    out = plt.build()
+    plt.clear_figure()
+    return out

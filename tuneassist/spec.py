@@ -1,0 +1,141 @@
+"""The full description of one training run, shared by every layer.
+
+Pure Python (no torch) so that the CLI, the run store and the UI can build, validate and
+store specs without loading the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneassist.errors import UserError
+
+SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
+OPTIMIZERS = ("sgd", "adam")
+BUILTIN_DATA = ("synthetic", "cifar10", "cifar100")
+BUILTIN_MODELS = ("simple3", "resnet20", "resnet32", "resnet56", "resnet110", "densenet40")
+
+
+@dataclass
+class RunSpec:
+    """Every hyperparameter and setting of one run; stored verbatim by the run store."""
+
+    data: str = "synthetic"
+    model: str = "simple3"
+    data_dir: str | None = None
+    schedule: str = "onecycle"
+    # LR: constant/step use lr_max; onecycle goes lr_min -> lr_max -> lr_min -> lr_min/final_div;
+    # range tests go lr_min -> lr_max.
+    lr_min: float = 0.01
+    lr_max: float = 0.1
+    # Momentum (SGD momentum or Adam beta1): cyclical from momentum_max down to momentum_min while
+    # the LR rises, back while it falls. Equal values mean constant momentum.
+    momentum_max: float = 0.95
+    momentum_min: float = 0.85
+    weight_decay: float = 1e-4
+    wd_exclude_bn_bias: bool = False
+    nesterov: bool = False
+    optimizer: str = "sgd"
+    epochs: float = 1.0
+    steps: int | None = None  # when set, overrides epochs (range tests count steps)
+    batch_size: int = 128
+    # 1cycle shape: fraction of the run rising, and the final anneal to lr_min / final_div.
+    rise_fraction: float = 0.45
+    final_div: float = 100.0
+    # Step schedule: LR multiplied by gamma at these fractions of the run.
+    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    step_gamma: float = 0.1
+    val_fraction: float = 0.1
+    seed: int = 0
+    eval_every: int | None = None  # steps between validations; None: once per epoch
+    eval_subset: int | None = None  # validate on this many fixed val images (None: all)
+    augment: bool = True
+    device: str = "auto"
+    devices: int = 1
+    bf16: bool = True  # CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    sync_every: int = 10  # read losses back to the host every N steps
+    divergence_factor: float = 4.0
+    test: bool = True  # evaluate on the test split at the end
+    checkpoint_every: int = 0  # epochs between checkpoints (0: only at the end, if a path is given)
+    allow_import: bool = True  # allow `module:function` models
+    num_threads: int | None = None  # CPU threads for torch (None: torch default)
+
+    @property
+    def is_range_test(self) -> bool:
+        return self.schedule.startswith("range_")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def validate(self) -> RunSpec:
+        """Raise UserError for values no run could use; returns self for chaining."""
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        for name in ("lr_min", "lr_max"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise UserError(f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number")
+        if self.lr_min > self.lr_max:
+            raise UserError(
+                f"LR range reversed ({self.lr_min:g} > {self.lr_max:g}); give it low:high, e.g. --lr 0.1:1"
+            )
+        for name in ("momentum_max", "momentum_min"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                raise UserError(f"momentum {v} is outside [0, 1); use e.g. --momentum 0.95:0.85")
+        if self.momentum_min > self.momentum_max:
+            raise UserError(
+                f"momentum range reversed ({self.momentum_max:g}:{self.momentum_min:g}); give it "
+                "high:low, e.g. --momentum 0.95:0.85 (it falls while the LR rises)"
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"weight decay {self.weight_decay} is negative; use 0 or a positive value like 1e-4")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserError(f"batch size {self.batch_size} must be a positive integer, e.g. --batch-size 128")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps {self.steps} must be at least 1")
+        if self.steps is None and not (self.epochs > 0):
+            raise UserError(f"epochs {self.epochs} must be positive, e.g. --epochs 3")
+        if not (0.0 < self.val_fraction < 1.0):
+            raise UserError(f"validation fraction {self.val_fraction} must be between 0 and 1, e.g. 0.1")
+        if not (0.0 < self.rise_fraction <= 0.5):
+            raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in (0, 0.5]")
+        if self.final_div < 1:
+            raise UserError(f"1cycle final divisor {self.final_div} must be >= 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise UserError(f"eval-every {self.eval_every} must be at least 1 step")
+        if self.devices < 1:
+            raise UserError(f"devices {self.devices} must be at least 1")
+        if self.sync_every < 1:
+            raise UserError(f"sync-every {self.sync_every} must be at least 1")
+        if ":" in self.model and not self.model.startswith(":"):
+            mod, _, fn = self.model.partition(":")
+            if not mod or not fn or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+                raise UserError(
+                    f"model {self.model!r} is not a valid module:function; use e.g. --model mynets:build "
+                    "(a function taking num_classes and returning an nn.Module)"
+                )
+        elif self.model not in BUILTIN_MODELS:
+            raise UserError(
+                f"unknown model {self.model!r}; use one of {', '.join(BUILTIN_MODELS)} or module:function"
+            )
+        if not (self.data in BUILTIN_DATA or self.data.startswith("folder:")):
+            raise UserError(
+                f"unknown data set {self.data!r}; use synthetic, cifar10, cifar100 or folder:PATH"
+            )
+        return self
