@@ -89,7 +89,9 @@ class RunSpec:
         for name in ("lr_min", "lr_max"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise UserError(f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number")
+                raise UserError(
+                    f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number"
+                )
         if self.lr_min > self.lr_max:
             raise UserError(
                 f"LR range reversed ({self.lr_min:g} > {self.lr_max:g}); give it low:high, e.g. --lr 0.1:1"
@@ -104,7 +106,9 @@ class RunSpec:
                 "high:low, e.g. --momentum 0.95:0.85 (it falls while the LR rises)"
             )
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"weight decay {self.weight_decay} is negative; use 0 or a positive value like 1e-4")
+            raise UserError(
+                f"weight decay {self.weight_decay} is negative; use 0 or a positive value like 1e-4"
+            )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UserError(f"batch size {self.batch_size} must be a positive integer, e.g. --batch-size 128")
         if self.steps is not None and self.steps < 1:
@@ -125,7 +129,12 @@ class RunSpec:
             raise UserError(f"sync-every {self.sync_every} must be at least 1")
         if ":" in self.model and not self.model.startswith(":"):
             mod, _, fn = self.model.partition(":")
-            if not mod or not fn or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+            if (
+                not mod
+                or not fn
+                or not all(p.isidentifier() for p in mod.split("."))
+                or not fn.isidentifier()
+            ):
                 raise UserError(
                     f"model {self.model!r} is not a valid module:function; use e.g. --model mynets:build "
                     "(a function taking num_classes and returning an nn.Module)"
@@ -134,7 +143,7 @@ class RunSpec:
             raise UserError(
                 f"unknown model {self.model!r}; use one of {', '.join(BUILTIN_MODELS)} or module:function"
             )
-        if not (self.data in BUILTIN_DATA or self.data.startswith("folder:")):
+        if not (self.data in BUILTIN_DATA or self.data.startswith(("folder:", "synthetic:"))):
             raise UserError(
                 f"unknown data set {self.data!r}; use synthetic, cifar10, cifar100 or folder:PATH"
             )

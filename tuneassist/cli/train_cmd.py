@@ -43,13 +43,16 @@ def _posint(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="synthetic",
-                   help="synthetic (offline default), cifar10, cifar100 or folder:PATH")
+    p.add_argument(
+        "--data", default="synthetic", help="synthetic (offline default), cifar10, cifar100 or folder:PATH"
+    )
     p.add_argument("--data-dir", default=None, help="where cifar10/cifar100 files are cached")
-    p.add_argument("--model", default="simple3",
-                   help=f"{', '.join(BUILTIN_MODELS)} or module:function (your own net)")
-    p.add_argument("--allow-import", action="store_true",
-                   help="allow --model module:function to import your module")
+    p.add_argument(
+        "--model", default="simple3", help=f"{', '.join(BUILTIN_MODELS)} or module:function (your own net)"
+    )
+    p.add_argument(
+        "--allow-import", action="store_true", help="allow --model module:function to import your module"
+    )
     p.add_argument("--batch-size", type=_posint, default=128, help="total batch size (default 128)")
     p.add_argument("--wd", type=_float, default=None, help="L2 weight decay")
     p.add_argument("--wd-exclude-bn-bias", action="store_true", help="no weight decay on BN and bias")
@@ -62,28 +65,46 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
-    p.add_argument("--background", action="store_true",
-                   help="run as a background job in the run store; print its id and return")
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="run as a background job in the run store; print its id and return",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    lf = sub.add_parser("lr-find", help="LR range test: find the largest LR that still trains",
-                        description="Train briefly while the LR grows and read off the largest LR at "
-                        "which the loss still falls; prints the plot and a 1cycle range.")
+    lf = sub.add_parser(
+        "lr-find",
+        help="LR range test: find the largest LR that still trains",
+        description="Train briefly while the LR grows and read off the largest LR at "
+        "which the loss still falls; prints the plot and a 1cycle range.",
+    )
     _common(lf)
     lf.add_argument("--lr", type=_range, default=(1e-4, 10.0), help="LR range start:end (1e-4:10)")
     lf.add_argument("--mode", choices=("exp", "linear"), default="exp", help="LR growth (exp)")
-    lf.add_argument("--steps", type=_posint, default=None,
-                    help="steps of the test (default: about 4 epochs, 100..400)")
-    lf.add_argument("--momentum", type=_range, default=(0.95, 0.85),
-                    help="cyclical momentum high:low while LR rises (0.95:0.85)")
-    lf.add_argument("--eval-every", type=_posint, default=None,
-                    help="steps between validation-loss readings (default: steps/25)")
+    lf.add_argument(
+        "--steps", type=_posint, default=None, help="steps of the test (default: about 4 epochs, 100..400)"
+    )
+    lf.add_argument(
+        "--momentum",
+        type=_range,
+        default=(0.95, 0.85),
+        help="cyclical momentum high:low while LR rises (0.95:0.85)",
+    )
+    lf.add_argument(
+        "--eval-every",
+        type=_posint,
+        default=None,
+        help="steps between validation-loss readings (default: steps/25)",
+    )
     lf.add_argument("--eval-subset", type=_posint, default=1000, help="val images per reading")
     lf.set_defaults(func=cmd_lr_find)
 
-    tr = sub.add_parser("train", help="train with 1cycle, step or constant LR",
-                        description="Train a model; prints progress and the final val/test accuracy.")
+    tr = sub.add_parser(
+        "train",
+        help="train with 1cycle, step or constant LR",
+        description="Train a model; prints progress and the final val/test accuracy.",
+    )
     _common(tr)
     tr.add_argument("--profile", default=None, help="re-run a saved profile (TOML file or name)")
     tr.add_argument("--schedule", choices=("onecycle", "constant", "step"), default=None)
@@ -98,10 +119,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     kw: dict[str, Any] = dict(
-        data=args.data, data_dir=args.data_dir, model=args.model, allow_import=args.allow_import,
-        batch_size=args.batch_size, wd_exclude_bn_bias=args.wd_exclude_bn_bias, nesterov=args.nesterov,
-        optimizer=args.optimizer, seed=args.seed, val_fraction=args.val_fraction, device=args.device,
-        compile=args.compile, augment=not args.no_augment, num_threads=args.threads,
+        data=args.data,
+        data_dir=args.data_dir,
+        model=args.model,
+        allow_import=args.allow_import,
+        batch_size=args.batch_size,
+        wd_exclude_bn_bias=args.wd_exclude_bn_bias,
+        nesterov=args.nesterov,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        compile=args.compile,
+        augment=not args.no_augment,
+        num_threads=args.threads,
     )
     if args.wd is not None:
         kw["weight_decay"] = args.wd
@@ -136,26 +167,35 @@ class Progress:
         if t == "start":
             self.total, self.spe = e["total_steps"], e["steps_per_epoch"]
             self.t0 = time.perf_counter()
-            print(f"{e['train_size']} train / {e['val_size']} val / {e['test_size']} test images, "
-                  f"{e['num_classes']} classes, on {e['device']}: {self.total} steps "
-                  f"({e['epochs']:.3g} epochs of {self.spe})", file=sys.stderr)
+            print(
+                f"{e['train_size']} train / {e['val_size']} val / {e['test_size']} test images, "
+                f"{e['num_classes']} classes, on {e['device']}: {self.total} steps "
+                f"({e['epochs']:.3g} epochs of {self.spe})",
+                file=sys.stderr,
+            )
         elif t == "step":
             self.last_loss, self.ips = e["train_loss"], e["images_per_s"]
             now = time.perf_counter()
             if self.tty and now - self.last_draw > 0.25:
                 self.last_draw = now
                 loss = "nan" if self.last_loss is None else f"{self.last_loss:.4f}"
-                line = (f"epoch {e['epoch']:.2f}/{self.total / self.spe:.3g}  step {e['step'] + 1}/{self.total}"
-                        f"  loss {loss}  lr {e['lr']:.3g}  {self.ips:,.0f} img/s  ETA {self._eta(e['step'] + 1)}")
+                line = (
+                    f"epoch {e['epoch']:.2f}/{self.total / self.spe:.3g}  step {e['step'] + 1}/{self.total}"
+                    f"  loss {loss}  lr {e['lr']:.3g}  {self.ips:,.0f} img/s  ETA {self._eta(e['step'] + 1)}"
+                )
                 print("\r" + line[:150].ljust(100), end="", file=sys.stderr, flush=True)
         elif t == "eval":
             if self.tty:
                 print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
             el = time.perf_counter() - self.t0
             loss = "nan" if self.last_loss is None else f"{self.last_loss:.4f}"
-            print(f"epoch {e['epoch']:.2f}  train loss {loss}  val loss {e['val_loss']:.4f}  "
-                  f"val acc {100 * e['val_acc']:.1f}%  {self.ips:,.0f} img/s  "
-                  f"{int(el // 60)}:{int(el % 60):02d} elapsed", file=sys.stderr, flush=True)
+            print(
+                f"epoch {e['epoch']:.2f}  train loss {loss}  val loss {e['val_loss']:.4f}  "
+                f"val acc {100 * e['val_acc']:.1f}%  {self.ips:,.0f} img/s  "
+                f"{int(el // 60)}:{int(el % 60):02d} elapsed",
+                file=sys.stderr,
+                flush=True,
+            )
         elif t == "end" and self.tty:
             print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
 
@@ -171,9 +211,14 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if lr_start >= lr_end:
         raise UserError(f"LR range {lr_start:g}:{lr_end:g} must grow; give it low:high, e.g. --lr 1e-4:10")
     over: dict[str, Any] = dict(
-        schedule=f"range_{args.mode}", lr_min=lr_start, lr_max=lr_end,
-        momentum_max=args.momentum[0], momentum_min=args.momentum[1], test=False,
-        eval_subset=args.eval_subset, sync_every=5,
+        schedule=f"range_{args.mode}",
+        lr_min=lr_start,
+        lr_max=lr_end,
+        momentum_max=args.momentum[0],
+        momentum_min=args.momentum[1],
+        test=False,
+        eval_subset=args.eval_subset,
+        sync_every=5,
     )
     if args.wd is None:
         over["weight_decay"] = 1e-4
@@ -224,8 +269,9 @@ def run_lr_find(spec: RunSpec, quiet: bool = False) -> dict[str, Any]:
 
     end = train(spec, on_event=on_event)
     clean = [math.nan if v is None else v for v in losses]
-    suggestion = suggest_lr(lrs, clean, val_lrs or None, val_losses or None,
-                            diverged_at_lr=end.get("diverged_lr"))
+    suggestion = suggest_lr(
+        lrs, clean, val_lrs or None, val_losses or None, diverged_at_lr=end.get("diverged_lr")
+    )
     return {
         "spec": spec.to_dict(),
         "suggestion": suggestion.to_dict(),
@@ -247,15 +293,22 @@ def render_lr_find(result: dict[str, Any]) -> str:
     marks = {"max": s.get("max_lr"), "min": s.get("min_lr")}
     plot = plot_lines(
         {"train loss": (c["lr"], c["train_loss"]), "val loss": (c["val_lr"], c["val_loss"])},
-        title="LR range test: loss vs learning rate", xlabel="learning rate (log)", ylabel="loss",
-        logx=True, vlines=marks, ylim=ylim, color=sys.stdout.isatty(),
+        title="LR range test: loss vs learning rate",
+        xlabel="learning rate (log)",
+        ylabel="loss",
+        logx=True,
+        vlines=marks,
+        ylim=ylim,
+        color=sys.stdout.isatty(),
     )
     lines = [plot, "", s["explanation"]]
     if s.get("advice"):
         lines.append(f"Note: {s['advice']}")
     lines.append(f"Confidence: {s['confidence']}.")
-    lines.append(f"Next: tuneassist train --data {result['spec']['data']} --model {result['spec']['model']} "
-                 f"--schedule onecycle --lr {s['min_lr']:.3g}:{s['max_lr']:.3g} --momentum 0.95:0.85")
+    lines.append(
+        f"Next: tuneassist train --data {result['spec']['data']} --model {result['spec']['model']} "
+        f"--schedule onecycle --lr {s['min_lr']:.3g}:{s['max_lr']:.3g} --momentum 0.95:0.85"
+    )
     return "\n".join(lines)
 
 
@@ -265,7 +318,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from tuneassist.profiles import find_profile, profile_to_runspec
 
         base = profile_to_runspec(find_profile(args.profile, getattr(args, "workspace", None)))
-        over = {k: v for k, v in base.to_dict().items() if k not in ("device", "seed", "num_threads", "compile")}
+        over = {
+            k: v for k, v in base.to_dict().items() if k not in ("device", "seed", "num_threads", "compile")
+        }
         args.allow_import = args.allow_import or False
     schedule = args.schedule or over.get("schedule", "onecycle")
     over["schedule"] = schedule
@@ -306,20 +361,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     end = train(spec, on_event=Progress(args.json))
     summary = {
-        "outcome": end["outcome"], "val_loss": end["val_loss"], "val_acc": end["val_acc"],
-        "test_loss": end["test_loss"], "test_acc": end["test_acc"], "epochs": end["epoch"],
-        "steps": end["step"], "wall_time": end["wall_time"], "images_per_s": end["images_per_s"],
+        "outcome": end["outcome"],
+        "val_loss": end["val_loss"],
+        "val_acc": end["val_acc"],
+        "test_loss": end["test_loss"],
+        "test_acc": end["test_acc"],
+        "epochs": end["epoch"],
+        "steps": end["step"],
+        "wall_time": end["wall_time"],
+        "images_per_s": end["images_per_s"],
     }
     if args.json:
         print(json.dumps(summary))
         return 0 if end["outcome"] == "finished" else 1
     if end["outcome"] == "diverged":
-        print(f"diverged: {end['reason']}. Lower the LR (e.g. --lr {spec.lr_min / 3:.3g}:{spec.lr_max / 3:.3g}) "
-              "or run `tuneassist lr-find` to find the largest LR that trains.")
+        print(
+            f"diverged: {end['reason']}. Lower the LR (e.g. --lr {spec.lr_min / 3:.3g}:{spec.lr_max / 3:.3g}) "
+            "or run `tuneassist lr-find` to find the largest LR that trains."
+        )
         return 1
     acc = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    print(f"{end['outcome']}: {end['epoch']:.3g} epochs in {end['wall_time']:.1f} s "
-          f"({end['images_per_s']:,.0f} img/s). val loss {end['val_loss']:.4f}, val acc {acc(end['val_acc'])}; "
-          f"test loss {end['test_loss'] if end['test_loss'] is None else round(end['test_loss'], 4)}, "
-          f"test acc {acc(end['test_acc'])}")
+    print(
+        f"{end['outcome']}: {end['epoch']:.3g} epochs in {end['wall_time']:.1f} s "
+        f"({end['images_per_s']:,.0f} img/s). val loss {end['val_loss']:.4f}, val acc {acc(end['val_acc'])}; "
+        f"test loss {end['test_loss'] if end['test_loss'] is None else round(end['test_loss'], 4)}, "
+        f"test acc {acc(end['test_acc'])}"
+    )
     return 0

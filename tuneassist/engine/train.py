@@ -244,8 +244,15 @@ def train(
     def do_eval(step: int, loader: DeviceLoader) -> None:
         nonlocal last_val
         last_val = _evaluate(run_model, loader, amp)
-        emit({"type": "eval", "step": step, "epoch": step / steps_per_epoch,
-              "val_loss": last_val[0], "val_acc": last_val[1]})
+        emit(
+            {
+                "type": "eval",
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "val_loss": last_val[0],
+                "val_acc": last_val[1],
+            }
+        )
 
     t_start = time.perf_counter()
     train_time = 0.0
@@ -270,8 +277,17 @@ def train(
         ips = len(pending) * spec.batch_size / elapsed if elapsed > 0 else 0.0
         blown = False
         for (s, lr, mom, _), loss in zip(pending, losses, strict=True):
-            emit({"type": "step", "step": s, "epoch": s / steps_per_epoch, "lr": lr, "momentum": mom,
-                  "train_loss": loss if math.isfinite(loss) else None, "images_per_s": ips})
+            emit(
+                {
+                    "type": "step",
+                    "step": s,
+                    "epoch": s / steps_per_epoch,
+                    "lr": lr,
+                    "momentum": mom,
+                    "train_loss": loss if math.isfinite(loss) else None,
+                    "images_per_s": ips,
+                }
+            )
             if monitor.update(loss):
                 diverged_at, diverged_lr, blown = s, lr, True
                 break

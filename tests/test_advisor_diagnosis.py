@@ -1,0 +1,102 @@
+"""Under-/over-fitting diagnosis on synthetic curves whose kind is known by construction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tuneassist.advisor.diagnosis import diagnose
+
+STEPS = np.arange(0, 1000, 10)
+VSTEPS = np.arange(50, 1001, 50)
+CURRENT = {"lr_max": 0.4, "weight_decay": 1e-4, "batch_size": 128}
+
+
+def train_curve(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 2.3 * np.exp(-STEPS / 300) + 0.3 + 0.05 * rng.standard_normal(len(STEPS))
+
+
+def jitter(scale: float, seed: int = 1) -> np.ndarray:
+    return scale * np.random.default_rng(seed).standard_normal(len(VSTEPS))
+
+
+def test_underfitting_when_val_loss_still_falls() -> None:
+    val = 2.3 * np.exp(-VSTEPS / 600) + 0.5 + jitter(0.005)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    assert d.kind == "underfitting"
+    assert d.evidence["val_change_rel"] < -0.02
+    assert "raise the max LR to 0.8 (from 0.4)" in d.remedy and "lower WD to 3e-5 (from 1e-4)" in d.remedy
+    assert d.window == (700, 1000)
+
+
+def test_overfitting_when_val_rises_while_train_falls() -> None:
+    val = np.where(VSTEPS <= 400, 2.3 * np.exp(-VSTEPS / 100) + 1.0, 1.0 + 0.5 * ((VSTEPS - 400) / 600) ** 2)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val + jitter(0.005), current=CURRENT)
+    assert d.kind == "overfitting"
+    assert d.evidence["val_change_rel"] > 0.02 and d.evidence["train_change_rel"] < 0
+    assert "raise WD to 3e-4 (from 1e-4)" in d.remedy
+    assert "Overfitting" in d.explanation and "train/val gap" in d.explanation
+
+
+def test_good_fit_when_val_flattens() -> None:
+    val = 0.8 + 1.5 * np.exp(-VSTEPS / 100) + jitter(0.005)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val)
+    assert d.kind == "good_fit" and d.remedy == "Keep these values."
+    assert abs(d.evidence["val_change_rel"]) < 0.02
+
+
+def test_too_noisy_to_tell() -> None:
+    val = 0.8 + 1.5 * np.exp(-VSTEPS / 100) + jitter(0.15, seed=3)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    assert d.kind == "too_noisy"
+    assert "raise TBS to 256 (from 128)" in d.remedy
+
+
+def test_nan_is_diverged_with_the_step() -> None:
+    t = train_curve()
+    t[50:] = np.nan
+    d = diagnose(STEPS, t, VSTEPS, 0.8 + 1.5 * np.exp(-VSTEPS / 100), current=CURRENT)
+    assert d.kind == "diverged" and d.evidence["diverged_at_step"] == 500
+    assert "lower the max LR to 0.1 (from 0.4)" in d.remedy
+
+
+def test_none_losses_count_as_blown_up() -> None:
+    val = list(0.8 + 1.5 * np.exp(-VSTEPS / 100))
+    val[-1] = None
+    d = diagnose(STEPS, train_curve(), VSTEPS, val)
+    assert d.kind == "diverged" and d.evidence["diverged_at_step"] == 1000
+
+
+def test_blow_up_without_nan_is_diverged() -> None:
+    val = np.where(VSTEPS < 600, 2.0 - VSTEPS / 600, 1.0 + (VSTEPS - 600) / 40.0)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val)
+    assert d.kind == "diverged"
+
+
+def test_both_rising_is_unstable() -> None:
+    train = np.where(STEPS < 600, 2.0 - STEPS / 600, 1.0 + (STEPS - 600) / 400)
+    val = np.where(VSTEPS < 600, 2.1 - VSTEPS / 600, 1.1 + (VSTEPS - 600) / 400)
+    d = diagnose(STEPS, train, VSTEPS, val)
+    assert d.kind == "diverged" and d.evidence.get("unstable")
+
+
+def test_too_short() -> None:
+    d = diagnose(STEPS, train_curve(), VSTEPS[:3], [2.0, 1.5, 1.2])
+    assert d.kind == "too_short"
+
+
+def test_without_train_curve_and_without_current_values() -> None:
+    val = 2.3 * np.exp(-VSTEPS / 600) + 0.5
+    d = diagnose([], [], VSTEPS, val, val_acc=np.linspace(0.3, 0.7, len(VSTEPS)))
+    assert d.kind == "underfitting"
+    assert "raise the max LR (x2.0)" in d.remedy
+    assert d.evidence["gap"] is None and d.evidence["val_acc_last"] == pytest.approx(0.7)
+    assert json.loads(json.dumps(d.to_dict()))["kind"] == "underfitting"
+
+
+def test_mismatched_lengths() -> None:
+    with pytest.raises(ValueError):
+        diagnose([1, 2], [1.0], [1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0])

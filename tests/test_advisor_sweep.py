@@ -1,0 +1,201 @@
+"""Sweep ranking (momentum, WD, TBS) and the candidate grids, on curves with known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tuneassist.advisor.sweep import (
+    SweepCandidate,
+    TieRule,
+    batch_size_candidates,
+    momentum_candidates,
+    rank_sweep,
+    refine_between,
+    rescale_lr_for_batch,
+    tie_rule_for,
+    value_label,
+    weight_decay_grid,
+)
+
+STEPS = np.arange(60, 1201, 60)
+
+
+def val_curve(final: float, noise: float = 0.01, seed: int = 0, steps: np.ndarray = STEPS) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return final + 1.3 * np.exp(-steps / 250) + noise * rng.standard_normal(len(steps))
+
+
+def acc_curve(final: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed + 100)
+    return final - 0.5 * np.exp(-STEPS / 250) + 0.003 * rng.standard_normal(len(STEPS))
+
+
+# -- grids ---------------------------------------------------------------------------------------
+
+
+def test_weight_decay_grids_follow_the_paper() -> None:
+    assert weight_decay_grid("shallow") == [1e-2, 1e-3, 1e-4]
+    assert weight_decay_grid("deep") == [1e-4, 1e-5, 1e-6, 0.0]
+    with pytest.raises(ValueError):
+        weight_decay_grid("medium")
+
+
+def test_refine_between() -> None:
+    assert refine_between(1e-4, 1e-5) == pytest.approx(3e-5)
+    assert refine_between(1e-5, 1e-4) == pytest.approx(3e-5)
+    assert refine_between(1e-3, 1e-2) == pytest.approx(3e-3)
+    assert refine_between(0.0, 1e-6) == pytest.approx(3e-7)
+    assert refine_between(1e-4, 2e-4) == pytest.approx(1.4e-4)  # 1 digit would hit an end: 2 digits
+    with pytest.raises(ValueError):
+        refine_between(1e-4, 1e-4)
+
+
+def test_momentum_candidates() -> None:
+    m = momentum_candidates()
+    assert (0.95, 0.85) in m and {(0.99, 0.99), (0.97, 0.97), (0.95, 0.95), (0.9, 0.9)} <= set(m)
+    assert (0.9, 0.85) in momentum_candidates("densenet40")
+    assert [value_label("momentum", x) for x in ((0.95, 0.85), (0.9, 0.9))] == ["0.95–0.85", "0.9"]
+
+
+def test_batch_size_candidates() -> None:
+    assert batch_size_candidates(1400, 1) == [256, 512, 1024]
+    assert batch_size_candidates(None, 1, train_size=9000, count=2) == [128, 256]
+    assert batch_size_candidates(96, 4) == [64, 128, 256]  # fits 96 per device, 4 devices
+    assert all(t % 3 == 0 for t in batch_size_candidates(100, 3))
+
+
+def test_rescale_lr_for_batch() -> None:
+    lr, reason = rescale_lr_for_batch(0.4, 128, 512)
+    assert lr == pytest.approx(1.6)
+    assert "linear scaling" in reason and "128 → 512" in reason
+    assert rescale_lr_for_batch(0.4, 256, 256).lr == 0.4
+
+
+# -- ranking -------------------------------------------------------------------------------------
+
+
+def wd_candidates(finals: list[tuple[float, float]], noise: float = 0.01) -> list[dict]:
+    return [
+        {"value": v, "steps": STEPS, "val_loss": val_curve(f, noise, seed=i)}
+        for i, (v, f) in enumerate(finals)
+    ]
+
+
+def test_clear_winner() -> None:
+    r = rank_sweep("weight_decay", wd_candidates([(1e-4, 1.21), (1e-5, 1.30), (1e-6, 1.35), (0.0, 1.40)]))
+    assert r.winner == 1e-4 and r.metric == "val_loss" and r.axis == "step"
+    assert r.decision_at == pytest.approx(0.9 * 1200)
+    assert r.explanation.startswith("WD 1e-4: lowest val loss at step 1080 (1.2")
+    assert "1e-5" in r.explanation and "larger than the noise" in r.explanation
+    assert [row.rank for row in r.rows] == [1, 2, 3, 4]
+    assert not any(row.tie for row in r.rows)
+    assert json.loads(json.dumps(r.to_dict()))["winner"] == 1e-4
+
+
+def test_tie_goes_to_the_larger_wd_for_resnets() -> None:
+    """3e-5 is lowest but within noise of 1e-4: the stated rule picks the larger value."""
+    r = rank_sweep(
+        "weight_decay", wd_candidates([(1e-4, 1.225), (3e-5, 1.21), (1e-5, 1.40)], 0.02), model="resnet56"
+    )
+    assert r.winner == 1e-4
+    assert "within noise of the lowest" in r.explanation and "a tie within noise" in r.explanation
+    assert "larger value is preferred as the paper advises for ResNets" in r.explanation
+    tied = {row.label for row in r.rows if row.tie}
+    assert tied == {"3e-5"}
+
+
+def test_tie_goes_to_the_smaller_wd_for_densenet() -> None:
+    r = rank_sweep(
+        "weight_decay", wd_candidates([(1e-4, 1.21), (1e-6, 1.22), (1e-3, 1.6)], 0.02), model="densenet40"
+    )
+    assert r.winner == 1e-6 and "smaller value is preferred" in r.explanation
+
+
+def test_accuracy_decides_when_loss_ties() -> None:
+    cands = [
+        {"value": 1e-4, "steps": STEPS, "val_loss": val_curve(1.22, 0.02, 0), "val_acc": acc_curve(0.70, 0)},
+        {"value": 1e-5, "steps": STEPS, "val_loss": val_curve(1.21, 0.02, 1), "val_acc": acc_curve(0.75, 1)},
+        {"value": 1e-6, "steps": STEPS, "val_loss": val_curve(1.50, 0.02, 2), "val_acc": acc_curve(0.60, 2)},
+    ]
+    r = rank_sweep("weight_decay", cands, model="resnet56")
+    assert r.winner == 1e-5 and r.metric == "val_acc"
+    assert "val loss did not separate" in r.explanation and "so val accuracy decided: 74" in r.explanation
+
+
+def test_forced_accuracy_metric() -> None:
+    cands = [
+        {"value": 1e-4, "steps": STEPS, "val_loss": val_curve(1.2, 0.01, 0), "val_acc": acc_curve(0.70, 0)},
+        {"value": 1e-6, "steps": STEPS, "val_loss": val_curve(1.3, 0.01, 1), "val_acc": acc_curve(0.78, 1)},
+    ]
+    r = rank_sweep("weight_decay", cands, metric="val_acc")
+    assert r.winner == 1e-6 and r.metric == "val_acc" and "highest val accuracy" in r.explanation
+
+
+def test_diverged_candidates_are_excluded_and_named() -> None:
+    cands = [
+        SweepCandidate((0.99, 0.99), STEPS, val_curve(1.5, seed=0)),
+        SweepCandidate((0.95, 0.85), STEPS, val_curve(1.22, 0.02, seed=1)),
+        SweepCandidate((0.9, 0.9), STEPS, val_curve(1.21, 0.02, seed=2)),
+    ]
+    cands[0].val_loss[10:] = np.nan
+    r = rank_sweep("momentum", cands)
+    assert r.winner == (0.95, 0.85)  # tie with 0.9: cyclical preferred
+    assert "cyclical momentum is preferred" in r.explanation and "0.99 diverged" in r.explanation
+    assert r.rows[0].status == "diverged" and r.rows[0].rank is None and r.rows[0].diagnosis == "diverged"
+
+
+def test_all_diverged_gives_no_winner() -> None:
+    cands = [SweepCandidate(w, STEPS, val_curve(1.2), diverged=True) for w in (1e-2, 1e-3)]
+    r = rank_sweep("weight_decay", cands)
+    assert r.winner is None and "lower the max LR" in r.explanation
+
+
+def test_runs_in_progress_are_compared_at_equal_progress() -> None:
+    """The decision point is a fraction of the shortest curve, so a longer run gains no advantage."""
+    long = val_curve(1.0, 0.005, seed=0)  # full length: its later points are lower
+    short_steps = STEPS[:10]
+    short = val_curve(1.0, 0.005, seed=1, steps=short_steps) - 0.05
+    r = rank_sweep(
+        "weight_decay",
+        [
+            {"value": 1e-4, "steps": STEPS, "val_loss": long},
+            {"value": 1e-5, "steps": short_steps, "val_loss": short},
+        ],
+    )
+    assert r.decision_at == pytest.approx(0.9 * 600)
+    assert r.winner == 1e-5
+
+
+def test_batch_sizes_compare_by_epoch() -> None:
+    def run(tbs: int, final: float, seed: int) -> dict:
+        spe = 45000 // tbs
+        steps = np.arange(1, 21) * spe // 4  # 5 epochs, 4 evals per epoch
+        return {
+            "value": tbs,
+            "steps": steps,
+            "epochs": steps / spe,
+            "val_loss": val_curve(final, 0.01, seed, STEPS),
+        }
+
+    r = rank_sweep("batch_size", [run(256, 1.30, 0), run(512, 1.20, 1), run(1024, 1.25, 2)])
+    assert r.axis == "epoch" and r.winner == 512
+    assert "at epoch 4.5" in r.explanation
+
+
+def test_tie_rules_are_stated() -> None:
+    assert tie_rule_for("batch_size").prefer == "larger"
+    assert tie_rule_for("weight_decay", "simple3").prefer == "larger"
+    assert tie_rule_for("weight_decay", "densenet40").prefer == "smaller"
+    rule = TieRule("smaller", "custom reason")
+    r = rank_sweep("weight_decay", wd_candidates([(1e-4, 1.21), (1e-5, 1.211)], 0.02), tie_rule=rule)
+    assert r.winner == 1e-5 and "custom reason" in r.explanation
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        rank_sweep("weight_decay", wd_candidates([(1e-4, 1.2)]), metric="loss")
+    with pytest.raises(ValueError):
+        rank_sweep("weight_decay", wd_candidates([(1e-4, 1.2), (1e-5, 1.3)]), metric="val_acc")

@@ -1,0 +1,295 @@
+"""The checklist state machine, driven end to end by a simulated engine with known best values.
+
+The simulator stands in for training (the state machine is pure): it turns each proposed RunSpec
+into engine-shaped events whose curves encode a known optimum (max LR about 0.5 at TBS 128, TBS 256,
+cyclical momentum, WD near 1e-3), so the test checks that the checklist finds it step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tuneassist.advisor.checklist import BUDGETS, STEPS, Checklist, RunCurves
+from tuneassist.errors import UserError
+from tuneassist.spec import RunSpec
+
+N_TRAIN = 9000
+
+
+def simulate(spec: RunSpec, seed: int = 0, flat: bool = False) -> list[dict]:
+    """Engine-like events for `spec` (start, step, eval, end)."""
+    rng = np.random.default_rng(seed)
+    spe = N_TRAIN // spec.batch_size
+    total = spec.steps if spec.steps is not None else max(1, round(spec.epochs * spe))
+    ev: list[dict] = [{"type": "start", "total_steps": total, "steps_per_epoch": spe}]
+    if spec.is_range_test:
+        lrs = spec.lr_min * (spec.lr_max / spec.lr_min) ** (np.arange(total) / max(1, total - 1))
+        lx = np.log10(lrs)
+        m, d = math.log10(0.5), math.log10(1.5)
+        if flat:
+            loss = 2.3 + 0.02 * rng.standard_normal(total)
+        else:
+            loss = 2.3 - 1.8 / (1 + np.exp(-(lx - (m - 1.2)) / 0.3))
+            at_m = 2.3 - 1.8 / (1 + np.exp(-1.2 / 0.3))
+            loss = np.where(lx <= m, loss, at_m * (1 + 3 * ((lx - m) / (d - m)) ** 2))
+            loss = loss + 0.03 * rng.standard_normal(total)
+        for i in range(total):
+            if not flat and lx[i] > d:
+                ev.append(
+                    {"type": "end", "outcome": "diverged", "diverged_lr": float(lrs[i]), "epoch": i / spe}
+                )
+                return ev
+            ev.append(
+                {
+                    "type": "step",
+                    "step": i,
+                    "epoch": i / spe,
+                    "lr": float(lrs[i]),
+                    "train_loss": float(loss[i]),
+                }
+            )
+            if spec.eval_every and (i + 1) % spec.eval_every == 0:
+                ev.append(
+                    {
+                        "type": "eval",
+                        "step": i + 1,
+                        "epoch": (i + 1) / spe,
+                        "val_loss": float(loss[i] + 0.1),
+                        "val_acc": 0.5,
+                    }
+                )
+        ev.append({"type": "end", "outcome": "finished", "diverged_lr": None, "epoch": total / spe})
+        return ev
+
+    # A 1cycle run: the final val loss depends on the distance from the known optimum.
+    pen = 0.08 * abs(math.log2(spec.batch_size / 256))
+    pen += 0.1 * abs(math.log10(max(spec.weight_decay, 1e-6) / 1.5e-3))
+    mom = {(0.95, 0.85): 0.0, (0.9, 0.9): 0.05, (0.95, 0.95): 0.1, (0.97, 0.97): 0.15}
+    key = (round(spec.momentum_max, 2), round(spec.momentum_min, 2))
+    diverge = key == (0.99, 0.99)
+    pen += mom.get(key, 0.0)
+    lr_ok = 0.5 * spec.batch_size / 128
+    pen += 0.1 * abs(math.log10(spec.lr_max / lr_ok))
+    final = 1.0 + pen
+    for i in range(total):
+        frac = (i + 1) / total
+        ev.append(
+            {
+                "type": "step",
+                "step": i,
+                "epoch": i / spe,
+                "lr": spec.lr_max,
+                "train_loss": final - 0.2 + 1.3 * math.exp(-4 * frac),
+            }
+        )
+        if (i + 1) % (spec.eval_every or spe) == 0:  # the engine evaluates every epoch by default
+            v = (
+                math.nan
+                if diverge and frac > 0.3
+                else final + 1.3 * math.exp(-4 * frac) + 0.002 * rng.standard_normal()
+            )
+            ev.append(
+                {"type": "eval", "step": i + 1, "epoch": (i + 1) / spe, "val_loss": v, "val_acc": 0.9 - pen}
+            )
+    out = "diverged" if diverge else "finished"
+    end = {
+        "type": "end",
+        "outcome": out,
+        "epoch": total / spe,
+        "diverged_lr": None,
+        "val_loss": final,
+        "val_acc": 0.9 - pen,
+        "test_loss": final,
+        "test_acc": 0.88 - pen,
+    }
+    ev.append(end)
+    return ev
+
+
+def run_step(cl: Checklist, launched: list[str], flat_range: bool = False):
+    prop = cl.propose()
+    events = {}
+    for cand in prop.candidates:
+        run_id = f"r{len(launched) + 1}"
+        launched.append(run_id)
+        cl.attach_run(prop.step, cand.key, run_id)
+        events[run_id] = simulate(cand.spec, seed=len(launched), flat=flat_range and prop.step == "lr_range")
+    return prop, events
+
+
+def drive(cl: Checklist, store: dict[str, list[dict]], launched: list[str], flat_first_range: bool = False):
+    """The autopilot loop from the module docstring; returns the recommendations accepted."""
+    accepted = []
+    flat = flat_first_range
+    while not cl.done:
+        prop, events = run_step(cl, launched, flat_range=flat)
+        flat = False
+        store.update(events)
+        curves = {k: RunCurves.from_events(store[rid], rid) for k, rid in cl.runs[prop.step].items()}
+        rec = cl.recommend(prop.step, curves)
+        json.dumps(rec.to_dict())
+        if rec.needs_more_runs:
+            continue
+        assert rec.ok, rec.reason
+        cl.accept(rec)
+        accepted.append(rec)
+    return accepted
+
+
+def test_quick_budget_fits_ten_minutes_on_cpu() -> None:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    est = cl.estimate_seconds(images_per_s=1500.0, overhead_s=5.0)
+    assert est["total"] < 600, est
+    runs = sum(len(cl.candidate_list(s)) for s in STEPS) + 1  # + the WD refinement
+    assert runs <= 14
+    spec = cl.final_spec()
+    assert spec.epochs == BUDGETS["quick"].final_epochs and spec.test and spec.schedule == "onecycle"
+    base = cl.baseline_spec()
+    assert (base.schedule, base.lr_max, base.momentum_max, base.weight_decay) == ("constant", 0.01, 0.9, 0.0)
+    assert base.epochs == spec.epochs and base.batch_size == spec.batch_size
+
+
+def test_paper_budget_uses_the_paper_epochs() -> None:
+    assert Checklist(data="cifar10", model="resnet56", budget="paper").final_spec().epochs == 95
+    assert Checklist(data="cifar10", model="densenet40", budget="paper").final_spec().epochs == 100
+    cl = Checklist(data="cifar10", model="resnet20", budget="quick")
+    assert cl.final_spec().epochs == 3  # capped by images: 150k / 45k
+    assert cl.values["batch_size"] == 512 and cl.short_epochs() == pytest.approx(0.44)
+
+
+def test_full_checklist_finds_the_known_optimum() -> None:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick", session_id="s1")
+    store: dict[str, list[dict]] = {}
+    launched: list[str] = []
+    drive(cl, store, launched)
+    assert cl.done and len(launched) == 13
+    d = cl.decisions
+    assert 0.2 <= d["lr_range"].value["lr_max"] <= 0.8 and d["lr_range"].value["tbs"] == 128
+    assert d["batch_size"].value == 256
+    lo, hi = cl.effective_lr()
+    assert hi == pytest.approx(2 * d["lr_range"].value["lr_max"])  # linear scaling 128 -> 256
+    assert "linear scaling" in d["batch_size"].reason
+    assert d["momentum"].value == [0.95, 0.85]
+    assert d["weight_decay"].value == pytest.approx(1e-3)
+    assert "wd_refine" in cl.runs["weight_decay"]  # the refinement ran (3e-3, between 1e-3 and 1e-2)
+    assert cl.final["test_acc"] is not None
+    spec = cl.final_spec()
+    assert (spec.batch_size, spec.momentum_max, spec.momentum_min, spec.weight_decay) == (
+        256,
+        0.95,
+        0.85,
+        1e-3,
+    )
+    text = cl.summary_text()
+    assert "LR range test" in text and "Weight decay" in text and "1e-3" in text
+    prov = cl.provenance()
+    assert prov["session"] == "s1" and len(prov["runs"]) == 13 and len(prov["decisions"]) == 5
+
+
+def test_state_survives_a_json_round_trip_mid_session() -> None:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    store: dict[str, list[dict]] = {}
+    launched: list[str] = []
+    for _ in range(2):
+        prop, events = run_step(cl, launched)
+        store.update(events)
+        rec = cl.recommend(prop.step, {k: store[r] for k, r in cl.runs[prop.step].items()})
+        cl.accept(rec)
+    cl2 = Checklist.from_dict(json.loads(json.dumps(cl.to_dict())))
+    assert cl2.current_step == "momentum" and cl2.values == cl.values
+    assert cl2.decisions["batch_size"].value == cl.decisions["batch_size"].value
+    assert [c.spec for c in cl2.propose().candidates] == [c.spec for c in cl.propose().candidates]
+    drive(cl2, store, launched)
+    assert cl2.done
+
+
+def test_changing_an_earlier_value_marks_later_decisions_stale() -> None:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    drive(cl, {}, [])
+    cl.override("lr_range", (0.05, 0.5), reason="from an older range test")
+    assert [cl.decisions[s].stale for s in STEPS] == [False, True, True, True, True]
+    assert cl.current_step == "batch_size" and not cl.done
+    assert "batch_size" not in cl.runs  # the old runs no longer fit: they are re-proposed
+    prop = cl.propose()
+    assert {c.spec.lr_max for c in prop.candidates} == {0.5, 1.0}  # TBS 128 and 256, linear scaling
+    assert any(h["event"] == "stale" for h in cl.history)
+    # Re-deciding with the same value keeps later decisions as they are.
+    cl2 = Checklist(data="synthetic", model="simple3", budget="quick")
+    drive(cl2, {}, [])
+    cl2.override("weight_decay", cl2.decisions["weight_decay"].value)
+    assert not cl2.decisions["final"].stale
+
+
+def test_range_test_that_cannot_be_read_is_retried() -> None:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    store: dict[str, list[dict]] = {}
+    launched: list[str] = []
+    prop, events = run_step(cl, launched, flat_range=True)
+    store.update(events)
+    rec = cl.recommend("lr_range", {k: store[r] for k, r in cl.runs["lr_range"].items()})
+    assert rec.needs_more_runs and not rec.ok and "flat" in rec.detail["failure"]
+    prop2 = cl.propose()
+    assert [c.key for c in prop2.candidates] == ["range2"]
+    assert prop2.candidates[0].spec.lr_max > prop.candidates[0].spec.lr_max
+    prop2, events = run_step(cl, launched)
+    store.update(events)
+    rec = cl.recommend("lr_range", {k: store[r] for k, r in cl.runs["lr_range"].items()})
+    assert rec.ok and not rec.needs_more_runs and rec.value["lr_max"] > 0
+
+
+def test_overrides_are_checked() -> None:
+    cl = Checklist(data="synthetic", model="simple3")
+    for step, bad in [
+        ("lr_range", (1.0, 0.1)),
+        ("lr_range", (-1.0, 0.1)),
+        ("batch_size", 0),
+        ("batch_size", 12.5),
+        ("momentum", 1.2),
+        ("momentum", (0.85, 0.95)),
+        ("weight_decay", -1e-4),
+        ("final", {}),
+    ]:
+        with pytest.raises(UserError):
+            cl.override(step, bad)
+    assert cl.override("momentum", 0.9).value == [0.9, 0.9]
+    assert cl.override("batch_size", 64).label == "64"
+
+
+def test_unknown_inputs_are_user_errors() -> None:
+    with pytest.raises(UserError):
+        Checklist(data="synthetic", model="vgg16")
+    with pytest.raises(UserError):
+        Checklist(data="mnist", model="simple3")
+    with pytest.raises(UserError):
+        Checklist(data="synthetic", model="simple3", budget="huge")
+    cl = Checklist(data="synthetic", model="simple3")
+    with pytest.raises(UserError):
+        cl.attach_run("momentum", "nope", "r1")
+    with pytest.raises(UserError):
+        cl.recommend("momentum", {})
+
+
+def test_edited_candidates() -> None:
+    cl = Checklist(data="synthetic", model="resnet20", budget="quick")
+    cl.set_candidates("weight_decay", [1e-4, 3e-5])
+    assert [c.value for c in cl.propose("weight_decay").candidates] == [1e-4, 3e-5]
+    with pytest.raises(UserError):
+        cl.set_candidates("weight_decay", [-1])
+
+
+def test_run_curves_from_engine_events() -> None:
+    events = [
+        {"type": "start", "total_steps": 4, "steps_per_epoch": 2},
+        {"type": "step", "step": 0, "epoch": 0.0, "lr": 0.1, "train_loss": 2.0},
+        {"type": "step", "step": 1, "epoch": 0.5, "lr": 0.2, "train_loss": None},
+        {"type": "eval", "step": 2, "epoch": 1.0, "val_loss": 1.5, "val_acc": 0.4},
+        {"type": "end", "outcome": "diverged", "diverged_lr": 0.2},
+    ]
+    c = RunCurves.from_events(events, "r9")
+    assert c.steps == [0, 1] and math.isnan(c.train_loss[1]) and c.eval_epochs == [1.0]
+    assert c.outcome == "diverged" and c.diverged_lr == 0.2 and c.steps_per_epoch == 2
+    assert c.eval_lrs() == [0.2]

@@ -1,0 +1,395 @@
+"""Screens of the TUI on a seeded, recorded store: no training, the rendered text is checked.
+
+The store is filled the way workers fill it (runs with their summary columns, metric rows written by
+MetricWriter), with curves shaped like real ones: a range test that falls, bottoms out and diverges;
+momentum candidates whose validation losses separate; a failed run with its error; a running run.
+Each screen is rendered at 80x24 and 100x30 and its text (what a terminal would show) is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from tuneassist.runs.store import MetricWriter, Store
+from tuneassist.session import TuningSession
+from tuneassist.tui.app import TuneApp
+from tuneassist.tui.chart import Chart, Series, VLine, render_chart
+from tuneassist.tui.widgets import PlotView
+
+SIZES = [(80, 24), (100, 30)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared with test_tui_pilot.py
+
+
+def screen_text(app: TuneApp) -> str:
+    """The screen as plain text, as a terminal would show it (the SVG screenshot's text)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+async def wait_for(pilot: Any, cond: Any, timeout: float, what: str, app: TuneApp | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await pilot.pause(0.2)
+    extra = ""
+    if app is not None:
+        extra = "\n" + screen_text(app)
+        for log in sorted((app.store.workspace / "runs").glob("*/worker.log")):
+            extra += f"\n--- {log}\n{log.read_text()[-2000:]}"
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A recorded store
+
+
+def _record(
+    store: Store,
+    session: TuningSession,
+    step: str,
+    key: str,
+    label: str,
+    spec: dict[str, Any],
+    train: list[tuple[int, float, float, float]],  # (step, epoch, lr, loss)
+    evals: list[tuple[int, float, float]],  # (step, val loss, val acc)
+    status: str,
+    outcome: dict[str, Any] | None = None,
+    error: str | None = None,
+    total_steps: int | None = None,
+) -> int:
+    rid = store.add_run(spec, kind=f"{step}:{label}", session_id=session.id)
+    now = time.time()
+    w = MetricWriter(store, rid, background=False)
+    for s, ep, lr, loss in train:
+        w.add_train(s, epoch=ep, lr=lr, momentum=0.9, train_loss=loss, images_per_s=1480.0, wall=0.01 * s)
+    for s, vl, va in evals:
+        w.add_eval(s, val_loss=vl, val_acc=va)
+    w.flush(final=True)
+    fields: dict[str, Any] = dict(
+        status=status,
+        attempt=1,
+        device="cpu",
+        started=now - 60,
+        info={"type": "start", "total_steps": total_steps or (train[-1][0] + 1 if train else 0),
+              "steps_per_epoch": 33, "start_step": 0},
+    )  # fmt: skip
+    if status == "running":
+        fields.update(heartbeat=now + 3600, pid=None)  # alive for as long as the test needs
+    else:
+        fields.update(ended=now, outcome=outcome, error=error)
+    store.update_run(rid, **fields)
+    session.checklist.attach_run(step, key, str(rid))
+    session.save()
+    return rid
+
+
+def range_curve(n: int = 300, lo: float = 1e-4, hi: float = 10.0) -> tuple[list, list]:
+    """A range test that falls from 2.3, bottoms out near LR 0.5 and blows up past 3 (diverged at 4.1)."""
+    rng = np.random.default_rng(0)
+    lrs = lo * (hi / lo) ** (np.arange(n) / (n - 1))
+    x = np.log10(lrs)
+    loss = 2.3 - 1.1 / (1 + np.exp(-(x + 1.6) * 3)) + np.where(x > 0.2, (x - 0.2) ** 2 * 12, 0)
+    loss = loss + rng.normal(0, 0.02, n)
+    stop = int(np.argmax(lrs > 4.1))
+    train = [(i, i / 33, float(lrs[i]), float(loss[i])) for i in range(stop)]
+    evals = [(i, float(loss[i] + 0.05), 0.2 + 0.4 * (2.3 - loss[i]) / 1.1) for i in range(14, stop, 15)]
+    return train, evals
+
+
+def sweep_curve(level: float, n: int = 66, every: int = 7, seed: int = 0) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    train = [(i, i / 33, 0.05, float(2.3 * math.exp(-i / 30) + level + rng.normal(0, 0.02))) for i in range(n)]
+    evals = [
+        (i, float(2.3 * math.exp(-i / 30) + level + 0.1), float(min(0.95, 0.3 + i / 100 - level / 4)))
+        for i in range(every - 1, n, every)
+    ]
+    return train, evals
+
+
+def seed_store(workspace: Path) -> dict[str, Any]:
+    """A session at its momentum step: range test read and accepted, TBS set, momentum partly run."""
+    store = Store(workspace)
+    s = TuningSession.create(store, "synthetic:600", "simple3", budget="quick", train_size=540)
+    cl = s.checklist
+    spec = cl.candidate_list("lr_range")[0].spec.to_dict()
+    train, evals = range_curve()
+    range_id = _record(
+        store, s, "lr_range", "range", "1e-4 → 10", spec, train, evals, "diverged",
+        outcome={"outcome": "diverged", "step": len(train), "epoch": len(train) / 33, "diverged_at_step": len(train),
+                 "diverged_lr": 4.1, "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None,
+                 "wall_time": 30.0, "images_per_s": 1480.0, "reason": "loss blew up at LR 4.1"},
+        total_steps=300,
+    )  # fmt: skip
+    rec = s.recommend("lr_range")
+    assert rec is not None and rec.ok, rec
+    s.accept(rec)
+    s.override("batch_size", 16)
+    s.set_candidates("momentum", [[0.95, 0.85], [0.9, 0.9], [0.99, 0.99]])
+    mom = cl.candidate_list("momentum")
+    ids = {}
+    for i, (c, level) in enumerate(zip(mom[:2], (0.55, 0.7), strict=True)):
+        train, evals = sweep_curve(level, seed=i)
+        ids[c.key] = _record(
+            store, s, "momentum", c.key, c.label, c.spec.to_dict(), train, evals, "finished",
+            outcome={"outcome": "finished", "step": 66, "epoch": 2.0, "val_loss": evals[-1][1],
+                     "val_acc": evals[-1][2], "reason": "finished 2 epochs", "wall_time": 20.0},
+        )  # fmt: skip
+    train, evals = sweep_curve(0.62, n=30, seed=5)
+    running_id = _record(
+        store, s, "momentum", mom[2].key, mom[2].label, mom[2].spec.to_dict(), train, evals, "running",
+        total_steps=66,
+    )  # fmt: skip
+    # A run of another kind that failed: its error must show.
+    failed_id = store.add_run(cl.final_spec().to_dict(), kind="train", session_id=s.id)
+    store.update_run(
+        failed_id, status="failed", attempt=1, started=time.time() - 5, ended=time.time(),
+        error="RuntimeError: CUDA out of memory (traceback in worker.log)",
+    )  # fmt: skip
+    store.run_dir(failed_id)
+    store.log_path(failed_id).write_text("2024-01-01 INFO start\n2024-01-01 ERROR failed: CUDA out of memory\n")
+    store.close()
+    return {"range": range_id, "momentum": ids, "running": running_id, "failed": failed_id, "session": s.id}
+
+
+@pytest.fixture
+def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, Any]]:
+    monkeypatch.setenv("TUNEASSIST_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    return tmp_path / "ws", seed_store(tmp_path / "ws")
+
+
+def run_app(workspace: Path, size: tuple[int, int], script: Any) -> Any:
+    """Run the app headless at `size`, drive it with `script(app, pilot)`, return what it returns."""
+
+    async def main() -> Any:
+        app = TuneApp(workspace=workspace, manage_queue=False, poll_seconds=0.2)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            return await script(app, pilot)
+
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Screens
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_checklist_range_step(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await pilot.press("1")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = run_app(ws, size, script)
+    assert "session 1: synthetic:600 · simple3" in text
+    assert "1 · LR range test (done)" in text
+    assert "Chosen:" in text and "(recommended)" in text
+    assert "suggested" not in text or "[══]" in text
+    assert "diverged 4.1" in text  # the divergence marker on the plot
+    assert "1e-4" in text and "10" in text  # log x axis from the range bounds
+    assert "[═" in text  # the chosen range marked on the LR axis
+    assert "train loss" in text and "val loss" in text
+    assert "● 1 running" in text
+    if size[0] >= 100:
+        assert "LR range test" in text and "✓" in text  # full sidebar with states
+    assert "r run" in text and "? help" in text  # footer keys
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_checklist_sweep_step(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await pilot.pause()
+        return screen_text(app)
+
+    text = run_app(ws, size, script)
+    assert "3 · Momentum (running)" in text
+    assert "0.95–0.85" in text and "0.9" in text and "0.99" in text  # legend and table
+    assert "● running" in text and "✓ finished" in text
+    assert "Running: 2 of 3 runs done" in text
+    assert "val loss vs step" in text
+
+
+def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Path) -> None:
+    """When the last candidate ends, the reading appears with the leader starred; a accepts it."""
+    ws, ids = seeded
+    with Store(ws) as store:
+        store.update_run(ids["running"], status="finished", ended=time.time(), heartbeat=time.time(),
+                         outcome={"outcome": "finished", "step": 30, "reason": "finished"})  # fmt: skip
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[str, str]:
+        await wait_for(pilot, lambda: "[a] accept" in screen_text(app), 10, "the recommendation", app)
+        before = screen_text(app)
+        await pilot.press("a")
+        await pilot.pause(0.3)
+        return before, screen_text(app)
+
+    before, after = run_app(ws, (100, 30), script)
+    assert "★" in before and "[a] accept" in before and "decision" in before
+    assert "4 · Weight decay" in after  # moved on to the next step
+    s = TuningSession(Store(ws), ids["session"])
+    assert s.checklist.decisions["momentum"].source == "recommended"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_runs_screen_and_detail(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[str, str, str]:
+        await pilot.press("R")
+        await pilot.pause()
+        table = screen_text(app)
+        # The newest run (the failed one) is selected first: its error shows under the table.
+        detail_line = table
+        await pilot.press("enter")
+        await pilot.pause()
+        detail = screen_text(app)
+        await pilot.press("escape")
+        await pilot.press("down")  # the running momentum run, next newest
+        await pilot.press("enter")
+        await pilot.pause()
+        return detail_line, detail, screen_text(app)
+
+    table, failed, running = run_app(ws, size, script)
+    assert "✗ failed" in table and "● running" in table and "✗ diverged" in table and "✓ finished" in table
+    assert "CUDA out of memory" in table
+    assert f"Run {ids['failed']}" in failed and "✗ failed" in failed and "CUDA out of memory" in failed
+    assert "ERROR failed" in failed  # the log tail
+    assert f"Run {ids['running']}" in running and "● running" in running and "step 30/66" in running
+    assert "loss vs epoch" in running
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_profiles_screen_save_and_export(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[str, str, str]:
+        await pilot.press("p")
+        await pilot.pause()
+        listing = screen_text(app)
+        await pilot.press("s")  # save the session's result (not finished: saved with a note)
+        await pilot.pause()
+        dialog = screen_text(app)
+        await pilot.press("ctrl+a", *"mine", "enter")
+        await pilot.pause()
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press("down", "down", "enter")  # json
+        await pilot.pause()
+        await pilot.press("enter")  # the default path
+        await pilot.pause()
+        return listing, dialog, screen_text(app)
+
+    listing, dialog, after = run_app(ws, size, script)
+    assert "shipped" in listing and "cifar10-resnet56-1cycle" in listing
+    assert "lr_min" in listing  # the TOML of the highlighted profile
+    assert "not finished" in dialog
+    saved = ws / "profiles" / "mine.toml"
+    assert saved.exists() and "synthetic:600" in saved.read_text()
+    exported = ws / "exports" / "mine.json"
+    assert exported.exists() and '"lr_max"' in exported.read_text()
+    assert "exported" in after and "mine.json" in after.replace("\n", "")
+
+
+def test_start_screen_lists_sessions_and_help(seeded: tuple[Path, dict]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[str, str]:
+        await pilot.press("S")
+        await pilot.pause()
+        start = screen_text(app)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        return start, screen_text(app)
+
+    start, help_text = run_app(ws, (100, 30), script)
+    assert "New tuning session" in start and "Sessions" in start
+    assert "2/5 · next: Momentum" in start and "1 running" in start
+    for key, words in (("a", "accept"), ("o", "override"), ("c", "cancel run"), ("u", "resume run"),
+                       ("e", "export"), ("R", "runs"), ("q", "quit")):  # fmt: skip
+        assert f" {key} " in help_text and words in help_text
+
+
+def test_no_color_states_in_words(seeded: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, ids = seeded
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        assert app.no_color
+        await pilot.press("R")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = run_app(ws, (100, 30), script)
+    for word in ("failed", "running", "diverged", "finished"):
+        assert word in text
+
+
+def test_chart_mono_glyphs_and_decimation() -> None:
+    x = np.arange(100_000, dtype=float)
+    y = np.exp(-x / 30_000)
+    y[50_000] = 5.0  # one spike must survive decimation to 100 columns
+    chart = Chart([Series("a", x, y), Series("b", x, y * 0.5)], vlines=[VLine(60_000, "decision")], xlabel="step")
+    t0 = time.perf_counter()
+    text = render_chart(chart, 100, 20).plain
+    assert time.perf_counter() - t0 < 1.0
+    rows = text.splitlines()
+    assert len(rows) == 20 and all(len(r) <= 100 for r in rows)
+    spike_col = [r for r in rows[1:4] if any(ch != " " and ord(ch) >= 0x2800 for ch in r[40:70])]
+    assert spike_col, text  # the spike reaches the top rows
+    assert "decision" in text and "┊" in text
+    mono = render_chart(chart, 100, 20, mono=True).plain
+    assert "•• a" in mono and "++ b" in mono and "+" in "".join(mono.splitlines()[1:])
+
+
+def test_plot_redraws_only_on_change(seeded: tuple[Path, dict]) -> None:
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[int, int]:
+        await pilot.press("2")  # batch size: overridden, no runs: a still chart
+        await pilot.pause()
+        plot = app.screen.query_one(PlotView)
+        first = plot.renders
+        await pilot.pause(1.0)  # five polls, nothing new
+        return first, plot.renders
+
+    first, later = run_app(ws, (100, 30), script)
+    assert later == first
+
+
+def test_corrupt_run_rows_do_not_crash(seeded: tuple[Path, dict]) -> None:
+    """NaN losses and a run with neither info nor metrics still render."""
+    ws, ids = seeded
+    with Store(ws) as store:
+        store.write(lambda c: c.execute("UPDATE metrics SET train_loss = 'inf' WHERE run_id = ? AND step > 20",
+                                        (ids["running"],)))  # fmt: skip
+        store.update_run(ids["running"], info=None)
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await pilot.pause(0.5)
+        await pilot.press("R", "down", "enter")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = run_app(ws, (80, 24), script)
+    assert f"Run {ids['running']}" in text
+

@@ -1,0 +1,923 @@
+"""The paper's checklist as a pure state machine: which runs to do next, and what their curves decide.
+
+A session moves through five steps: LR range test -> total batch size -> momentum -> weight decay ->
+the final 1cycle run. For each step the checklist proposes run specs, the caller runs them (the
+`runs` layer), hands the curves back, and gets a recommendation with its reason; the caller accepts
+it or overrides the value. Changing an earlier value marks the later decisions stale. There is no
+I/O here: the whole state is a JSON-able dict (`to_dict` / `from_dict`) that the store persists.
+
+Typical use (autopilot)::
+
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    while not cl.done:
+        prop = cl.propose()                      # the runs still to do for the current step
+        for cand in prop.candidates:
+            cl.attach_run(prop.step, cand.key, launch(cand.spec))
+        rec = cl.recommend(prop.step, {key: RunCurves.from_events(events(run_id))
+                                       for key, run_id in cl.runs[prop.step].items()})
+        if rec.needs_more_runs:                  # WD refinement or a range-test retry: loop again
+            continue
+        if not rec.ok:
+            stop_and_show(rec.reason)
+        cl.accept(rec)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneassist.advisor.diagnosis import diagnose
+from tuneassist.advisor.lr_range import fmt_num, suggest_lr
+from tuneassist.advisor.sweep import (
+    SweepCandidate,
+    batch_size_candidates,
+    model_kind,
+    momentum_candidates,
+    rank_sweep,
+    refine_between,
+    rescale_lr_for_batch,
+    value_label,
+    weight_decay_grid,
+)
+from tuneassist.errors import UserError
+from tuneassist.spec import RunSpec
+
+STEPS = ("lr_range", "batch_size", "momentum", "weight_decay", "final")
+STEP_TITLES = {
+    "lr_range": "LR range test",
+    "batch_size": "Batch size",
+    "momentum": "Momentum",
+    "weight_decay": "Weight decay",
+    "final": "1cycle run",
+}
+SWEEP_STEPS = ("batch_size", "momentum", "weight_decay")
+# Training split sizes (after the default 10% validation hold-out) of the built-in data sets.
+TRAIN_SIZES = {"synthetic": 9000, "cifar10": 45000, "cifar100": 45000}
+FALLBACK_TRAIN_SIZE = 45000
+# The final run's length in the paper (DESIGN.md §2) when the budget is 'paper'.
+PAPER_EPOCHS = {("resnet56", "cifar10"): 95, ("densenet40", "cifar10"): 100, ("resnet56", "cifar100"): 100}
+PAPER_EPOCHS_DEFAULT = 100
+PAPER_EPOCHS_SHALLOW = 30
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training each step spends: the knob between a CPU demo and the paper's runs."""
+
+    name: str
+    range_steps: int
+    range_lr: tuple[float, float]
+    range_evals: int  # validation points recorded during the range test
+    eval_subset: int | None  # validation images per evaluation in short runs (None: all)
+    short_epochs: float  # length of one sweep candidate
+    short_images: int | None  # ...but at most this many training images (large data sets)
+    short_evals: int  # validation points per sweep candidate
+    final_epochs: int | None  # None: the paper's epochs for this model and data
+    final_images: int | None  # cap on the final run's training images
+    tbs_count: int  # batch sizes compared
+    wd_refine: bool  # one extra WD run between the two best
+    range_retries: int = 1  # extra range tests when the first one cannot be read
+
+
+BUDGETS: dict[str, Budget] = {
+    # quick: synthetic + simple3 on 2 CPU cores in ~5 minutes at ~1,500 images/s: 13 runs,
+    # about 370k training images in all (see Checklist.estimate_seconds).
+    "quick": Budget("quick", 300, (1e-4, 10.0), 20, 1000, 2.0, 20_000, 10, 10, 150_000, 2, True),
+    "standard": Budget("standard", 600, (1e-5, 10.0), 30, 2000, 5.0, None, 12, 30, None, 3, True),
+    "paper": Budget("paper", 1000, (1e-5, 10.0), 40, None, 15.0, None, 15, None, None, 3, True),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves handed back by the caller
+
+
+def _nan(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+@dataclass
+class RunCurves:
+    """The metrics of one run as arrays; built from the engine's event dicts with `from_events`."""
+
+    steps: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_epochs: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    outcome: str | None = None  # 'finished' | 'diverged' | 'cancelled' | None (still running)
+    diverged_lr: float | None = None
+    steps_per_epoch: int | None = None
+    end: dict[str, Any] | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def from_events(cls, events: Iterable[Mapping[str, Any]], run_id: str | None = None) -> RunCurves:
+        c = cls(run_id=run_id)
+        for e in events:
+            kind = e.get("type")
+            if kind == "step":
+                c.steps.append(int(e["step"]))
+                c.lrs.append(float(e["lr"]))
+                c.train_loss.append(_nan(e.get("train_loss")))
+            elif kind == "eval":
+                c.eval_steps.append(int(e["step"]))
+                c.eval_epochs.append(float(e.get("epoch", math.nan)))
+                c.val_loss.append(_nan(e.get("val_loss")))
+                c.val_acc.append(_nan(e.get("val_acc")))
+            elif kind == "start":
+                c.steps_per_epoch = e.get("steps_per_epoch")
+            elif kind == "end":
+                c.outcome = e.get("outcome")
+                c.diverged_lr = e.get("diverged_lr")
+                c.end = dict(e)
+        return c
+
+    def eval_lrs(self) -> list[float]:
+        """The LR at each evaluation (range tests read validation loss against LR)."""
+        if not self.steps or not self.eval_steps:
+            return []
+        return [float(v) for v in np.interp(self.eval_steps, self.steps, self.lrs)]
+
+
+def as_curves(c: RunCurves | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> RunCurves:
+    """Accept RunCurves, a list of engine events, or a RunCurves-shaped dict."""
+    if isinstance(c, RunCurves):
+        return c
+    if isinstance(c, Mapping):
+        known = set(RunCurves.__dataclass_fields__)
+        return RunCurves(**{k: v for k, v in c.items() if k in known})
+    return RunCurves.from_events(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the checklist hands out
+
+
+@dataclass
+class Candidate:
+    key: str
+    label: str
+    value: Any
+    spec: RunSpec
+
+
+@dataclass
+class Proposal:
+    step: str
+    title: str
+    candidates: list[Candidate]  # the runs still to do for this step
+    explanation: str
+    images: int  # training images these runs process (for an ETA)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "title": self.title,
+            "explanation": self.explanation,
+            "images": self.images,
+            "candidates": [
+                {"key": c.key, "label": c.label, "value": _jsonable(c.value), "spec": c.spec.to_dict()}
+                for c in self.candidates
+            ],
+        }
+
+
+@dataclass
+class Recommendation:
+    step: str
+    value: Any
+    label: str | None
+    reason: str
+    ok: bool = True  # False: nothing usable (see reason); needs_more_runs may offer a retry
+    needs_more_runs: bool = False  # candidates were added (WD refinement, range-test retry)
+    confidence: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["value"] = _jsonable(self.value)
+        return d
+
+
+@dataclass
+class Decision:
+    step: str
+    value: Any
+    label: str
+    source: str  # 'recommended' | 'override'
+    reason: str
+    run_ids: list[str] = field(default_factory=list)
+    stale: bool = False
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _pow2_floor(n: float) -> int:
+    return 2 ** int(math.floor(math.log2(max(1.0, n))))
+
+
+# ---------------------------------------------------------------------------------------------
+# The state machine
+
+
+@dataclass
+class Checklist:
+    """One tuning session's progress through the checklist; JSON-able via to_dict/from_dict."""
+
+    data: str
+    model: str
+    budget: str = "quick"
+    devices: int = 1
+    max_fit: int | None = None  # largest per-device batch that fits (memory probe); None: unknown
+    train_size: int | None = None  # training images; None: the known size of a built-in data set
+    session_id: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    runs: dict[str, dict[str, str]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise UserError(f"unknown budget {self.budget!r}; use one of {', '.join(BUDGETS)}")
+        if self.devices < 1:
+            raise UserError(f"devices {self.devices} must be at least 1")
+        RunSpec(data=self.data, model=self.model).validate()  # unknown data/model: one clear error
+        if not self.values:
+            tbs = self.default_tbs()
+            shallow = self.kind == "shallow"
+            self.values = {
+                "lr_min": 0.01 if shallow else 0.1,
+                "lr_max": 0.1 if shallow else 1.0,
+                "lr_tbs": tbs,
+                "batch_size": tbs,
+                "momentum_max": 0.95,
+                "momentum_min": 0.85,
+                "weight_decay": 1e-3 if shallow else 1e-4,
+            }
+
+    # -- derived facts -----------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Budget:
+        return BUDGETS[self.budget]
+
+    @property
+    def kind(self) -> str:
+        return model_kind(self.model)
+
+    @property
+    def n_train(self) -> int:
+        return self.train_size or TRAIN_SIZES.get(self.data, FALLBACK_TRAIN_SIZE)
+
+    def default_tbs(self) -> int:
+        """The range test's TBS: the largest power of two that fits, at most 512 and 1/40 of the data."""
+        cap = 512.0
+        if self.max_fit is not None:
+            cap = min(cap, self.max_fit * self.devices)
+        cap = min(cap, self.n_train / 40)
+        tbs = max(16, _pow2_floor(cap))
+        return max(self.devices, tbs - tbs % self.devices)
+
+    def effective_lr(self, batch_size: int | None = None) -> tuple[float, float]:
+        """The LR range at `batch_size` (default: the current TBS), rescaled from the TBS it was found at."""
+        tbs = batch_size or int(self.values["batch_size"])
+        f = tbs / int(self.values["lr_tbs"])
+        return float(self.values["lr_min"]) * f, float(self.values["lr_max"]) * f
+
+    @property
+    def current_step(self) -> str | None:
+        for s in STEPS:
+            d = self.decisions.get(s)
+            if d is None or d.stale:
+                return s
+        return None
+
+    @property
+    def done(self) -> bool:
+        return self.current_step is None
+
+    def final_epochs(self) -> int:
+        b = self.plan
+        if b.final_epochs is not None:
+            epochs = b.final_epochs
+        elif self.kind == "shallow":
+            epochs = PAPER_EPOCHS_SHALLOW
+        else:
+            epochs = PAPER_EPOCHS.get((self.model, self.data), PAPER_EPOCHS_DEFAULT)
+        if b.final_images is not None:
+            epochs = min(epochs, max(1, b.final_images // self.n_train))
+        return epochs
+
+    def short_epochs(self) -> float:
+        b = self.plan
+        e = b.short_epochs
+        if b.short_images is not None:
+            e = min(e, b.short_images / self.n_train)
+        return round(e, 2)
+
+    # -- specs ---------------------------------------------------------------------------------
+
+    def _spec(self, **kw: Any) -> RunSpec:
+        base: dict[str, Any] = dict(
+            data=self.data,
+            model=self.model,
+            devices=self.devices,
+            batch_size=int(self.values["batch_size"]),
+            momentum_max=float(self.values["momentum_max"]),
+            momentum_min=float(self.values["momentum_min"]),
+            weight_decay=float(self.values["weight_decay"]),
+            seed=0,
+            test=False,
+            eval_subset=self.plan.eval_subset,
+        )
+        base.update(kw)
+        return RunSpec(**base).validate()
+
+    def _short_spec(self, **kw: Any) -> RunSpec:
+        """A sweep candidate: a compressed 1cycle run, evaluated `short_evals` times."""
+        tbs = int(kw.get("batch_size", self.values["batch_size"]))
+        lo, hi = self.effective_lr(tbs)
+        epochs = self.short_epochs()
+        steps = max(1, round(epochs * max(1, self.n_train // tbs)))
+        kw.setdefault("lr_min", lo)
+        kw.setdefault("lr_max", hi)
+        return self._spec(
+            schedule="onecycle",
+            epochs=epochs,
+            eval_every=max(1, math.ceil(steps / self.plan.short_evals)),
+            **kw,
+        )
+
+    def final_spec(self) -> RunSpec:
+        """The 1cycle run with every chosen value (evaluated on the full validation and test splits)."""
+        lo, hi = self.effective_lr()
+        return self._spec(
+            schedule="onecycle",
+            lr_min=lo,
+            lr_max=hi,
+            epochs=float(self.final_epochs()),
+            eval_every=None,
+            eval_subset=None,
+            test=True,
+        )
+
+    def baseline_spec(self) -> RunSpec:
+        """The plain baseline the tuned run should beat: SGD, constant LR 0.01, momentum 0.9, no WD,
+        the same epochs and TBS as the final run (the issue's comparison, run in the same session)."""
+        return self._spec(
+            schedule="constant",
+            lr_min=0.01,
+            lr_max=0.01,
+            momentum_max=0.9,
+            momentum_min=0.9,
+            weight_decay=0.0,
+            epochs=float(self.final_epochs()),
+            eval_every=None,
+            eval_subset=None,
+            test=True,
+        )
+
+    # -- candidates ----------------------------------------------------------------------------
+
+    def _default_candidates(self, step: str) -> list[dict[str, Any]]:
+        if step == "lr_range":
+            lo, hi = self.plan.range_lr
+            return [{"key": "range", "value": [lo, hi]}]
+        if step == "batch_size":
+            sizes = batch_size_candidates(
+                self.max_fit, self.devices, train_size=self.n_train, count=self.plan.tbs_count
+            )
+            return [{"key": f"tbs{t}", "value": t} for t in sizes]
+        if step == "momentum":
+            return [
+                {"key": f"m{value_label('momentum', m)}", "value": list(m)}
+                for m in momentum_candidates(self.model)
+            ]
+        if step == "weight_decay":
+            return [{"key": f"wd{value_label(step, w)}", "value": w} for w in weight_decay_grid(self.kind)]
+        return [{"key": "final", "value": None}]
+
+    def _cands(self, step: str) -> list[dict[str, Any]]:
+        if step not in self.candidates:
+            self.candidates[step] = self._default_candidates(step)
+        return self.candidates[step]
+
+    def set_candidates(self, step: str, values: Sequence[Any]) -> None:
+        """Replace the values a step will try (the user edits the proposal); forgets its runs."""
+        if step not in SWEEP_STEPS and step != "lr_range":
+            raise UserError(
+                f"step {step!r} has no candidates to edit; editable: lr_range, {', '.join(SWEEP_STEPS)}"
+            )
+        if not values:
+            raise UserError(f"give at least one value for {STEP_TITLES[step]}")
+        norm = [self._normalise(step, v) for v in values]
+        if step == "lr_range":
+            norm = norm[-1:]
+        self.candidates[step] = [
+            {"key": f"{step}-{i}" if step != "lr_range" else "range", "value": _jsonable(v)}
+            for i, v in enumerate(norm)
+        ]
+        self._forget_runs(step)
+
+    def _spec_for(self, step: str, value: Any) -> RunSpec:
+        if step == "lr_range":
+            lo, hi = value
+            b = self.plan
+            return self._spec(
+                schedule="range_exp",
+                lr_min=float(lo),
+                lr_max=float(hi),
+                steps=b.range_steps,
+                eval_every=max(1, b.range_steps // b.range_evals),
+                momentum_max=0.95,
+                momentum_min=0.85,
+            )
+        if step == "batch_size":
+            return self._short_spec(batch_size=int(value))
+        if step == "momentum":
+            return self._short_spec(momentum_max=float(value[0]), momentum_min=float(value[1]))
+        if step == "weight_decay":
+            return self._short_spec(weight_decay=float(value))
+        return self.final_spec()
+
+    def _label(self, step: str, value: Any) -> str:
+        if step == "lr_range":
+            return f"{fmt_num(value[0])} → {fmt_num(value[1])}"
+        if step == "final":
+            return "1cycle"
+        return value_label(step, value)
+
+    def candidate_list(self, step: str) -> list[Candidate]:
+        """Every candidate of a step with its spec built from the current values."""
+        return [
+            Candidate(c["key"], self._label(step, c["value"]), c["value"], self._spec_for(step, c["value"]))
+            for c in self._cands(step)
+        ]
+
+    def propose(self, step: str | None = None) -> Proposal:
+        """The runs still to do for `step` (default: the current step), with what they are for."""
+        step = step or self.current_step
+        if step is None:
+            raise UserError("the checklist is complete; change a step's value to revisit it")
+        if step not in STEPS:
+            raise UserError(f"unknown checklist step {step!r}; steps: {', '.join(STEPS)}")
+        attached = self.runs.get(step, {})
+        cands = [c for c in self.candidate_list(step) if c.key not in attached]
+        images = sum(self._images(c.spec) for c in cands)
+        return Proposal(step, STEP_TITLES[step], cands, self._explain(step), images)
+
+    def _images(self, spec: RunSpec) -> int:
+        if spec.steps is not None:
+            return spec.steps * spec.batch_size
+        return int(spec.epochs * (self.n_train // spec.batch_size) * spec.batch_size)
+
+    def _explain(self, step: str) -> str:
+        b = self.plan
+        lo, hi = self.effective_lr()
+        mom = value_label("momentum", (self.values["momentum_max"], self.values["momentum_min"]))
+        e = self.short_epochs()
+        short = f"{fmt_num(e)} epoch{'' if e == 1 else 's'} each"
+        if step == "lr_range":
+            r = self._cands(step)[-1]["value"]
+            return (
+                f"LR grows {fmt_num(r[0])} → {fmt_num(r[1])} over {b.range_steps} steps (TBS "
+                f"{self.values['batch_size']}) with momentum 0.95→0.85. The largest LR where validation loss "
+                "still falls is the top of 1cycle."
+            )
+        vals = ", ".join(self._label(step, c["value"]) for c in self._cands(step))
+        if step == "batch_size":
+            return (
+                f"Short 1cycle runs ({short}) at TBS {vals}: equal epochs, so each sees the same data; "
+                "the LR is rescaled with the TBS (linear scaling rule). Larger TBS regularises less."
+            )
+        if step == "momentum":
+            return (
+                f"Short 1cycle runs ({short}) at LR {fmt_num(lo)} → {fmt_num(hi)} with momentum {vals} "
+                "(constant, and cyclical falling while the LR rises); ranked by validation loss early in "
+                "training."
+            )
+        if step == "weight_decay":
+            why = "shallow nets need more regularisation" if self.kind == "shallow" else "deep nets need less"
+            more = ", then one value between the two best" if b.wd_refine else ""
+            return (
+                f"Short 1cycle runs ({short}) with WD {vals} ({why}){more}; ranked by validation loss "
+                "early in training, by accuracy when the loss does not separate them."
+            )
+        return (
+            f"The final 1cycle run: LR {fmt_num(lo)} → {fmt_num(hi)} and back over {self.final_epochs()} "
+            f"epochs, momentum {mom}, WD {value_label('weight_decay', self.values['weight_decay'])}, "
+            f"TBS {self.values['batch_size']}."
+        )
+
+    def attach_run(self, step: str, key: str, run_id: str) -> None:
+        """Record which run executes a candidate (provenance, and so propose() skips it)."""
+        if key not in {c["key"] for c in self._cands(step)}:
+            raise UserError(f"step {step!r} has no candidate {key!r}")
+        self.runs.setdefault(step, {})[key] = run_id
+
+    def _forget_runs(self, step: str) -> None:
+        if self.runs.get(step):
+            self.history.append({"event": "runs_superseded", "step": step, "runs": dict(self.runs[step])})
+        self.runs.pop(step, None)
+
+    # -- reading results -------------------------------------------------------------------------
+
+    def recommend(
+        self, step: str, curves: Mapping[str, RunCurves | Mapping[str, Any] | Sequence[Mapping[str, Any]]]
+    ) -> Recommendation:
+        """Read the finished runs of `step` (candidate key -> curves) into a recommendation."""
+        if step not in STEPS:
+            raise UserError(f"unknown checklist step {step!r}; steps: {', '.join(STEPS)}")
+        cs = {k: as_curves(v) for k, v in curves.items()}
+        if step == "lr_range":
+            return self._recommend_lr(cs)
+        if step == "final":
+            return self._recommend_final(cs)
+        return self._recommend_sweep(step, cs)
+
+    def _recommend_lr(self, cs: dict[str, RunCurves]) -> Recommendation:
+        cands = self._cands("lr_range")
+        have = [c for c in cands if c["key"] in cs]
+        if not have:
+            raise UserError("no range-test curves given; run the proposed range test first")
+        latest = have[-1]
+        c = cs[latest["key"]]
+        s = suggest_lr(
+            c.lrs,
+            c.train_loss,
+            c.eval_lrs() or None,
+            c.val_loss or None,
+            diverged_at_lr=c.diverged_lr if c.outcome == "diverged" else None,
+        )
+        tbs = int(self.values["batch_size"])
+        tries = sum(1 for x in cands if x["key"].startswith("range"))
+        retry_ok = s.retry_range is not None and tries <= self.plan.range_retries
+        wants_retry = s.max_lr is None or s.failure == "no_divergence"
+        detail = s.to_dict()
+        if wants_retry and retry_ok:
+            lo, hi = s.retry_range  # type: ignore[misc]
+            cands.append({"key": f"range{tries + 1}", "value": [lo, hi]})
+            return Recommendation(
+                "lr_range",
+                None if s.max_lr is None else {"lr_min": s.min_lr, "lr_max": s.max_lr, "tbs": tbs},
+                None,
+                f"{s.explanation} Re-running the range test over {fmt_num(lo)} → {fmt_num(hi)}.",
+                ok=s.max_lr is not None,
+                needs_more_runs=True,
+                confidence=s.confidence,
+                detail=detail,
+            )
+        if s.max_lr is None or s.min_lr is None:
+            return Recommendation(
+                "lr_range", None, None, s.explanation, ok=False, confidence="low", detail=detail
+            )
+        value = {"lr_min": s.min_lr, "lr_max": s.max_lr, "tbs": tbs}
+        return Recommendation(
+            "lr_range",
+            value,
+            f"{fmt_num(s.min_lr)} → {fmt_num(s.max_lr)}",
+            s.explanation,
+            confidence=s.confidence,
+            detail=detail,
+        )
+
+    def _recommend_sweep(self, step: str, cs: dict[str, RunCurves]) -> Recommendation:
+        cands = self._cands(step)
+        sweep = []
+        for c in cands:
+            rc = cs.get(c["key"])
+            if rc is None:
+                continue
+            sweep.append(
+                SweepCandidate(
+                    value=tuple(c["value"]) if isinstance(c["value"], list) else c["value"],
+                    steps=rc.eval_steps,
+                    val_loss=rc.val_loss,
+                    val_acc=rc.val_acc or None,
+                    epochs=rc.eval_epochs or None,
+                    train_steps=rc.steps,
+                    train_loss=rc.train_loss,
+                    diverged=rc.outcome == "diverged",
+                    run_id=rc.run_id or self.runs.get(step, {}).get(c["key"]),
+                )
+            )
+        if not sweep:
+            raise UserError(f"no curves given for {STEP_TITLES[step]}; run the proposed candidates first")
+        res = rank_sweep(step, sweep, model=self.model)
+        rows = [asdict(r) for r in res.rows]
+        detail = _jsonable(res.to_dict())
+        if res.winner is None:
+            return Recommendation(step, None, None, res.explanation, ok=False, rows=rows, detail=detail)
+
+        # Weight decay: one more run between the two best grid values (the paper's refinement).
+        if step == "weight_decay" and self.plan.wd_refine and not any(c["key"] == "wd_refine" for c in cands):
+            ranked = sorted((r for r in res.rows if r.rank is not None), key=lambda r: r.rank or 0)
+            if len(ranked) >= 2 and len(sweep) == len(cands):
+                try:
+                    mid = refine_between(float(ranked[0].value), float(ranked[1].value))
+                except ValueError:
+                    mid = None
+                if mid is not None and all(not math.isclose(mid, float(c["value"])) for c in cands):
+                    cands.append({"key": "wd_refine", "value": mid})
+                    return Recommendation(
+                        step,
+                        res.winner,
+                        res.winner_label,
+                        f"{res.explanation} Refining: one more run at WD {value_label(step, mid)}, between "
+                        f"{ranked[0].label} and {ranked[1].label}.",
+                        needs_more_runs=True,
+                        rows=rows,
+                        detail=detail,
+                    )
+
+        reason = res.explanation
+        if step == "batch_size":
+            tbs = int(res.winner)
+            if tbs != int(self.values["lr_tbs"]):
+                lo, hi = self.effective_lr(tbs)
+                why = rescale_lr_for_batch(float(self.values["lr_max"]), int(self.values["lr_tbs"]), tbs)
+                reason += f" The 1cycle range becomes {fmt_num(lo)} → {fmt_num(hi)}: {why.reason}."
+        value = list(res.winner) if isinstance(res.winner, tuple) else res.winner
+        return Recommendation(step, value, res.winner_label, reason, rows=rows, detail=detail)
+
+    def _recommend_final(self, cs: dict[str, RunCurves]) -> Recommendation:
+        c = cs.get("final") or next(iter(cs.values()), None)
+        if c is None:
+            raise UserError("no curves given for the final run")
+        lo, hi = self.effective_lr()
+        d = diagnose(
+            c.steps,
+            c.train_loss,
+            c.eval_steps,
+            c.val_loss,
+            c.val_acc or None,
+            current={
+                "lr_max": hi,
+                "weight_decay": float(self.values["weight_decay"]),
+                "batch_size": self.values["batch_size"],
+            },
+        )
+        end = c.end or {}
+        value = {
+            "outcome": c.outcome,
+            "val_loss": end.get("val_loss"),
+            "val_acc": end.get("val_acc"),
+            "test_loss": end.get("test_loss"),
+            "test_acc": end.get("test_acc"),
+            "epochs": end.get("epoch"),
+            "diagnosis": d.kind,
+        }
+        acc = end.get("test_acc") if end.get("test_acc") is not None else end.get("val_acc")
+        which = "test" if end.get("test_acc") is not None else "val"
+        head = f"Final 1cycle run {c.outcome or 'unfinished'}"
+        if acc is not None:
+            head += f": {which} accuracy {acc * 100:.1f}%"
+        reason = f"{head}. {d.explanation} Next: {d.remedy}"
+        return Recommendation(
+            "final",
+            value,
+            "1cycle",
+            reason,
+            ok=c.outcome == "finished",
+            confidence=None,
+            detail={"diagnosis": d.to_dict()},
+        )
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def accept(self, rec: Recommendation) -> Decision:
+        """Take the advisor's recommendation for its step."""
+        if not rec.ok or rec.value is None:
+            raise UserError(f"{STEP_TITLES[rec.step]} has no usable recommendation: {rec.reason}")
+        value = self._normalise(rec.step, rec.value)
+        run_ids = list(self.runs.get(rec.step, {}).values())
+        return self._decide(
+            rec.step,
+            value,
+            rec.label or self._label_value(rec.step, value),
+            "recommended",
+            rec.reason,
+            run_ids,
+        )
+
+    def override(self, step: str, value: Any, reason: str = "set by the user") -> Decision:
+        """Use the user's own value for a step (checked like a run setting)."""
+        if step not in STEPS or step == "final":
+            raise UserError(f"cannot override step {step!r}; overridable: {', '.join(STEPS[:-1])}")
+        v = self._normalise(step, value)
+        return self._decide(
+            step, v, self._label_value(step, v), "override", reason, list(self.runs.get(step, {}).values())
+        )
+
+    def _label_value(self, step: str, v: Any) -> str:
+        if step == "lr_range":
+            return f"{fmt_num(v['lr_min'])} → {fmt_num(v['lr_max'])}"
+        if step == "final":
+            return "1cycle"
+        return value_label(step, v)
+
+    def _normalise(self, step: str, value: Any) -> Any:
+        """Check a step value and bring it to its stored form; UserError naming the fix."""
+        try:
+            if step == "lr_range":
+                # An LR range refers to the TBS of the range-test step unless it says otherwise.
+                if isinstance(value, Mapping):
+                    lo, hi = float(value["lr_min"]), float(value["lr_max"])
+                    tbs = int(value.get("tbs", self.values["lr_tbs"]))
+                else:
+                    lo, hi = (float(x) for x in value)
+                    tbs = int(self.values["lr_tbs"])
+                if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+                    raise UserError(
+                        f"LR range {fmt_num(lo)}:{fmt_num(hi)} must be positive and low:high, e.g. 0.1:1"
+                    )
+                return {"lr_min": lo, "lr_max": hi, "tbs": tbs}
+            if step == "batch_size":
+                if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                    raise UserError(f"batch size {value} must be a positive integer, e.g. 256")
+                return int(value)
+            if step == "momentum":
+                hi, lo = (
+                    (float(value), float(value))
+                    if isinstance(value, int | float)
+                    else (float(x) for x in value)
+                )
+                if not (0 <= lo <= hi < 1):
+                    raise UserError(
+                        f"momentum {fmt_num(hi)}:{fmt_num(lo)} must be high:low within [0, 1), "
+                        "e.g. 0.95:0.85 or 0.9"
+                    )
+                return [hi, lo]
+            if step == "weight_decay":
+                v = float(value)
+                if not (math.isfinite(v) and v >= 0):
+                    raise UserError(f"weight decay {value} must be 0 or positive, e.g. 1e-4")
+                return v
+            if step == "final":
+                return dict(value)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UserError(f"value {value!r} does not fit step {step!r}: {exc}") from exc
+        raise UserError(f"unknown checklist step {step!r}; steps: {', '.join(STEPS)}")
+
+    def _decide(
+        self, step: str, value: Any, label: str, source: str, reason: str, run_ids: list[str]
+    ) -> Decision:
+        old = self.decisions.get(step)
+        changed = old is None or old.value != value
+        if old is not None:
+            self.history.append({"event": "replaced", **asdict(old)})
+        d = Decision(step, _jsonable(value), label, source, reason, run_ids)
+        self.decisions[step] = d
+        self._apply(step, value)
+        if changed:
+            for later in STEPS[STEPS.index(step) + 1 :]:
+                ld = self.decisions.get(later)
+                if ld is not None and not ld.stale:
+                    ld.stale = True
+                    self.history.append({"event": "stale", "step": later, "because": step})
+                if later in self.runs:
+                    self._forget_runs(later)
+                if later in SWEEP_STEPS and later in self.candidates:
+                    # Regenerate (a refinement or retry belonged to the old context).
+                    self.candidates[later] = [c for c in self.candidates[later] if c["key"] != "wd_refine"]
+        return d
+
+    def _apply(self, step: str, value: Any) -> None:
+        if step == "lr_range":
+            self.values.update(lr_min=value["lr_min"], lr_max=value["lr_max"], lr_tbs=value["tbs"])
+        elif step == "batch_size":
+            self.values["batch_size"] = int(value)
+        elif step == "momentum":
+            self.values.update(momentum_max=value[0], momentum_min=value[1])
+        elif step == "weight_decay":
+            self.values["weight_decay"] = float(value)
+        elif step == "final":
+            self.final = dict(value)
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per step: candidates tried, the value chosen, by whom and why."""
+        rows = []
+        for s in STEPS:
+            d = self.decisions.get(s)
+            cands = ", ".join(self._label(s, c["value"]) for c in self._cands(s)) if s != "final" else "—"
+            rows.append(
+                {
+                    "step": s,
+                    "title": STEP_TITLES[s],
+                    "candidates": cands,
+                    "chosen": d.label if d else None,
+                    "source": d.source if d else None,
+                    "why": d.reason if d else None,
+                    "stale": bool(d and d.stale),
+                }
+            )
+        return rows
+
+    def summary_text(self) -> str:
+        """The summary as a plain-text table (the autopilot prints it)."""
+        rows = self.summary()
+        lines = [f"{'step':<16} {'candidates':<34} {'chosen':<14} why"]
+        for i, r in enumerate(rows, 1):
+            chosen = (r["chosen"] or "—") + (" (stale)" if r["stale"] else "")
+            if r["source"] == "override":
+                chosen += " *"
+            lines.append(f"{i} {r['title']:<14} {r['candidates'][:34]:<34} {chosen:<14} {r['why'] or ''}")
+        if any(r["source"] == "override" for r in rows):
+            lines.append("* set by the user")
+        return "\n".join(lines)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a profile records about how its values were found."""
+        run_ids = [rid for s in STEPS for rid in (self.decisions[s].run_ids if s in self.decisions else [])]
+        return {
+            "session": self.session_id or "",
+            "runs": run_ids,
+            "budget": self.budget,
+            "decisions": [
+                {
+                    "step": s,
+                    "value": self.decisions[s].label,
+                    "source": self.decisions[s].source,
+                    "reason": self.decisions[s].reason,
+                }
+                for s in STEPS
+                if s in self.decisions
+            ],
+        }
+
+    def estimate_seconds(self, images_per_s: float = 1500.0, overhead_s: float = 5.0) -> dict[str, float]:
+        """Rough time per step not yet decided (and 'total'), for ETAs shown before launching.
+
+        Counts training images, plus evaluations at a third of the cost per image, plus a fixed start-up
+        per run. A range test may stop early at divergence, so its figure is an upper bound.
+        """
+        b = self.plan
+        val = self.n_train // 9
+        out: dict[str, float] = {}
+        for s in STEPS:
+            d = self.decisions.get(s)
+            if d is not None and not d.stale:
+                continue
+            secs = 0.0
+            cands = self.candidate_list(s)
+            if s == "weight_decay" and b.wd_refine and not any(c.key == "wd_refine" for c in cands):
+                cands = cands + cands[-1:]  # the refinement run to come
+            for c in cands:
+                imgs = self._images(c.spec)
+                steps = c.spec.steps or imgs // c.spec.batch_size
+                if c.spec.eval_every:
+                    evals = steps // c.spec.eval_every
+                    eval_imgs = evals * min(c.spec.eval_subset or val, val)
+                else:
+                    evals = max(1, int(c.spec.epochs))
+                    eval_imgs = evals * val + (self.n_train // 4.5 if c.spec.test else 0)
+                secs += (imgs + eval_imgs / 3) / images_per_s + overhead_s
+            out[s] = secs
+        out["total"] = sum(out.values())
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["version"] = 1
+        return _jsonable(d)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Checklist:
+        d = dict(d)
+        d.pop("version", None)
+        decisions = {k: Decision(**v) for k, v in (d.pop("decisions", None) or {}).items()}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(
+                f"stored checklist has unknown field(s) {', '.join(unknown)}; "
+                "was it written by a newer tuneassist?"
+            )
+        cl = cls(**d)
+        cl.decisions = decisions
+        return cl

@@ -1,0 +1,226 @@
+"""Under-/over-fitting diagnosis of one run from its train and validation curves.
+
+The paper's reading (DESIGN.md §2 step 5): validation loss still falling steadily means the run
+underfits (more LR, less regularisation); validation loss rising while the training loss falls means
+it overfits (more regularisation, WD first); the optimum is where the validation loss flattens.
+The reading is made on the last window of the run (a third of its evaluations) with a straight-line
+fit, and a change counts only when it is larger than the curve's own jitter, so noise is not
+mistaken for a trend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneassist.advisor.lr_range import fmt_num, fmt_sci, round_sig
+
+KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short")
+MIN_EVALS = 4
+# A window change counts when it is at least this fraction of the loss level and 2 standard errors.
+TREND = 0.02
+# Jitter above this fraction of the loss level, without a clear trend, is "too noisy to tell".
+NOISE = 0.05
+
+
+@dataclass
+class Diagnosis:
+    """What the curves say, the numbers behind it, and the next value to try."""
+
+    kind: str
+    evidence: dict[str, float | int | str | None]
+    remedy: str
+    explanation: str
+    window: tuple[int, int] | None = None  # first and last step of the window read
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = list(self.window) if self.window else None
+        return d
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares line: (change over the span of x, residual sigma, standard error of that change)."""
+    span = float(x[-1] - x[0])
+    xm = x - x.mean()
+    sxx = float(np.sum(xm**2))
+    if len(x) < 2 or sxx == 0:
+        return 0.0, 0.0, math.inf
+    slope = float(np.sum(xm * (y - y.mean())) / sxx)
+    res = y - (y.mean() + slope * xm)
+    sigma = float(math.sqrt(np.sum(res**2) / (len(x) - 2))) if len(x) > 2 else 0.0
+    se = sigma / math.sqrt(sxx) * span if len(x) > 2 else math.inf
+    return slope * span, sigma, se
+
+
+def _arr(v: Sequence[float | None] | None) -> np.ndarray:
+    return np.asarray([] if v is None else v, dtype=float).ravel()
+
+
+def _more(name: str, current: Mapping[str, float] | None, factor: float) -> str:
+    """'raise WD to 3e-4' style phrase when the current value is known, else a relative one."""
+    v = (current or {}).get(name)
+    label = {"lr_max": "the max LR", "weight_decay": "WD", "batch_size": "TBS"}[name]
+    verb = "raise" if factor > 1 else "lower"
+    if v is None:
+        return f"{verb} {label} ({'x' if factor > 1 else '÷'}{fmt_num(factor if factor > 1 else 1 / factor)})"
+    if name == "batch_size":
+        return f"{verb} {label} to {int(v * factor)} (from {int(v)})"
+    if name == "weight_decay" and v == 0:
+        return "add WD (1e-5)" if factor > 1 else "keep WD at 0"
+    fmt = fmt_sci if name == "weight_decay" else fmt_num
+    return f"{verb} {label} to {fmt(round_sig(v * factor))} (from {fmt(v)})"
+
+
+def diagnose(
+    train_steps: Sequence[float],
+    train_loss: Sequence[float | None],
+    val_steps: Sequence[float],
+    val_loss: Sequence[float | None],
+    val_acc: Sequence[float | None] | None = None,
+    *,
+    current: Mapping[str, float] | None = None,
+    window_fraction: float = 1 / 3,
+) -> Diagnosis:
+    """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
+
+    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values.
+    Losses may contain None or NaN (a blown-up step); that reads as diverged.
+    """
+    ts, tl = _arr(train_steps), _arr(train_loss)
+    vs, vl = _arr(val_steps), _arr(val_loss)
+    va = _arr(val_acc) if val_acc is not None and len(val_acc) == len(vl) else None
+    if len(ts) != len(tl) or len(vs) != len(vl):
+        raise ValueError("steps and losses must have the same length")
+
+    bad_t = np.nonzero(~np.isfinite(tl))[0]
+    bad_v = np.nonzero(~np.isfinite(vl))[0]
+    if len(bad_t) or len(bad_v):
+        firsts = [float(ts[bad_t[0]])] if len(bad_t) else []
+        firsts += [float(vs[bad_v[0]])] if len(bad_v) else []
+        at = min(firsts)
+        return Diagnosis(
+            kind="diverged",
+            evidence={"diverged_at_step": int(at)},
+            remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+            explanation=f"Diverged: the loss became NaN/inf at step {int(at)}; the LR is too high for this "
+            "setup.",
+        )
+    if len(vl) < MIN_EVALS:
+        return Diagnosis(
+            kind="too_short",
+            evidence={"evaluations": len(vl)},
+            remedy=f"Evaluate more often or train longer: at least {MIN_EVALS} validation points are needed.",
+            explanation=f"Too short to tell: {len(vl)} validation point(s).",
+        )
+
+    n = len(vl)
+    w = min(n, max(3, math.ceil(n * window_fraction)))
+    wx, wy = vs[-w:], vl[-w:]
+    level = float(max(np.mean(np.abs(wy)), 1e-12))
+    change, sigma, se = _fit(wx, wy)
+    t = change / se if se > 0 else math.copysign(math.inf, change) if change else 0.0
+    # The best value on a 3-point running median: one lucky evaluation is not "the best".
+    med = np.array([np.median(vl[max(0, i - 1) : i + 2]) for i in range(n)])
+    i_min = int(np.argmin(med))
+    v_min = float(med[i_min])
+    end_fit = float(np.mean(wy) + change / 2)  # the fitted line at the window's end
+    rebound = end_fit - v_min
+
+    evidence: dict[str, float | int | str | None] = {
+        "val_change": change,
+        "val_change_rel": change / level,
+        "val_noise": sigma,
+        "val_t": t,
+        "val_last": float(vl[-1]),
+        "val_min": v_min,
+        "val_min_step": int(vs[i_min]),
+        "window_start": int(wx[0]),
+        "window_end": int(wx[-1]),
+    }
+    in_win = ts >= wx[0]
+    t_change_rel: float | None = None
+    if int(np.sum(in_win)) >= 3:
+        t_change, _, _ = _fit(ts[in_win], tl[in_win])
+        t_level = float(max(np.mean(np.abs(tl[in_win])), 1e-12))
+        t_change_rel = t_change / t_level
+        evidence["train_change_rel"] = t_change_rel
+        evidence["gap"] = float(np.mean(wy) - np.mean(tl[in_win]))
+    else:
+        evidence["train_change_rel"] = None
+        evidence["gap"] = None
+    if va is not None and np.all(np.isfinite(va[-w:])):
+        evidence["val_acc_last"] = float(va[-1])
+        evidence["val_acc_change"], _, _ = _fit(wx, va[-w:])
+
+    window = (int(wx[0]), int(wx[-1]))
+    gap = evidence["gap"]
+    gap_txt = f", train/val gap {gap:.3g}" if isinstance(gap, float) else ""
+    rel = change / level * 100
+    nums = f"val loss {rel:+.1f}% over steps {window[0]}–{window[1]}, noise {sigma:.2g}{gap_txt}"
+
+    first = float(vl[0])
+    if v_min > 0 and float(vl[-1]) > 3 * v_min and float(vl[-1]) > first:
+        return Diagnosis(
+            kind="diverged",
+            evidence=evidence,
+            remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+            explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, 3x its best {v_min:.3g} and above "
+            "its start.",
+            window=window,
+        )
+
+    rising = (change > TREND * level and t > 2) or (
+        i_min < n - w and rebound > max(0.05 * level, 3 * sigma) and change >= 0
+    )
+    falling = change < -TREND * level and t < -2
+    if rising:
+        if t_change_rel is not None and t_change_rel > TREND:
+            return Diagnosis(
+                kind="diverged",
+                evidence={**evidence, "unstable": "train and val loss both rising"},
+                remedy=f"{_more('lr_max', current, 1 / 3)}: training is unstable.",
+                explanation=f"Unstable: train and val loss both rise at the end ({nums}); "
+                "the run is on its way to diverging.",
+                window=window,
+            )
+        return Diagnosis(
+            kind="overfitting",
+            evidence=evidence,
+            remedy=f"{_more('weight_decay', current, 3)}; if that is not enough, regularise more in other "
+            "ways (stronger augmentation, a smaller TBS).",
+            explanation=f"Overfitting: val loss rises from its best {v_min:.3g} at step {int(vs[i_min])} "
+            f"while train loss does not ({nums}).",
+            window=window,
+        )
+    if falling:
+        return Diagnosis(
+            kind="underfitting",
+            evidence=evidence,
+            remedy=f"{_more('lr_max', current, 2)} or {_more('weight_decay', current, 1 / 3)}, "
+            "or train longer.",
+            explanation=f"Underfitting: val loss is still falling steadily ({nums}).",
+            window=window,
+        )
+    if sigma > NOISE * level:
+        return Diagnosis(
+            kind="too_noisy",
+            evidence=evidence,
+            remedy=f"{_more('batch_size', current, 2)}, evaluate on more images, or train longer "
+            "to read a trend.",
+            explanation=f"Too noisy to tell: the val loss jitters by {sigma:.2g} ({sigma / level * 100:.0f}% "
+            f"of its level) with no clear trend ({nums}).",
+            window=window,
+        )
+    return Diagnosis(
+        kind="good_fit",
+        evidence=evidence,
+        remedy="Keep these values.",
+        explanation=f"Good fit: val loss has flattened ({nums}).",
+        window=window,
+    )

@@ -1,0 +1,460 @@
+"""Reading an LR range test: the largest LR at which the loss still falls is the top of 1cycle.
+
+The paper (after Smith 2018) reads the range-test curve by eye. Here the same reading is made
+repeatable: the loss is smoothed on the log-LR axis, several independent estimates of "where the
+loss stops falling" are computed, and the ones that agree are combined into the recommended max LR.
+Each estimate, and whether they agree, is reported, so a person can check the reasoning.
+
+Estimates (all on the smoothed curve, x = log10 LR):
+- ``valley``: the end of the descent, the largest LR before the minimum where the loss still falls
+  at least a tenth as fast as at its steepest (the floor of the valley, where fastai's valley rule
+  ends its search);
+- ``steepest``: the LR of steepest descent (usually a few times below the top: a cautious value);
+- ``min_div10``: the LR of the lowest loss divided by 10 (the classic rule; it counts in the vote as
+  the minimum itself, ``min_div10 * 10``, since 1cycle's top is where the loss stops falling);
+- ``val_min``: the LR of the lowest validation loss, when the range test recorded one (the paper's
+  reading);
+- ``divergence``: where the loss blew up; a bound, not a vote: the max LR stays 1.5x below it.
+
+numpy only: importable without torch, testable on recorded curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Estimates agree when they lie within this factor of each other.
+AGREE_FACTOR = 3.0
+# The max LR stays this factor below the divergence point.
+DIVERGENCE_MARGIN = 1.5
+# Smoothing time constant as a fraction of the log-LR span covered.
+SPAN_FRACTION = 0.04
+MIN_POINTS = 8
+# Step-to-step noise above this fraction of the total fall makes the reading "noisy".
+NOISY_RATIO = 0.35
+
+FAILURES = ("flat", "no_divergence", "diverged_immediately", "noisy", "too_short")
+
+
+def fmt_num(x: float | None) -> str:
+    """Short human form of a hyperparameter: 3.0, 0.35, 1e-4, 0 (two significant digits)."""
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a < 1e-3 or a >= 1e5:
+        mant, _, exp = f"{x:.1e}".partition("e")
+        mant = mant.rstrip("0").rstrip(".")
+        return f"{mant}e{int(exp)}"
+    s = f"{x:.2g}"
+    if "e" in s:  # .2g switches to exponent for e.g. 1.2e+02
+        s = f"{x:.0f}"
+    if 1 <= a < 10 and "." not in s:
+        s += ".0"
+    return s
+
+
+def fmt_sci(x: float) -> str:
+    """Weight decays read best as powers of ten: 1e-2, 3e-5, 0."""
+    if x == 0:
+        return "0"
+    mant, _, exp = f"{x:.1e}".partition("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def round_sig(x: float, digits: int = 1) -> float:
+    """Round to `digits` significant digits (0.84 -> 0.8, 2.6 -> 3)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    k = digits - 1 - math.floor(math.log10(abs(x)))
+    return round(x, k)
+
+
+def floor_sig(x: float, digits: int = 1) -> float:
+    """Round down to `digits` significant digits (2.7 -> 2), for values that must stay below a cap."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    k = digits - 1 - math.floor(math.log10(x))
+    scale = 10.0**k
+    return math.floor(x * scale * (1 + 1e-12)) / scale
+
+
+def smooth_log(log_lr: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:
+    """Debiased EMA on the log-LR axis, run forward then backward.
+
+    The decay per point depends on the log-LR distance, so linear and exponential range tests are
+    smoothed alike. The backward pass cancels the forward pass's lag (a one-way EMA shifts the curve
+    to larger LRs by about its span, which would bias every estimate upward).
+    """
+    if len(y) == 0:
+        return y.copy()
+
+    def one_way(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.empty_like(v)
+        s = w = 0.0
+        prev = x[0]
+        for i in range(len(v)):
+            a = math.exp(-abs(x[i] - prev) / span) if i else 0.0
+            s = a * s + (1 - a) * v[i]
+            w = a * w + (1 - a)
+            out[i] = s / w
+            prev = x[i]
+        return out
+
+    fwd = one_way(log_lr, y)
+    return one_way(log_lr[::-1], fwd[::-1])[::-1]
+
+
+def robust_sigma(r: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (outliers do not count)."""
+    if len(r) < 3:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+@dataclass
+class LRSuggestion:
+    """The reading of one range test: the 1cycle LR range, how sure, and why."""
+
+    max_lr: float | None
+    min_lr: float | None
+    confidence: str  # 'high' | 'medium' | 'low'
+    estimates: dict[str, float | None]
+    failure: str | None
+    advice: str | None
+    explanation: str
+    agreement: tuple[int, int] = (0, 0)  # (estimates that agree, estimates available)
+    agreeing: list[str] = field(default_factory=list)  # names of the estimates that were combined
+    # A range to re-run the test with, when the curve asks for it (failures).
+    retry_range: tuple[float, float] | None = None
+    evidence: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["agreement"] = list(self.agreement)
+        d["retry_range"] = list(self.retry_range) if self.retry_range else None
+        return d
+
+
+def _valid_prefix(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Keep the points before the first NaN/inf loss; return the LR where that happened."""
+    bad = ~np.isfinite(losses) | ~np.isfinite(lrs)
+    if bad.any():
+        k = int(np.argmax(bad))
+        return lrs[:k], losses[:k], float(lrs[k]) if np.isfinite(lrs[k]) else None
+    return lrs, losses, None
+
+
+def _check_inputs(lrs: Sequence[float], losses: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(lrs, dtype=float).ravel()
+    y = np.asarray(losses, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: {len(x)} LRs but {len(y)} losses")
+    if np.any(x[np.isfinite(x)] <= 0):
+        raise ValueError(f"{what}: LRs must be positive")
+    fx = x[np.isfinite(x)]
+    if len(fx) > 1 and np.any(np.diff(fx) < 0):
+        raise ValueError(f"{what}: LRs must not decrease (a range test raises the LR every step)")
+    return x, y
+
+
+def _val_minimum(val_lrs: Sequence[float], val_losses: Sequence[float]) -> tuple[float | None, float | None]:
+    """LR of the lowest (lightly smoothed) validation loss, and where the val loss turned non-finite."""
+    vx, vy = _check_inputs(val_lrs, val_losses, "validation curve")
+    vx, vy, v_bad = _valid_prefix(vx, vy)
+    if len(vy) < 5:
+        return None, v_bad
+    lx = np.log10(vx)
+    gaps = np.diff(lx)
+    step = float(np.median(gaps[gaps > 0])) if np.any(gaps > 0) else 1.0
+    vs = smooth_log(lx, vy, 0.75 * step)
+    i = int(np.argmin(vs))
+    level = float(np.median(vs[: max(2, len(vs) // 5)]))
+    fall = float(np.max(vs[: i + 1]) - vs[i])
+    if fall < 0.02 * max(abs(level), 1e-12):
+        return None, v_bad  # the validation loss never fell: it says nothing about the top
+    return float(vx[i]), v_bad
+
+
+def _cluster(values: dict[str, float], prefer: Sequence[str]) -> list[str]:
+    """The largest group of estimates within AGREE_FACTOR of each other.
+
+    Ties go to the group holding the earliest name in `prefer` (the paper's own readings first),
+    then to the lower group (the safer LR).
+    """
+    names = sorted(values, key=lambda n: values[n])
+    logs = [math.log10(values[n]) for n in names]
+    width = math.log10(AGREE_FACTOR) + 1e-9
+    groups: list[list[str]] = []
+    for i in range(len(names)):
+        j = i
+        while j + 1 < len(names) and logs[j + 1] - logs[i] <= width:
+            j += 1
+        groups.append(names[i : j + 1])
+
+    def key(g: list[str]) -> tuple[int, int]:
+        rank = min((prefer.index(n) for n in g if n in prefer), default=len(prefer))
+        return (-len(g), rank)
+
+    best = min(groups, key=key)  # min() keeps the first (lowest) group among equals
+    return best
+
+
+def _dedupe(lx: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average points that share an LR (a warm-up at constant LR) so slopes stay finite."""
+    ux, inv = np.unique(lx, return_inverse=True)
+    if len(ux) == len(lx):
+        return lx, y
+    sums = np.bincount(inv, weights=y)
+    counts = np.bincount(inv)
+    return ux, sums / counts
+
+
+def suggest_lr(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    val_lrs: Sequence[float] | None = None,
+    val_losses: Sequence[float] | None = None,
+    *,
+    diverged_at_lr: float | None = None,
+) -> LRSuggestion:
+    """Read a range test (train loss per step, optional validation loss at some LRs) into a 1cycle range.
+
+    `diverged_at_lr` is the LR at which the engine stopped the test for divergence, if it did.
+    """
+    x, y = _check_inputs(lrs, losses, "range test")
+    lr_start = float(x[0]) if len(x) and math.isfinite(x[0]) else None
+    x, y, nan_lr = _valid_prefix(x, y)
+    div_lr = min((v for v in (diverged_at_lr, nan_lr) if v is not None), default=None)
+
+    val_min: float | None = None
+    if val_lrs is not None and val_losses is not None and len(val_lrs):
+        val_min, v_bad = _val_minimum(val_lrs, val_losses)
+        if v_bad is not None and (div_lr is None or v_bad < div_lr):
+            div_lr = v_bad
+
+    estimates: dict[str, float | None] = {
+        "steepest": None,
+        "valley": None,
+        "min_div10": None,
+        "divergence": div_lr,
+        "val_min": val_min,
+    }
+    evidence: dict[str, float | None] = {}
+
+    def fail(kind: str, sentence: str, advice: str, retry: tuple[float, float] | None) -> LRSuggestion:
+        return LRSuggestion(
+            max_lr=None,
+            min_lr=None,
+            confidence="low",
+            estimates=estimates,
+            failure=kind,
+            advice=advice,
+            explanation=f"No LR range suggested: {sentence} {advice}",
+            retry_range=retry,
+            evidence=evidence,
+        )
+
+    def start_lower(sentence: str) -> LRSuggestion:
+        assert div_lr is not None
+        lo = (lr_start or div_lr / 10) / 100
+        return fail(
+            "diverged_immediately",
+            sentence,
+            f"Start lower: re-run the range test from {fmt_num(lo)} to {fmt_num(div_lr)}.",
+            (lo, div_lr),
+        )
+
+    # Skip the warm-up: the first few steps move the loss for reasons unrelated to the LR
+    # (batch-norm statistics settling, the first updates away from the initialisation).
+    # In a linear test the first steps already span decades, so skip only what lies in the first
+    # tenth of the log-LR span.
+    n_all = len(y)
+    skip = 0
+    if n_all >= 2 * MIN_POINTS:
+        lx_all = np.log10(x)
+        early = int(np.sum(lx_all < lx_all[0] + 0.1 * (lx_all[-1] - lx_all[0])))
+        skip = min(max(3, round(0.05 * n_all)), early, n_all // 4)
+    lx, y = _dedupe(np.log10(x[skip:]), y[skip:])
+    if len(y) < MIN_POINTS:
+        if div_lr is not None:
+            return start_lower(f"the loss blew up at LR {fmt_num(div_lr)}, after only {n_all} steps.")
+        return fail(
+            "too_short",
+            f"only {n_all} steps were recorded.",
+            "Run the range test longer (a few hundred steps) so the curve can be read.",
+            None,
+        )
+
+    gaps = np.diff(lx)
+    step = float(np.median(gaps))
+    span = max(SPAN_FRACTION * float(lx[-1] - lx[0]), 2.0 * step)
+    # Clip the blow-up before smoothing: one loss of 200 at the end would otherwise leak into the
+    # smoothed curve half a decade back and fake an early divergence.
+    head = max(2, int(np.sum(lx < lx[0] + 0.1 * (lx[-1] - lx[0]))))  # the first tenth of the span
+    base = float(np.median(y[:head]))
+    low = float(np.percentile(y, 5))
+    ceiling = base + 2.0 * max(base - low, 0.25 * abs(base))
+    ys = smooth_log(lx, np.minimum(y, ceiling), span)
+
+    level = float(np.median(ys[:head]))
+    scale = max(abs(level), 1e-12)
+
+    # Divergence inside the recorded curve (when the engine did not flag it): the smoothed loss
+    # climbs past 4x its minimum or clearly above where it started. Points after it are noise.
+    i_min = int(np.argmin(ys))
+    y_min = float(ys[i_min])
+    fall = float(np.max(ys[: i_min + 1]) - y_min)
+    thresh = level + max(fall, 0.1 * scale)
+    if y_min > 0:
+        thresh = min(thresh, 4.0 * y_min)
+    above = np.nonzero((ys[i_min:] > thresh) | (y[i_min:] >= ceiling))[0]
+    if len(above):
+        j = i_min + int(above[0])
+        seen = float(10 ** lx[j])
+        if div_lr is None or seen < div_lr:
+            div_lr = seen
+            estimates["divergence"] = div_lr
+        lx, y, ys = lx[: max(j, 1)], y[: max(j, 1)], ys[: max(j, 1)]
+    x = 10**lx
+
+    sigma = robust_sigma(y - ys)
+    sigma_s = sigma / math.sqrt(3.0 * max(span / step, 1.0))
+    evidence.update(
+        start_loss=level,
+        min_loss=y_min,
+        fall=fall,
+        noise=sigma,
+        lr_first=float(x[0]),
+        lr_last=float(x[-1]),
+        smoothing_span_decades=span,
+    )
+
+    if fall < max(0.03 * scale, 4.0 * sigma_s):
+        if div_lr is not None and lr_start is not None and div_lr < 10 * lr_start:
+            return start_lower(f"the loss did not fall before it blew up at LR {fmt_num(div_lr)}.")
+        if div_lr is not None:
+            return fail(
+                "flat",
+                f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(div_lr)}, "
+                "where it blew up.",
+                "The model is not learning: check the labels, the input normalisation and the model, "
+                "then re-run the range test with more steps.",
+                None,
+            )
+        return fail(
+            "flat",
+            f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(float(x[-1]))} "
+            f"(it moved {fall:.2g} from {level:.3g}).",
+            f"The range is too low or the model is not learning: re-run up to {fmt_num(float(x[-1]) * 100)}, "
+            "and check the labels, the input normalisation and the model.",
+            (float(x[0]), float(x[-1]) * 100),
+        )
+
+    # Estimates on the smoothed curve, before its minimum.
+    grad = np.gradient(ys, lx)
+    i_min = int(np.argmin(ys))
+    g = grad[: i_min + 1]
+    i_steep = int(np.argmin(g))
+    if g[i_steep] < 0:
+        estimates["steepest"] = float(x[i_steep])
+        still = np.nonzero(g[i_steep:] <= 0.1 * g[i_steep])[0]
+        estimates["valley"] = float(x[i_steep + int(still[-1])])
+    estimates["min_div10"] = float(x[i_min]) / 10
+
+    votes = {n: v for n in ("valley", "steepest", "val_min") if (v := estimates[n]) is not None}
+    votes["min_div10"] = float(x[i_min])  # min/10 votes as the minimum itself (see the module notes)
+    group = _cluster(votes, prefer=("val_min", "valley", "min_div10", "steepest"))
+    logs = sorted(math.log10(votes[n]) for n in group)
+    mid = len(logs) // 2
+    centre = 10 ** (logs[mid] if len(logs) % 2 else 0.5 * (logs[mid - 1] + logs[mid]))
+    cap = div_lr / DIVERGENCE_MARGIN if div_lr is not None else math.inf
+    raw_max = min(centre, cap)
+    max_lr = round_sig(raw_max)
+    if max_lr > cap:
+        max_lr = floor_sig(raw_max)
+    capped = centre > cap
+
+    # Min LR: a tenth of the top, unless the loss had not started to fall there yet.
+    min_lr = round_sig(max_lr / 10)
+    min_note = ""
+    started = np.nonzero(ys[: i_min + 1] <= level - 0.1 * fall)[0]
+    if len(started):
+        start_lr = float(x[int(started[0])])
+        evidence["fall_starts"] = start_lr
+        seen_before = np.nonzero(x[: int(started[0])] >= max_lr / 10)[0]
+        if start_lr > 2 * max_lr / 10 and len(seen_before):
+            min_lr = round_sig(min(start_lr, max_lr / 3))
+            min_note = f" Min LR {fmt_num(min_lr)}, not max/10: below it the loss had not started to fall."
+
+    # Failures that still leave a usable, uncertain answer.
+    failure: str | None = None
+    advice: str | None = None
+    retry: tuple[float, float] | None = None
+    # Did the loss turn up by the end? Read the raw tail: the smoothed edge lags by the span.
+    k_tail = max(5, len(y) // 50)
+    end_rise = float(np.median(y[-k_tail:]) - ys[i_min])
+    if sigma > NOISY_RATIO * fall:
+        failure = "noisy"
+        advice = (
+            f"The curve is noisy (step-to-step noise {sigma:.2g} against a fall of {fall:.2g}): re-run with "
+            "a larger batch or more steps, or repeat with another seed and report the spread."
+        )
+        retry = (float(x[0]), float(x[-1]))
+    elif div_lr is None and end_rise < max(0.03 * fall, 3.0 * sigma / math.sqrt(k_tail)):
+        failure = "no_divergence"
+        advice = (
+            f"The loss was still falling at the end of the range (LR {fmt_num(float(x[-1]))}): extend the "
+            f"range, re-run up to {fmt_num(float(x[-1]) * 10)}; treat {fmt_num(max_lr)} as a lower bound."
+        )
+        retry = (float(x[0]), float(x[-1]) * 10)
+
+    k, n = len(group), len(votes)
+    if failure:
+        confidence = "low"
+    else:
+        confidence = "high" if k >= 3 else "medium" if k == 2 else "low"
+    word = "good" if k >= 3 else "fair" if k == 2 else "poor"
+
+    parts = [
+        f"{label} {fmt_num(estimates[name])}"
+        for name, label in (("valley", "Valley"), ("steepest", "steepest"), ("min_div10", "min/10"))
+        if estimates[name] is not None
+    ]
+    tail = [
+        f"val loss lowest at {fmt_num(val_min)}" if val_min is not None else "no validation curve to read",
+        f"diverges at {fmt_num(div_lr)}"
+        if div_lr is not None
+        else f"no divergence up to {fmt_num(float(x[-1]))}",
+    ]
+    explanation = (
+        f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {', '.join(tail)}. "
+        f"Agreement: {word} ({k} of {n})."
+    )
+    if capped:
+        explanation += f" Kept {DIVERGENCE_MARGIN:g}x below the divergence point."
+    explanation += min_note
+    if advice:
+        explanation += f" Caution: {advice}"
+    return LRSuggestion(
+        max_lr=max_lr,
+        min_lr=min_lr,
+        confidence=confidence,
+        estimates=estimates,
+        failure=failure,
+        advice=advice,
+        explanation=explanation,
+        agreement=(k, n),
+        agreeing=sorted(group),
+        retry_range=retry,
+        evidence=evidence,
+    )

@@ -1,0 +1,505 @@
+"""`tuneassist runs`: list, watch, cancel, resume and export background runs; `--background` launching.
+
+Everything here only reads and writes the run store; the runs themselves live in detached worker
+processes, so quitting `runs watch` (or losing the SSH connection) never touches a run. No torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any
+
+from tuneassist.errors import UserError
+from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
+from tuneassist.runs.store import ACTIVE, STATUSES, Store
+from tuneassist.spec import RunSpec
+
+_ENDED_OK = ("finished", "cancelled", "diverged")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _add_workspace(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an absent option must not overwrite a top-level --workspace given before the command.
+    p.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
+    )
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The store of --workspace / $TUNEASSIST_HOME / the user data dir."""
+    return Store(getattr(args, "workspace", None))
+
+
+def _ws_flag(args: argparse.Namespace) -> str:
+    ws = getattr(args, "workspace", None)
+    return f" --workspace {ws}" if ws else ""
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(max(0, seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
+    """Training time of a run over all its attempts (downtime between a loss and a resume excluded)."""
+    if not run.get("started"):
+        return None
+    end = run.get("ended") or (now or time.time())
+    if run["status"] == "queued":
+        end = run["started"]
+    return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
+
+
+def hyperparameters(spec: dict[str, Any]) -> str:
+    """The key hyperparameters in one compact string (missing ones, e.g. from an older spec, as '?')."""
+
+    def g(key: str) -> str:
+        v = spec.get(key)
+        return f"{v:g}" if isinstance(v, int | float) else "?"
+
+    sched = spec.get("schedule") or "?"
+    same_lr = spec.get("lr_min") == spec.get("lr_max") or sched in ("constant", "step")
+    lr = g("lr_max") if same_lr else f"{g('lr_min')}:{g('lr_max')}"
+    mom = g("momentum_max")
+    if spec.get("momentum_max") != spec.get("momentum_min"):
+        mom += f":{g('momentum_min')}"
+    length = f"{spec['steps']}st" if spec.get("steps") else f"{g('epochs')}ep"
+    return f"{sched} lr {lr} m {mom} wd {g('weight_decay')} bs {spec.get('batch_size') or '?'} {length}"
+
+
+def total_epochs(run: dict[str, Any]) -> float | None:
+    info = run.get("info") or {}
+    if info.get("epochs"):
+        return float(info["epochs"])
+    spec = run["spec"]
+    return None if spec.get("steps") else float(spec.get("epochs") or 0)
+
+
+def run_summary(run: dict[str, Any], sessions: dict[int, str] | None = None) -> dict[str, Any]:
+    """A run as the JSON row of `tuneassist runs --json`."""
+    spec = run["spec"]
+    info = run.get("info") or {}
+    sid = run.get("session_id")
+    return {
+        "id": run["id"],
+        "session_id": sid,
+        "session": (sessions or {}).get(sid) if sid is not None else None,
+        "kind": run["kind"],
+        "status": run["status"],
+        "device": run["device"],
+        "model": spec.get("model"),
+        "data": spec.get("data"),
+        "hyperparameters": {
+            k: spec.get(k)
+            for k in (
+                "schedule",
+                "lr_min",
+                "lr_max",
+                "momentum_max",
+                "momentum_min",
+                "weight_decay",
+                "batch_size",
+                "epochs",
+                "steps",
+            )
+        },
+        "step": (run["outcome"] or {}).get(
+            "step", None if run["last_step"] is None else run["last_step"] + 1
+        ),
+        "total_steps": info.get("total_steps"),
+        "epoch": (run["outcome"] or {}).get("epoch", run["last_epoch"]),
+        "best_val_loss": run["best_val_loss"],
+        "best_val_acc": run["best_val_acc"],
+        "images_per_s": run["images_per_s"],
+        "elapsed_s": elapsed(run),
+        "created": run["created"],
+        "started": run["started"],
+        "ended": run["ended"],
+        "checkpoint_step": run["checkpoint_step"],
+        "error": run["error"],
+        "outcome": run["outcome"],
+        "spec": spec,
+    }
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- launching (for lr-find/train)
+def add_background_option(parser: argparse.ArgumentParser) -> None:
+    """Add `--background` (and `--workspace`) to a command that can run as a background job."""
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="run as a background job in the run store; print its id and return",
+    )
+    if not any("--workspace" in a.option_strings for a in parser._actions):
+        _add_workspace(parser)
+
+
+def launch_background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int:
+    """Queue `spec` as a background run, start it if its device is free, print its id and how to watch it."""
+    store = open_store(args)
+    session = getattr(args, "session_id", None)
+    session_id = None if session is None else store.get_session(session)["id"]
+    run_id = launch_run(store, spec, kind=kind, session_id=session_id)
+    run = store.get_run(run_id)
+    flag = _ws_flag(args)
+    if getattr(args, "json", False):
+        print(json.dumps({"run_id": run_id, "status": run["status"], "device": run["device"]}))
+        return 0
+    if run["status"] == "running":
+        where = f"started on {run['device']} (worker pid {run['pid']})"
+    elif run["status"] == "queued":
+        busy = [r["id"] for r in store.list_runs(status="running", refresh=False)]
+        where = "queued: its device is busy" + (f" with run {', '.join(map(str, busy))}" if busy else "")
+    else:
+        where = f"{run['status']}: {run['error'] or ''}".rstrip(": ")
+    print(f"run {run_id} ({kind}) {where}.")
+    print(f"  watch it:   tuneassist runs watch {run_id}{flag}")
+    print(f"  all runs:   tuneassist runs{flag}")
+    print(f"  log:        {store.log_path(run_id)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    statuses = None
+    if args.status:
+        statuses = [s.strip() for s in args.status.split(",") if s.strip()]
+    runs = store.list_runs(session=args.session, status=statuses)
+    if any(r["status"] == "queued" for r in runs):
+        advance_queue(store)  # a lost run may have freed a slot: let the queue move
+        runs = store.list_runs(session=args.session, status=statuses, refresh=False)
+    sessions = {s["id"]: s["name"] or str(s["id"]) for s in store.list_sessions()}
+    if args.json:
+        print(json.dumps([run_summary(r, sessions) for r in runs], indent=1))
+        return 0
+    if not runs:
+        what = "matching runs" if (statuses or args.session) else "runs"
+        print(f"no {what} in {store.workspace}; start one with: tuneassist train --background")
+        return 0
+    header = ["ID", "SESSION", "STATUS", "KIND", "MODEL", "DATA", "HYPERPARAMETERS", "EPOCH",
+              "BEST VAL LOSS", "BEST VAL ACC", "IMG/S", "ELAPSED"]  # fmt: skip
+    rows = []
+    for r in runs:
+        total = total_epochs(r)
+        epoch = (r["outcome"] or {}).get("epoch", r["last_epoch"])
+        ep = "-" if epoch is None else f"{epoch:.2f}"
+        if total:
+            ep += f"/{total:g}"
+        rows.append(
+            [
+                str(r["id"]),
+                sessions.get(r["session_id"], "-") if r["session_id"] is not None else "-",
+                r["status"],
+                r["kind"],
+                str(r["spec"].get("model")),
+                str(r["spec"].get("data")),
+                hyperparameters(r["spec"]),
+                ep,
+                _g(r["best_val_loss"]),
+                _pct(r["best_val_acc"]),
+                "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
+                _fmt_time(elapsed(r)),
+            ]
+        )
+    print(_table(rows, header))
+    bad = [r for r in runs if r["status"] in ("failed", "lost") and r["error"]]
+    for r in bad[-3:]:
+        print(f"run {r['id']} {r['status']}: {r['error']}")
+    return 0
+
+
+def describe_end(run: dict[str, Any], flag: str = "") -> str:
+    """One line saying how a run ended and what to do next."""
+    rid, status, out = run["id"], run["status"], run.get("outcome") or {}
+    if status in ("failed", "lost"):
+        hint = f"; resume it with: tuneassist runs resume {rid}{flag}" if status == "lost" else ""
+        return f"run {rid} {status}: {run['error']}{hint}"
+    parts = [f"run {rid} {status}"]
+    if out:
+        parts.append(
+            f"{out.get('epoch', 0):.3g} epochs ({out.get('step')} steps) in {_fmt_time(out.get('wall_time'))}"
+        )
+        if out.get("val_loss") is not None:
+            parts.append(f"val loss {out['val_loss']:.4f}, val acc {_pct(out.get('val_acc'))}")
+        if out.get("test_acc") is not None:
+            parts.append(f"test acc {_pct(out['test_acc'])}")
+        if out.get("reason"):
+            parts.append(str(out["reason"]))
+    text = ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
+    if status == "cancelled":
+        text += f" (resume it with: tuneassist runs resume {rid}{flag})"
+    return text
+
+
+class _Curves:
+    """A run's metric rows as read so far, kept in sync by polling `metrics_since`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.last_step = -1
+
+    def reset(self) -> None:
+        self.rows.clear()
+        self.last_step = -1
+
+    def update(self, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for r in new:
+            self.rows[r["step"]] = r
+            self.last_step = max(self.last_step, r["step"])
+        return new
+
+    def series(self, x: str, y: str, shift: float = 0.0) -> tuple[list[float], list[float]]:
+        pts = [
+            (r[x] + shift, r[y])
+            for _, r in sorted(self.rows.items())
+            if r[x] is not None and r[y] is not None
+        ]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _eval_shift(run: dict[str, Any]) -> float:
+    """A row's epoch is where its step began; its evaluation came after the step: one step later."""
+    spe = (run.get("info") or {}).get("steps_per_epoch")
+    return 1.0 / spe if spe else 0.0
+
+
+def _progress_line(run: dict[str, Any], curves: _Curves) -> str:
+    info = run.get("info") or {}
+    total = info.get("total_steps")
+    last = curves.rows.get(curves.last_step)
+    if run["status"] == "queued":
+        return f"run {run['id']} queued: waiting for a free device slot"
+    if last is None:
+        return f"run {run['id']} {run['status']} on {run['device']}: starting (loading data and model)"
+    step = curves.last_step + 1
+    pct = f" ({100 * step / total:.0f}%)" if total else ""
+    vals = [r for r in curves.rows.values() if r["val_loss"] is not None]
+    val = max(vals, key=lambda r: r["step"]) if vals else None
+    eta = ""
+    el = elapsed(run)
+    if total and el and step:
+        eta = f"  ETA {_fmt_time(el / step * (total - step))}"
+    done = (last["epoch"] or 0) + _eval_shift(run)  # epochs completed by the last step
+    text = (
+        f"run {run['id']} {run['status']}  epoch {done:.2f}/{_g(total_epochs(run))}  "
+        f"step {step}/{total or '?'}{pct}  train loss {_g(last['train_loss'])}  lr {_g(last['lr'])}"
+    )
+    if val is not None:
+        text += f"  val loss {_g(val['val_loss'])}  val acc {_pct(val['val_acc'])}"
+    if last["images_per_s"]:
+        text += f"  {last['images_per_s']:,.0f} img/s"
+    return text + f"  {_fmt_time(el)}{eta}"
+
+
+def _plot(run: dict[str, Any], curves: _Curves) -> str:
+    from tuneassist.cli.termplot import plot_lines
+
+    if run["kind"] == "lr_find" or str(run["spec"].get("schedule", "")).startswith("range_"):
+        return plot_lines(
+            {"train loss": curves.series("lr", "train_loss"), "val loss": curves.series("lr", "val_loss")},
+            title=f"run {run['id']}: loss vs learning rate",
+            xlabel="learning rate (log)",
+            ylabel="loss",
+            logx=True,
+        )
+    return plot_lines(
+        {
+            "train loss": curves.series("epoch", "train_loss"),
+            "val loss": curves.series("epoch", "val_loss", shift=_eval_shift(run)),
+        },
+        title=f"run {run['id']} ({run['spec'].get('model')} on {run['spec'].get('data')}): loss vs epoch",
+        xlabel="epoch",
+        ylabel="loss",
+    )
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    run_id = args.run_id
+    run = store.get_run(run_id)
+    flag = _ws_flag(args)
+    live = sys.stdout.isatty() and not args.no_plot
+    curves = _Curves()
+    attempt = run["attempt"]
+    shown_status = None
+    printed_eval = -1
+    plot_note: str | None = None
+    try:
+        while True:
+            run = store.get_run(run_id)
+            if run["attempt"] != attempt:  # resumed: steps past the checkpoint were redone
+                attempt = run["attempt"]
+                curves.reset()
+                printed_eval = -1
+            ended = run["status"] not in ACTIVE
+            if ended:
+                curves.reset()  # a complete, final read (evaluations stored after the last poll included)
+            curves.update(store.metrics_since(run_id, curves.last_step))
+            if live:
+                screen = ""
+                if curves.rows and plot_note is None:
+                    try:
+                        screen = _plot(run, curves)
+                    except Exception as e:  # a plotting problem must not stop the watch: progress goes on
+                        plot_note = f"(no terminal plot: {type(e).__name__}: {e})"
+                screen = screen or plot_note or ""
+                sys.stdout.write("\x1b[H\x1b[J" + screen + "\n" + _progress_line(run, curves) + "\n")
+                if not ended:
+                    sys.stdout.write("Ctrl-C stops watching; the run keeps going.\n")
+                sys.stdout.flush()
+            else:
+                if run["status"] != shown_status:
+                    print(_progress_line(run, curves), flush=True)
+                for step in sorted(
+                    s for s, r in curves.rows.items() if s > printed_eval and r["val_loss"] is not None
+                ):
+                    r = curves.rows[step]
+                    print(
+                        f"epoch {(r['epoch'] or 0) + _eval_shift(run):.2f}  step {step + 1}  "
+                        f"train loss {_g(r['train_loss'])}  "
+                        f"val loss {_g(r['val_loss'])}  val acc {_pct(r['val_acc'])}",
+                        flush=True,
+                    )
+                    printed_eval = step
+            shown_status = run["status"]
+            if ended:
+                print(describe_end(run, flag), flush=True)
+                return 0 if run["status"] in _ENDED_OK else 1
+            if run["status"] == "queued":
+                advance_queue(store)
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; run {run_id} keeps going (tuneassist runs watch {run_id}{flag})")
+        return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    status = cancel_run(store, args.run_id, wait=0 if args.no_wait else args.timeout)
+    run = store.get_run(args.run_id)
+    flag = _ws_flag(args)
+    if status == "running":
+        print(
+            f"cancel requested: run {args.run_id} stops at its next check and keeps its metrics "
+            f"(tuneassist runs watch {args.run_id}{flag})"
+        )
+    else:
+        print(describe_end(run, flag))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    res = resume_run(store, args.run_id)
+    flag = _ws_flag(args)
+    where = (
+        f"from its checkpoint at step {res['from_step']}"
+        if res["checkpoint"]
+        else "from the start (no checkpoint)"
+    )
+    state = "running" if res["status"] == "running" else f"{res['status']} (waits for a free device)"
+    print(f"run {args.run_id} resumes {where}: {state}")
+    print(f"  watch it:   tuneassist runs watch {args.run_id}{flag}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    n = export_run(store, args.run_id, args.format, args.output)
+    if args.output:
+        print(f"wrote {n} rows of run {args.run_id} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return v
+
+
+def _list_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    p.add_argument(
+        "--status", default=None, help=f"only these statuses, comma-separated ({', '.join(STATUSES)})"
+    )
+    p.add_argument("--session", default=None, help="only runs of this tuning session (id or name)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `runs` (list by default) with watch/cancel/resume/export."""
+    p = subparsers.add_parser(
+        "runs",
+        help="list background runs; watch, cancel, resume or export one",
+        description="Background runs live in detached worker processes and the run store; this lists "
+        "them (default) and follows, cancels, resumes or exports one.",
+    )
+    _add_workspace(p)
+    _list_options(p)
+    p.set_defaults(func=cmd_list)
+    sub = p.add_subparsers(dest="runs_action", metavar="ACTION")
+
+    ls = sub.add_parser("list", help="list runs (the default)")
+    _add_workspace(ls)
+    _list_options(ls)
+    ls.set_defaults(func=cmd_list)
+
+    w = sub.add_parser("watch", help="follow a run live; Ctrl-C stops watching, never the run")
+    w.add_argument("run_id", type=int, metavar="ID")
+    w.add_argument("--interval", type=_positive, default=1.0, help="seconds between redraws (1)")
+    w.add_argument("--no-plot", action="store_true", help="progress lines only, no terminal plot")
+    _add_workspace(w)
+    w.set_defaults(func=cmd_watch)
+
+    c = sub.add_parser("cancel", help="stop a run gracefully (metrics and a checkpoint are kept)")
+    c.add_argument("run_id", type=int, metavar="ID")
+    c.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for it to stop")
+    c.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)")
+    _add_workspace(c)
+    c.set_defaults(func=cmd_cancel)
+
+    r = sub.add_parser("resume", help="continue a lost or cancelled run from its last checkpoint")
+    r.add_argument("run_id", type=int, metavar="ID")
+    _add_workspace(r)
+    r.set_defaults(func=cmd_resume)
+
+    e = sub.add_parser("export", help="write a run's metrics as CSV or JSON lines")
+    e.add_argument("run_id", type=int, metavar="ID")
+    e.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    e.add_argument("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)")
+    _add_workspace(e)
+    e.set_defaults(func=cmd_export)
+
+
+__all__ = ["register", "add_background_option", "launch_background", "open_store", "UserError"]

@@ -1,0 +1,95 @@
+"""`tuneassist` (no command) and `tuneassist tui`: the terminal UI; `tuneassist serve`: the same in a browser.
+
+No torch here, nor in the app: the UI starts fast and holds no CUDA context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import socket
+import sys
+
+from tuneassist.errors import UserError
+
+DEFAULT_PORT = 8000
+
+
+def _add_workspace(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an absent option must not overwrite a top-level --workspace given before the command.
+    p.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tui",
+        help="open the terminal UI (the default when no command is given)",
+        description="The guided checklist with live plots, the runs and the profiles. It opens the last "
+        "session; quitting leaves runs running, and opening it again shows them live.",
+    )
+    _add_workspace(p)
+    p.add_argument("--session", default=None, metavar="ID", help="open this session (id or name)")
+    p.set_defaults(func=open_tui)
+
+    s = subparsers.add_parser(
+        "serve",
+        help="serve the terminal UI in a web browser (needs textual-serve)",
+        description="Serves the same app through textual-serve, bound to localhost by default: reach it "
+        "from your machine through an SSH tunnel.",
+    )
+    _add_workspace(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.set_defaults(func=serve)
+
+
+def open_tui(args: argparse.Namespace) -> int:
+    """Run the app in this terminal (`tuneassist` with no command, or `tuneassist tui`)."""
+    from tuneassist.tui.app import TuneApp
+
+    workspace = getattr(args, "workspace", None)
+    session = getattr(args, "session", None)
+    session_id = None
+    if session is not None:
+        from tuneassist.runs.store import Store
+
+        with Store(workspace) as store:
+            session_id = int(store.get_session(session)["id"])
+    app = TuneApp(workspace=workspace, session_id=session_id)
+    app.run()
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> str:
+    """The command textual-serve starts for each browser connection."""
+    cmd = [sys.executable, "-m", "tuneassist.cli.main"]
+    workspace = getattr(args, "workspace", None)
+    if workspace:
+        cmd += ["--workspace", str(workspace)]
+    cmd.append("tui")
+    return shlex.join(cmd)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("textual_serve") is None:
+        raise UserError("textual-serve is not installed; pip install textual-serve")
+    from textual_serve.server import Server
+
+    host, port = args.host, args.port
+    local = host in ("127.0.0.1", "localhost", "::1")
+    print(f"serving tuneassist at http://{host}:{port} (Ctrl-C stops serving; runs keep going)")
+    if local:
+        print(
+            "from your machine: ssh -N -L "
+            f"{port}:127.0.0.1:{port} {socket.gethostname()}   then open http://localhost:{port}"
+        )
+    else:
+        print("warning: bound beyond localhost: anyone who can reach this port can drive your runs")
+    Server(serve_command(args), host=host, port=port, title="tuneassist").serve()
+    return 0

@@ -1,0 +1,186 @@
+"""Data sets by name: ``synthetic[:N]``, ``cifar10``, ``cifar100``, ``folder:PATH``.
+
+Every source returns whole splits as uint8 CPU tensors (N,3,32,32), so the loader can put a split on the
+training device in one copy. A validation split is held out of train (seeded, default 10%): tuning
+decisions read it, while the test split is kept for the final report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneassist.engine.folder import DataWarning
+from tuneassist.errors import UserError
+
+__all__ = [
+    "DataWarning",
+    "Dataset",
+    "channel_stats",
+    "default_cache_dir",
+    "load_dataset",
+    "parse_spec",
+    "split_validation",
+]
+_SYNTHETIC_MAX = 500_000  # 1.5 GB of uint8 images; more is surely a typo
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and decoded-folder caches live unless --data-dir says otherwise.
+
+    ``TUNEASSIST_CACHE_DIR`` overrides the platform default (``platformdirs.user_cache_dir``).
+    """
+    env = os.environ.get("TUNEASSIST_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tuneassist"))
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits as uint8 CPU tensors N,3,H,W (labels int64) plus train-split statistics."""
+
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def summary(self) -> str:
+        """One line for logs: name, class count and split sizes."""
+        return (
+            f"{self.name}: {self.num_classes} classes, {len(self.train_y)} train / {len(self.val_y)} val / "
+            f"{len(self.test_y)} test images of {tuple(self.train_x.shape[1:])}"
+        )
+
+
+def channel_stats(x: torch.Tensor, max_images: int = 16384) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, from 256-bin histograms.
+
+    Histograms avoid a float copy of the split. Beyond `max_images`, an evenly strided subset is used
+    (for 45,000 CIFAR images the estimate is within ~0.1% and the load is 0.5 s faster); below, exact.
+    """
+    if len(x) == 0:
+        raise UserError("the training split is empty; the data set needs training images")
+    if len(x) > max_images:
+        x = x[:: -(-len(x) // max_images)]
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        count = hist.sum()
+        mean = (hist * values).sum() / count
+        var = (hist * (values - mean) ** 2).sum() / count
+        means.append(float(mean))
+        stds.append(max(float(var.sqrt()), 1e-3))  # a constant channel must not divide by zero
+    return tuple(means), tuple(stds)
+
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold out round(val_fraction * N) random images (seeded, not stratified).
+
+    Returns (train_x, train_y, val_x, val_y).
+
+    Both parts keep the original relative order, so the split is a pure function of (N, fraction, seed).
+    """
+    if not (0.0 <= val_fraction < 1.0):
+        raise UserError(f"validation fraction {val_fraction} must be in [0, 1), e.g. 0.1")
+    n = len(y)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise UserError(f"only {n} training images: too few to hold out a validation split; add images")
+    g = torch.Generator().manual_seed(int(seed))
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[torch.randperm(n, generator=g)[:n_val]] = True
+    val_idx = is_val.nonzero().squeeze(1)
+    train_idx = (~is_val).nonzero().squeeze(1)
+    return x.index_select(0, train_idx), y[train_idx], x.index_select(0, val_idx), y[val_idx]
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split a data spec into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d")."""
+    spec = spec.strip()
+    kind, sep, arg = spec.partition(":")
+    if kind in ("synthetic", "folder") and sep:
+        if not arg:
+            what = (
+                "a train size, e.g. synthetic:2000" if kind == "synthetic" else "a path, e.g. folder:~/imgs"
+            )
+            raise UserError(f"data set {spec!r} is missing {what}")
+        return kind, arg
+    if spec in ("synthetic", "cifar10", "cifar100"):
+        return spec, None
+    raise UserError(
+        f"unknown data set {spec!r}; use synthetic, synthetic:N, cifar10, cifar100 or folder:PATH"
+    )
+
+
+def load_dataset(
+    spec: str, data_dir: str | os.PathLike[str] | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
+    """Load a data set by spec and hold out a seeded validation split from its train split.
+
+    `data_dir` holds downloads (cifar) and decoded-folder caches; default :func:`default_cache_dir`.
+    The `seed` only chooses the validation split: the synthetic images are the same for every seed.
+    """
+    kind, arg = parse_spec(spec)
+    root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
+    if kind == "synthetic":
+        from tuneassist.engine import synthetic
+
+        n_train = synthetic.DEFAULT_TRAIN
+        if arg is not None:
+            try:
+                n_train = int(arg)
+            except ValueError:
+                n_train = -1
+            if not (10 <= n_train <= _SYNTHETIC_MAX):
+                raise UserError(
+                    f"synthetic size {arg!r} must be an integer from 10 to {_SYNTHETIC_MAX}, "
+                    "e.g. synthetic:2000"
+                )
+        classes, tx, ty, sx, sy = synthetic.generate(n_train)
+        name = spec.strip()
+    elif kind in ("cifar10", "cifar100"):
+        from tuneassist.engine import cifar
+
+        classes, tx, ty, sx, sy = cifar.load_cifar(kind, root)
+        name = kind
+    else:
+        from tuneassist.engine import folder
+
+        assert arg is not None  # parse_spec guarantees a path
+        classes, tx, ty, sx, sy = folder.load_folder(arg, root)
+        name = f"folder:{arg}"
+    train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
+    mean, std = channel_stats(train_x)
+    return Dataset(
+        name=name,
+        classes=list(classes),
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
+        test_x=sx,
+        test_y=sy,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+    )

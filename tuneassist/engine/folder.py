@@ -1,0 +1,322 @@
+"""Image-folder data sets: ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (or ``val/``).
+
+Why a cache: decoding tens of thousands of small files costs far more than a training epoch of a small
+net, and the checklist trains many short runs on the same data. The folder is decoded once, in parallel
+worker processes, to 32x32 RGB uint8 tensors and stored as a ``.pt`` file under the cache directory. The
+cache key hashes the absolute path and every file's name, size and mtime, so any added, removed or
+edited file makes the next load re-read the folder.
+
+Images in any format PIL reads are converted to RGB (grayscale is replicated, alpha is dropped, palette
+images go through RGBA) and resized to 32x32 if needed. Unreadable files are skipped and reported in one
+warning that counts them and names the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuneassist.errors import UserError
+
+SIZE = 32
+_CACHE_VERSION = 1
+_CHUNK = 256  # files per worker task: large enough to amortise IPC, small enough to balance load
+_POOL_MIN_FILES = 1024  # below this, decoding in-process beats starting workers
+
+
+class DataWarning(UserWarning):
+    """Something about the data the user should know (skipped or resized images) that is not fatal."""
+
+
+def _listing(split_dir: Path, classes: list[str]) -> list[list[tuple[str, int, int]]]:
+    """Per class: sorted (file name, size, mtime_ns) of the regular, non-hidden files."""
+    out = []
+    for cls in classes:
+        d = split_dir / cls
+        files = []
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.startswith(".") or not e.is_file():
+                    continue
+                st = e.stat()
+                files.append((e.name, st.st_size, st.st_mtime_ns))
+        files.sort()
+        out.append(files)
+    return out
+
+
+def _subdirs(d: Path) -> list[str]:
+    with os.scandir(d) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def _decode_one(path: str) -> tuple[np.ndarray, bool]:
+    """One image as 32x32x3 uint8 and whether it had to be resized. Raises on unreadable files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        resized = im.size != (SIZE, SIZE)
+        if resized:
+            im.draft("RGB", (SIZE, SIZE))  # JPEG: decode at reduced scale straight away (much faster)
+        if im.mode == "P":
+            im = im.convert("RGBA")  # palette transparency is only honoured via RGBA
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        if im.size != (SIZE, SIZE):
+            im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    if arr.shape != (SIZE, SIZE, 3):
+        raise ValueError(f"decoded to shape {arr.shape}")
+    return arr, resized
+
+
+def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, int, tuple[str, str] | None]:
+    """Decode files: (images k,32,32,3, ok mask, number resized, first failure (path, reason) or None)."""
+    out = np.zeros((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    n_resized = 0
+    first_bad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's per-file warnings (EXIF, bombs) would flood the terminal
+        for i, p in enumerate(paths):
+            try:
+                out[i], resized = _decode_one(p)
+            except Exception as e:  # any decoder failure means "unreadable": count it, keep going
+                if first_bad is None:
+                    first_bad = (p, f"{type(e).__name__}: {e}".splitlines()[0])
+                continue
+            ok[i] = True
+            n_resized += resized
+    return out, ok, n_resized, first_bad
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
+    """Decode chunks in `procs` worker processes; None if workers cannot be started here."""
+    methods = multiprocessing.get_all_start_methods()
+    # fork: workers start instantly and need no re-import (torch's DataLoader does the same on Linux).
+    # The workers only run PIL and numpy, so forking a process that has torch threads is safe.
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+            pool = ctx.Pool(procs)
+    except (OSError, AssertionError, ValueError):  # e.g. inside a daemonic process, or out of processes
+        return None
+    with pool:
+        return pool.map(_decode_chunk, chunks, chunksize=1)
+
+
+def _decode_all(
+    paths: list[str], processes: int | None, pool_min_files: int
+) -> tuple[np.ndarray, np.ndarray, int, int, tuple[str, str] | None]:
+    """Decode every file, in worker processes when there are many: (images, ok, resized, bad, first_bad)."""
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    procs = processes if processes is not None else min(_cpu_count(), 16)
+    results = None
+    if procs >= 2 and len(paths) >= pool_min_files and len(chunks) >= 2:
+        results = _decode_in_pool(chunks, min(procs, len(chunks)))
+    if results is None:
+        results = [_decode_chunk(c) for c in chunks]
+    images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    ok = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
+    first_bad = next((r[3] for r in results if r[3] is not None), None)
+    return images, ok, sum(r[2] for r in results), int((~ok).sum()), first_bad
+
+
+def _cache_name(root: Path, key: str) -> tuple[str, str]:
+    """(prefix shared by every cache of this folder, full file name for this content key)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name)[:40] or "folder"
+    prefix = f"{slug}-{hashlib.sha256(str(root).encode()).hexdigest()[:10]}-"
+    return prefix, f"{prefix}{key[:20]}.pt"
+
+
+def _warn(root: Path, resized: int, bad: int, first_bad: str | None, first_reason: str | None) -> None:
+    if bad:
+        warnings.warn(
+            f"skipped {bad} unreadable image file(s) in {root} (first: {first_bad}: {first_reason}); "
+            "delete or replace them to silence this",
+            DataWarning,
+            stacklevel=4,
+        )
+    if resized:
+        warnings.warn(
+            f"resized {resized} image(s) in {root} that were not {SIZE}x{SIZE} to {SIZE}x{SIZE}",
+            DataWarning,
+            stacklevel=4,
+        )
+
+
+def load_folder(
+    path: str | os.PathLike[str],
+    cache_root: str | os.PathLike[str],
+    *,
+    processes: int | None = None,
+    pool_min_files: int = _POOL_MIN_FILES,
+) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (classes, train_x, train_y, test_x, test_y) of an image folder, via the decode cache.
+
+    Classes are the sorted sub-directories of ``train/``; ``test/`` (or ``val/``) must have the same ones.
+    """
+    fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist or is not a directory; {fix}")
+    root = root.resolve()
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise UserError(f"image folder {root} has no train/ directory; {fix}")
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not test_dir.is_dir():
+        raise UserError(f"image folder {root} has no test/ or val/ directory; {fix}")
+    try:
+        cache = Path(cache_root).expanduser()
+        return _load_folder(root, train_dir, test_dir, cache, processes, pool_min_files)
+    except OSError as e:  # permissions, vanished files, I/O errors while listing
+        raise UserError(f"cannot read image folder {root}: {e}; check that the files are readable") from e
+
+
+def _load_folder(
+    root: Path, train_dir: Path, test_dir: Path, cache_root: Path, processes: int | None, pool_min_files: int
+) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    classes = _subdirs(train_dir)
+    if not classes:
+        raise UserError(
+            f"{train_dir} has no class sub-directories; put each class's images in {train_dir}/<class>/"
+        )
+    if len(classes) < 2:
+        raise UserError(
+            f"{train_dir} has only one class ({classes[0]}); a classifier needs at least two class "
+            "sub-directories"
+        )
+    test_classes = _subdirs(test_dir)
+    if test_classes != classes:
+        missing = sorted(set(classes) - set(test_classes))
+        extra = sorted(set(test_classes) - set(classes))
+        raise UserError(
+            f"class directories of {test_dir} do not match {train_dir} (missing: "
+            f"{', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}); "
+            "give both the same class sub-directories"
+        )
+    listings = {"train": _listing(train_dir, classes), test_dir.name: _listing(test_dir, classes)}
+    for cls, files in zip(classes, listings["train"], strict=True):
+        if not files:
+            raise UserError(
+                f"class {cls!r} has no images in {train_dir / cls}; add images or remove the directory"
+            )
+    if not any(listings[test_dir.name]):
+        raise UserError(f"{test_dir} has no images; put test images in {test_dir}/<class>/")
+
+    h = hashlib.sha256(f"v{_CACHE_VERSION}\n{root}\n{SIZE}\n".encode())
+    for split, per_class in listings.items():
+        for cls, files in zip(classes, per_class, strict=True):
+            for name, size, mtime in files:
+                h.update(f"{split}/{cls}/{name}\t{size}\t{mtime}\n".encode())
+    key = h.hexdigest()
+    cache_dir = cache_root / "folders"
+    prefix, fname = _cache_name(root, key)
+    cache_file = cache_dir / fname
+
+    cached = _load_cache(cache_file, key)
+    if cached is None:
+        cached = _decode_folder(root, classes, listings, processes, pool_min_files)
+        cached["key"] = key
+        _save_cache(cache_dir, cache_file, prefix, cached)
+    _warn(root, cached["resized"], cached["bad"], cached["first_bad"], cached["first_reason"])
+    counts = torch.bincount(cached["train_y"], minlength=len(classes)).tolist()
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise UserError(
+            f"class {empty[0]!r} has no readable images in {train_dir / empty[0]}; replace the unreadable "
+            "files or remove the directory"
+        )
+    if len(cached["test_y"]) == 0:
+        raise UserError(f"{test_dir} has no readable images; put test images in {test_dir}/<class>/")
+    return list(cached["classes"]), cached["train_x"], cached["train_y"], cached["test_x"], cached["test_y"]
+
+
+def _decode_folder(
+    root: Path,
+    classes: list[str],
+    listings: dict[str, list[list[tuple[str, int, int]]]],
+    processes: int | None,
+    pool_min_files: int,
+) -> dict:
+    paths: list[str] = []
+    labels: list[int] = []
+    splits: list[int] = []
+    for s, (split, per_class) in enumerate(listings.items()):
+        for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
+            d = root / split / cls
+            paths.extend(str(d / name) for name, _, _ in files)
+            labels.extend([k] * len(files))
+            splits.extend([s] * len(files))
+    images, ok, resized, bad, first_bad = _decode_all(paths, processes, pool_min_files)
+    lab = np.asarray(labels, dtype=np.int64)
+    spl = np.asarray(splits, dtype=np.int64)
+    out: dict = {"version": _CACHE_VERSION, "classes": list(classes)}
+    for s, name in enumerate(("train", "test")):
+        keep = ok & (spl == s)
+        out[f"{name}_x"] = torch.from_numpy(images[keep]).permute(0, 3, 1, 2).contiguous()
+        out[f"{name}_y"] = torch.from_numpy(lab[keep])
+    out["resized"] = int(resized)
+    out["bad"] = int(bad)
+    out["first_bad"] = first_bad[0] if first_bad else None
+    out["first_reason"] = first_bad[1] if first_bad else None
+    return out
+
+
+def _load_cache(cache_file: Path, key: str) -> dict | None:
+    """The cached arrays if the file exists, loads and matches `key`; otherwise None (re-decode)."""
+    if not cache_file.is_file():
+        return None
+    try:
+        data = torch.load(cache_file, weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or data.get("version") != _CACHE_VERSION:
+        return None
+    return data
+
+
+def _save_cache(cache_dir: Path, cache_file: Path, prefix: str, data: dict) -> None:
+    """Atomically write the cache and drop stale caches of the same folder; failure only warns."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(data, f)
+            os.replace(tmp, cache_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in cache_dir.glob(f"{_glob_escape(prefix)}*.pt"):
+            if old != cache_file:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        warnings.warn(
+            f"could not write the decoded-image cache in {cache_dir} ({e}); the folder will be decoded "
+            "again next time (pass --data-dir to a writable directory to fix)",
+            DataWarning,
+            stacklevel=4,
+        )
+
+
+def _glob_escape(s: str) -> str:
+    """Escape glob metacharacters in a literal prefix."""
+    return re.sub(r"([*?\[])", r"[\1]", s)

@@ -1,0 +1,245 @@
+"""Starting, cancelling, resuming and exporting runs; the queue with no daemon.
+
+A run is stored as `queued`; whoever touches the store next (the launcher, a worker that just ended,
+`tuneassist runs`) claims the queued runs whose device has a free slot, in one BEGIN IMMEDIATE
+transaction so two launchers can never both take the last slot, and starts one detached worker per
+claim. Torch-free: the UI calls this.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import tuneassist
+from tuneassist.errors import UserError
+from tuneassist.runs.store import METRIC_FIELDS, Store
+from tuneassist.spec import RunSpec
+
+GPU_ENV = "TUNEASSIST_VISIBLE_GPUS"  # the GPUs the first launcher saw, passed down to every worker
+_children: list[subprocess.Popen[bytes]] = []  # reaped on the next launch so no zombies pile up
+_gpu_cache: list[str] | None = None
+
+
+def detect_gpus() -> list[str]:
+    """Physical ids of the NVIDIA GPUs this process may use, without importing torch."""
+    global _gpu_cache
+    if GPU_ENV in os.environ:
+        return [g for g in os.environ[GPU_ENV].split(",") if g.strip()]
+    if _gpu_cache is not None:
+        return list(_gpu_cache)
+    n = 0
+    proc_dir = Path("/proc/driver/nvidia/gpus")
+    if proc_dir.is_dir():
+        n = sum(1 for _ in proc_dir.iterdir())
+    elif shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            n = 0
+    ids = [str(i) for i in range(n)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if n and visible is not None:
+        ids = []
+        for part in visible.split(","):
+            part = part.strip()
+            if not part or part.startswith("-"):
+                break  # CUDA stops at the first invalid entry
+            ids.append(part)
+    _gpu_cache = ids
+    return list(ids)
+
+
+def slots_for(spec: dict[str, Any]) -> tuple[list[str], int]:
+    """The device slots a run may take and how many it needs: ('cpu' | 'cuda:<physical id>' | other)."""
+    device = str(spec.get("device") or "auto")
+    count = int(spec.get("devices") or 1)
+    gpus = detect_gpus()
+    if device == "cpu":
+        return ["cpu"], 1
+    if device.startswith("cuda"):
+        if ":" in device:
+            idx = device.split(":", 1)[1]
+            if idx.isdigit() and int(idx) < len(gpus):
+                return [f"cuda:{gpus[int(idx)]}"], 1
+            return [device], 1  # unknown to us: let the engine say what is wrong, one run at a time
+        return ([f"cuda:{g}" for g in gpus] or ["cuda"]), count  # undetected: one shared slot, no pinning
+    if device == "auto":
+        return ([f"cuda:{g}" for g in gpus], count) if gpus else (["cpu"], 1)
+    return [device], 1
+
+
+def max_per_device(store: Store) -> int:
+    """How many runs may share one device: $TUNEASSIST_MAX_PER_DEVICE, else the store's setting, else 1."""
+    raw = os.environ.get("TUNEASSIST_MAX_PER_DEVICE") or store.get_setting("max_per_device")
+    if raw is None:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"max runs per device {raw!r} must be a positive integer (TUNEASSIST_MAX_PER_DEVICE)")
+    return value
+
+
+def _reap() -> None:
+    for p in list(_children):
+        if p.poll() is not None:
+            _children.remove(p)
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env[GPU_ENV] = ",".join(detect_gpus())
+    # The worker must import this very package even when it is not installed.
+    root = str(Path(tuneassist.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
+    return env
+
+
+def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
+    """Start the detached worker for a claimed run; returns its pid (the run is marked failed on error)."""
+    _reap()
+    log = store.run_dir(run_id) / "worker.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneassist.runs.worker",
+        "--workspace",
+        str(store.workspace),
+        "--run",
+        str(run_id),
+    ]
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                start_new_session=True,  # own session: the launcher's SIGHUP/Ctrl-C never reach it
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                env=_worker_env(),
+            )
+    except OSError as e:
+        store.update_run(
+            run_id,
+            _only_if={"status": "running", "attempt": attempt},
+            status="failed",
+            ended=time.time(),
+            error=f"could not start the worker process ({e}); check that {sys.executable} runs",
+        )
+        return 0
+    _children.append(proc)
+    store.update_run(run_id, _only_if={"status": "running", "attempt": attempt, "pid": None}, pid=proc.pid)
+    return proc.pid
+
+
+def advance_queue(store: Store) -> list[int]:
+    """Claim queued runs whose device is free and start their workers; returns the started run ids."""
+    claims = store.claim_queued(slots_for, max_per_device(store))
+    return [run_id for run_id, _slots, attempt in claims if spawn_worker(store, run_id, attempt)]
+
+
+def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int | None = None) -> int:
+    """Validate and queue a run, and start it at once if its device has a free slot. Returns its id."""
+    spec.validate()
+    candidates, need = slots_for(spec.to_dict())
+    if need > len(candidates):
+        raise UserError(
+            f"the run needs {need} GPUs but this machine shows {len(candidates)}; "
+            f"use --devices {len(candidates)}"
+        )
+    if session_id is not None:
+        store.get_session(session_id)
+    run_id = store.add_run(spec.to_dict(), kind=kind, session_id=session_id)
+    store.run_dir(run_id)
+    advance_queue(store)
+    return run_id
+
+
+def cancel_run(store: Store, run_id: int, wait: float = 0.0) -> str:
+    """Cancel a run (queued/lost: at once; running: its worker stops at its next check, keeping metrics).
+
+    Waits up to `wait` seconds for a running run to end; returns its status then.
+    """
+    status = store.request_cancel(run_id)
+    deadline = time.monotonic() + wait
+    while status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = store.get_run(run_id)["status"]
+    return status
+
+
+def resume_run(store: Store, run_id: int) -> dict[str, Any]:
+    """Queue a lost or cancelled run again; its worker continues from the last checkpoint.
+
+    Returns {'from_step': step the run continues from (0 without a checkpoint), 'status': now}.
+    """
+    store.refresh_lost([run_id])
+    checkpoint = store.checkpoint_path(run_id)
+    has_checkpoint = checkpoint.exists()
+
+    def fn(c: Any) -> int:
+        row = c.execute("SELECT status, checkpoint_step FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise UserError(f"no run {run_id} in {store.workspace}; list runs with: tuneassist runs")
+        status, step = row
+        if status not in ("lost", "cancelled"):
+            hint = "it is still going" if status in ("queued", "running") else "start a new run instead"
+            raise UserError(f"run {run_id} is {status}; only lost or cancelled runs can be resumed ({hint})")
+        c.execute(
+            "UPDATE runs SET status = 'queued', resume = ?, cancel_requested = 0, pid = NULL, ended = NULL, "
+            "error = NULL, outcome = NULL, checkpoint_step = CASE WHEN ? THEN checkpoint_step END, "
+            "checkpoint_epoch = CASE WHEN ? THEN checkpoint_epoch END WHERE id = ?",
+            (int(has_checkpoint), int(has_checkpoint), int(has_checkpoint), run_id),
+        )
+        return int(step or 0) if has_checkpoint else 0
+
+    from_step = store.write(fn)
+    advance_queue(store)
+    return {"from_step": from_step, "checkpoint": has_checkpoint, "status": store.get_run(run_id)["status"]}
+
+
+def export_run(
+    store: Store, run_id: int, fmt: str, out: str | os.PathLike[str] | TextIO | None = None
+) -> int:
+    """Write a run's metric rows as CSV or JSON lines (to a file path, an open file or stdout)."""
+    if fmt not in ("csv", "jsonl"):
+        raise UserError(f"unknown export format {fmt!r}; use csv or jsonl")
+    store.get_run(run_id, refresh=False)
+    rows = store.metrics(run_id)
+
+    def write(f: TextIO) -> None:
+        if fmt == "csv":
+            w = csv.DictWriter(f, fieldnames=["run_id", *METRIC_FIELDS], lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({"run_id": run_id, **r})
+        else:
+            for r in rows:
+                f.write(json.dumps({"run_id": run_id, **r}) + "\n")
+
+    if out is None:
+        write(sys.stdout)
+    elif isinstance(out, str | os.PathLike):
+        path = Path(out)
+        try:
+            with open(path, "w", newline="") as f:
+                write(f)
+        except OSError as e:
+            raise UserError(f"cannot write {path} ({e.strerror}); choose another --output FILE") from None
+    else:
+        write(out)
+    return len(rows)

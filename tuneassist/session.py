@@ -1,0 +1,259 @@
+"""A tuning session: the advisor's checklist wired to the run store.
+
+The checklist (advisor) decides what to run and what the curves mean; the store holds the runs.
+This module is the glue both front ends share, the headless autopilot (`tuneassist tune`) and the
+TUI, so a session started in one can be continued in the other. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation, RunCurves
+from tuneassist.errors import UserError
+from tuneassist.runs.launch import launch_run
+from tuneassist.runs.store import Store
+
+ENDED = ("finished", "diverged", "failed", "cancelled", "lost")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def estimate_train_size(data: str, val_fraction: float = 0.1) -> int | None:
+    """Training images after the validation hold-out, without decoding anything (None: unknown).
+
+    The checklist sizes its runs by this, and the UI process cannot load the data (torch).
+    """
+    if data.startswith("synthetic:"):
+        try:
+            n = int(data.split(":", 1)[1])
+        except ValueError:
+            return None
+    elif data.startswith("folder:"):
+        train = Path(data.split(":", 1)[1]).expanduser() / "train"
+        if not train.is_dir():
+            return None
+        n = sum(1 for f in train.glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        return None
+    return max(1, n - round(n * val_fraction))
+
+
+def curves_from_store(store: Store, run_id: int) -> RunCurves:
+    """Rebuild a run's curves (as the advisor reads them) from its stored metric rows."""
+    run = store.get_run(run_id)
+    c = RunCurves(run_id=str(run_id))
+    for row in store.metrics(run_id):
+        if row.get("train_loss") is not None or row.get("lr") is not None:
+            c.steps.append(int(row["step"]))
+            c.lrs.append(float(row["lr"]) if row.get("lr") is not None else math.nan)
+            c.train_loss.append(math.nan if row.get("train_loss") is None else float(row["train_loss"]))
+        if row.get("val_loss") is not None:
+            c.eval_steps.append(int(row["step"]))
+            c.eval_epochs.append(math.nan if row.get("epoch") is None else float(row["epoch"]))
+            c.val_loss.append(float(row["val_loss"]))
+            c.val_acc.append(math.nan if row.get("val_acc") is None else float(row["val_acc"]))
+    info = run.get("info") or {}
+    c.steps_per_epoch = info.get("steps_per_epoch")
+    out = run.get("outcome")
+    if run["status"] in ("finished", "diverged", "cancelled") and out:
+        c.outcome = out.get("outcome", run["status"])
+        c.diverged_lr = out.get("diverged_lr")
+        c.end = out
+    return c
+
+
+@dataclass
+class StepState:
+    """Where one checklist step stands, for display."""
+
+    step: str
+    title: str
+    status: str  # pending | running | ready (runs ended, no decision) | done | stale | failed
+    value_label: str | None
+    runs: dict[str, int]
+
+
+class TuningSession:
+    """One session's checklist, persisted in the store after every change."""
+
+    def __init__(self, store: Store, session_id: int) -> None:
+        self.store = store
+        self.id = session_id
+        row = store.get_session(session_id)
+        state = row.get("state") or {}
+        if "checklist" not in state:
+            raise UserError(f"session {session_id} holds no checklist; create a new one with tuneassist tune")
+        self.name = row.get("name") or f"session {session_id}"
+        self.checklist = Checklist.from_dict(state["checklist"])
+
+    @classmethod
+    def create(
+        cls,
+        store: Store,
+        data: str,
+        model: str,
+        budget: str = "quick",
+        devices: int = 1,
+        name: str | None = None,
+        **checklist_kw: Any,
+    ) -> TuningSession:
+        cl = Checklist(data=data, model=model, budget=budget, devices=devices, **checklist_kw)
+        sid = store.create_session(name=name or f"{data} · {model}", data=data, model=model, state={})
+        cl.session_id = str(sid)
+        store.update_session(sid, state={"checklist": cl.to_dict()})
+        return cls(store, sid)
+
+    @classmethod
+    def latest(cls, store: Store) -> TuningSession | None:
+        """The most recent session that holds a checklist (what `tuneassist` reopens)."""
+        for row in reversed(store.list_sessions()):
+            if "checklist" in (row.get("state") or {}):
+                return cls(store, int(row["id"]))
+        return None
+
+    def save(self) -> None:
+        self.store.update_session(self.id, state={"checklist": self.checklist.to_dict()})
+
+    # -- runs of a step ------------------------------------------------------------------------
+    def step_runs(self, step: str) -> dict[str, int]:
+        return {k: int(v) for k, v in (self.checklist.runs.get(step) or {}).items()}
+
+    def launch(self, step: str | None = None) -> list[int]:
+        """Start (queue) every proposed run of the step that has no run yet; returns their ids."""
+        cl = self.checklist
+        step = step or cl.current_step
+        if step is None:
+            return []
+        prop = cl.propose(step)
+        seed = self.seed_for(step)
+        ids = []
+        try:
+            for cand in prop.candidates:
+                spec = replace(cand.spec, seed=seed) if seed else cand.spec
+                run_id = launch_run(self.store, spec, kind=f"{step}:{cand.label}", session_id=self.id)
+                cl.attach_run(step, cand.key, str(run_id))
+                ids.append(run_id)
+        finally:
+            self.save()  # runs started before a failure stay attached
+        return ids
+
+    def seed_for(self, step: str) -> int:
+        """The seed of the step's runs: 0, or the seed of its latest re-run."""
+        seeds = [
+            int(h.get("seed", 0))
+            for h in self.checklist.history
+            if h.get("event") == "rerun" and h.get("step") == step
+        ]
+        return seeds[-1] if seeds else 0
+
+    def rerun(self, step: str) -> list[int]:
+        """Run the step's candidates again with a new seed: is the reading noise or signal?
+
+        The previous runs stay in the store (and in the history); the step's decision, if any, stays
+        until a new recommendation is accepted. A range test re-runs only its latest range.
+        """
+        cl = self.checklist
+        active = [
+            r
+            for r in self.step_runs(step).values()
+            if self.store.get_run(r)["status"] in ("queued", "running")
+        ]
+        if active:
+            raise UserError(
+                f"runs {', '.join(map(str, active))} of {STEP_TITLES[step]} are still going; "
+                "wait for them or cancel them first"
+            )
+        seed = 1 + max(
+            [
+                int(h.get("seed", 0))
+                for h in cl.history
+                if h.get("event") == "rerun" and h.get("step") == step
+            ],
+            default=0,
+        )
+        if step == "lr_range":
+            self.set_candidates(step, [cl.candidate_list(step)[-1].value], save=False)
+        elif step in cl.runs:
+            cl.history.append({"event": "runs_superseded", "step": step, "runs": dict(cl.runs.pop(step))})
+        cl.history.append({"event": "rerun", "step": step, "seed": seed})
+        return self.launch(step)
+
+    def set_candidates(self, step: str, values: list[Any], save: bool = True) -> None:
+        """Replace the values a step tries (the user edited the proposal); forgets the step's runs."""
+        cl = self.checklist
+        if step == "lr_range":
+            # Keep the range as [low, high]: that is the form the checklist builds its range-test spec from.
+            if not values:
+                raise UserError("give one LR range low:high, e.g. 1e-4:10")
+            norm = cl._normalise(step, values[-1])
+            cl.candidates[step] = [{"key": "range", "value": [norm["lr_min"], norm["lr_max"]]}]
+            cl._forget_runs(step)
+        else:
+            cl.set_candidates(step, values)
+        if save:
+            self.save()
+
+    def runs_ended(self, step: str) -> bool:
+        runs = self.step_runs(step)
+        if not runs:
+            return False
+        return all(self.store.get_run(r)["status"] in ENDED for r in runs.values())
+
+    def failed_runs(self, step: str) -> list[dict[str, Any]]:
+        runs = [self.store.get_run(r) for r in self.step_runs(step).values()]
+        return [r for r in runs if r["status"] in ("failed", "lost", "cancelled")]
+
+    def recommend(self, step: str | None = None) -> Recommendation | None:
+        """The advisor's reading of the step's runs, or None while they are still going."""
+        step = step or self.checklist.current_step
+        if step is None or not self.runs_ended(step):
+            return None
+        curves = {k: curves_from_store(self.store, r) for k, r in self.step_runs(step).items()}
+        rec = self.checklist.recommend(step, curves)
+        if rec.needs_more_runs:
+            self.save()  # the checklist added candidates (WD refinement, range retry)
+        return rec
+
+    def accept(self, rec: Recommendation) -> None:
+        self.checklist.accept(rec)
+        self.save()
+
+    def override(self, step: str, value: Any, reason: str = "set by the user") -> None:
+        self.checklist.override(step, value, reason)
+        self.save()
+
+    # -- display -------------------------------------------------------------------------------
+    def steps(self) -> list[StepState]:
+        cl = self.checklist
+        out = []
+        for step in STEPS:
+            runs = self.step_runs(step)
+            d = cl.decisions.get(step)
+            label = d.label if d else None
+            stale = bool(d and d.stale)
+            statuses = [self.store.get_run(r, refresh=False)["status"] for r in runs.values()]
+            if d and stale:
+                status = "stale"
+            elif d:
+                status = "done"
+            elif any(s in ("queued", "running") for s in statuses):
+                status = "running"
+            elif statuses and all(s in ENDED for s in statuses):
+                status = "failed" if all(s in ("failed", "lost") for s in statuses) else "ready"
+            else:
+                status = "pending"
+            out.append(StepState(step, STEP_TITLES[step], status, label, runs))
+        return out
+
+    def save_profile(self, name: str, directory: Path | None = None) -> Path:
+        from tuneassist.profiles import profile_from_checklist, save_profile
+
+        profile = profile_from_checklist(self.checklist, name)
+        directory = directory or (self.store.workspace / "profiles")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.toml"
+        save_profile(profile, path)
+        return path

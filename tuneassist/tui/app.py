@@ -1,0 +1,290 @@
+"""The Textual app: modes for the checklist, runs, profiles and start screens, and the store poll.
+
+Each main screen is a mode with its own stack, so R / p / k / S jump between them without piling up
+screens. Twice a second the app polls the store (one query for the run rows, plus new metric rows
+for the curves on screen), tells the visible screen what changed, and toasts runs that ended.
+Nothing here imports torch; runs are separate processes that outlive the app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tuneassist.advisor.checklist import STEP_TITLES
+from tuneassist.errors import UserError
+from tuneassist.profiles.schema import safe_filename
+from tuneassist.runs.store import Store
+from tuneassist.session import TuningSession
+from tuneassist.tui.base import LiveScreen
+from tuneassist.tui.checklist import ChecklistScreen
+from tuneassist.tui.dialogs import HelpScreen, InputDialog
+from tuneassist.tui.live import Live
+from tuneassist.tui.profiles import ProfilesScreen
+from tuneassist.tui.runs import RunDetailScreen, RunsScreen
+from tuneassist.tui.start import StartScreen
+
+log = logging.getLogger("tuneassist.tui")
+POLL_SECONDS = 0.5
+
+
+class TuneApp(App[None]):
+    """tuneassist's terminal UI over one workspace's run store."""
+
+    TITLE = "tuneassist"
+    MODES = {
+        "start": StartScreen,
+        "checklist": ChecklistScreen,
+        "runs": RunsScreen,
+        "profiles": ProfilesScreen,
+    }
+    BINDINGS = [
+        Binding("k", "goto('checklist')", "checklist", show=False),
+        Binding("R", "goto('runs')", "runs"),
+        Binding("p", "goto('profiles')", "profiles"),
+        Binding("S", "goto('start')", "sessions", show=False),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit (runs go on)"),
+    ]
+    CSS = """
+    Screen { background: $background; }
+    Footer { height: 1; }
+    """
+
+    def __init__(
+        self,
+        workspace: str | Path | None = None,
+        session_id: int | None = None,
+        poll_seconds: float = POLL_SECONDS,
+        manage_queue: bool = True,
+        store: Store | None = None,
+    ) -> None:
+        self.store = store or Store(workspace)
+        if session_id is not None:
+            self.session: TuningSession | None = TuningSession(self.store, int(self.store.get_session(session_id)["id"]))
+        else:
+            self.session = TuningSession.latest(self.store)
+        # Open straight into the last session; a first start opens the form for a new one.
+        self.DEFAULT_MODE = "checklist" if self.session else "start"  # type: ignore[misc]
+        super().__init__()
+        self.live = Live(self.store, manage_queue=manage_queue)
+        self.poll_seconds = poll_seconds
+        self.polls = 0
+        self._poll_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self.poll_now()
+        self.set_interval(self.poll_seconds, self.poll_now)
+
+    def poll_now(self) -> None:
+        """Read the store, toast runs that ended, and refresh the visible screen (never raises)."""
+        try:
+            res = self.live.poll()
+            self._poll_error = None
+        except Exception as exc:  # noqa: BLE001 - a locked or damaged store must not crash the UI
+            msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            if msg != self._poll_error:
+                self._poll_error = msg
+                log.exception("poll failed")
+                self.notify(f"cannot read the run store: {msg}", severity="error", timeout=10)
+            return
+        self.polls += 1
+        for run in res.ended:
+            self._toast_end(run)
+        if self.session is not None and (res.changed or res.ended):
+            self._reload_session()
+        screen = self.screen
+        if isinstance(screen, LiveScreen):
+            screen.on_poll(res)
+
+    def _reload_session(self) -> None:
+        """Pick up changes another process (the autopilot) made to the session's checklist."""
+        assert self.session is not None
+        try:
+            row = self.store.get_session(self.session.id)
+        except UserError:
+            return
+        state = (row.get("state") or {}).get("checklist")
+        if state is not None and state != self.session.checklist.to_dict():
+            self.session = TuningSession(self.store, self.session.id)
+
+    def _toast_end(self, run: dict[str, Any]) -> None:
+        from tuneassist.tui.fmt import run_kind
+
+        status = run["status"]
+        what = f"run {run['id']} ({run_kind(run)}) {status}"
+        if status in ("failed", "lost"):
+            self.notify(f"{what}: {run.get('error') or 'no error recorded'}", severity="error", timeout=10)
+        elif status == "diverged":
+            self.notify(f"{what}: {(run.get('outcome') or {}).get('reason', '')}", severity="warning")
+        else:
+            self.notify(what)
+
+    # -- sessions ------------------------------------------------------------------------------
+    def set_session(self, session: TuningSession) -> None:
+        self.session = session
+        self.poll_now()
+
+    def session_line(self) -> str:
+        s = self.session
+        if s is None:
+            return f"tuneassist  no session · workspace {self.store.workspace}"
+        cl = s.checklist
+        dev = f"{cl.devices}×GPU" if self.live and _has_gpu() else f"{cl.devices}×CPU"
+        return (
+            f"tuneassist  session {s.id}: {cl.data} · {cl.model} · {dev} · TBS {cl.values['batch_size']} "
+            f"· {cl.budget}"
+        )
+
+    # -- actions -------------------------------------------------------------------------------
+    def action_goto(self, mode: str) -> None:
+        if mode == "checklist" and self.session is None:
+            self.notify("no tuning session yet: create one first", severity="warning")
+            mode = "start"
+        if self.current_mode == mode:
+            # Leave a pushed screen (a run's detail, a dialog) for the mode's own screen.
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+            return
+        self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.help_sections()))
+
+    def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Every key of every screen, from their bindings (so the help never drifts from them)."""
+        groups: list[tuple[str, type]] = [
+            ("Everywhere", TuneApp),
+            ("Checklist", ChecklistScreen),
+            ("Runs", RunsScreen),
+            ("One run (enter on Runs)", RunDetailScreen),
+            ("Profiles", ProfilesScreen),
+            ("Sessions (start)", StartScreen),
+        ]
+        out = []
+        for title, cls in groups:
+            keys: list[tuple[str, str]] = []
+            seen = set()
+            for b in cls.BINDINGS:  # type: ignore[attr-defined]
+                if not isinstance(b, Binding) or b.description in seen:
+                    continue
+                seen.add(b.description)
+                keys.append((self._key_names(b.key), b.description))
+            if cls is ChecklistScreen:
+                keys = [k for k in keys if not k[1].startswith("view step")] + [("1 … 5", "view step 1 … 5")]
+                keys.append(("tab", "sidebar ↔ candidates table (arrows move)"))
+            if cls is RunsScreen:
+                keys.append(("↑ ↓ / enter", "select / open a run"))
+            if cls is TuneApp:
+                keys.append(("ctrl+p", "command palette (every action by name)"))
+            out.append((title, keys))
+        out.append(("Dialogs", [("enter", "ok / choose"), ("escape", "cancel"), ("y / n", "yes / no")]))
+        return out
+
+    def _key_names(self, keys: str) -> str:
+        names = []
+        for k in keys.split(","):
+            k = k.strip()
+            names.append(
+                {
+                    "question_mark": "?",
+                    "left_square_bracket": "[",
+                    "right_square_bracket": "]",
+                    "escape": "escape",
+                    "enter": "enter",
+                }.get(k, k)
+            )
+        return " / ".join(names)
+
+    def action_save_profile(self) -> None:
+        """Save the session's result as a profile (named in a dialog) and show it on the profiles screen."""
+        s = self.session
+        if s is None:
+            self.notify("no tuning session to save", severity="error")
+            return
+        cl = s.checklist
+        pending = cl.current_step
+        default = safe_filename(f"{cl.data.replace('folder:', '')}-{cl.model}-{cl.budget}")
+        note = (
+            ""
+            if pending is None
+            else f" The checklist is not finished ({STEP_TITLES[pending]} is next): the profile holds the "
+            "values chosen so far."
+        )
+
+        def save(name: str) -> Path:
+            name = name.strip()
+            if not name:
+                raise UserError("type a profile name, e.g. cifar10-resnet56")
+            return s.save_profile(safe_filename(name))
+
+        def saved(path: Path | None) -> None:
+            if path is None:
+                return
+            self.notify(f"profile saved: {path}")
+            self.action_goto("profiles")
+            screen = self.screen
+            if isinstance(screen, ProfilesScreen):
+                screen.show_saved(path)
+
+        self.push_screen(
+            InputDialog("Save profile", f"Save this session's result as a profile named:{note}", default, check=save),
+            saved,
+        )
+
+    # -- command palette ---------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+
+        def on(mode: str, action: str) -> Any:
+            def run() -> None:
+                self.action_goto(mode)
+                self.call_after_refresh(lambda: self._screen_action(action))
+
+            return run
+
+        yield SystemCommand("Checklist", "Go to the checklist of this session (k)", lambda: self.action_goto("checklist"))
+        yield SystemCommand("Runs", "All runs, live (R)", lambda: self.action_goto("runs"))
+        yield SystemCommand("Profiles", "Saved and shipped profiles (p)", lambda: self.action_goto("profiles"))
+        yield SystemCommand("Sessions", "Create a session or resume one (S)", lambda: self.action_goto("start"))
+        yield SystemCommand("Help: keys", "Every key of every screen (?)", self.action_help)
+        if self.session is not None:
+            yield SystemCommand("Run step", "Launch the viewed step's runs, or re-run them (r)", on("checklist", "run"))
+            yield SystemCommand("Accept recommendation", "Take the advisor's value for the step (a)", on("checklist", "accept"))
+            yield SystemCommand("Override value", "Type your own value for the step (o)", on("checklist", "override"))
+            yield SystemCommand("Edit candidate value", "Change a value the step tries (e)", on("checklist", "edit"))
+            yield SystemCommand("Add candidate value", "Try one more value in the step (n)", on("checklist", "add"))
+            yield SystemCommand("Remove candidate value", "Drop a value from the step (x)", on("checklist", "remove"))
+            yield SystemCommand("Plot metric", "Cycle val loss / val acc / train loss (m)", on("checklist", "metric"))
+            yield SystemCommand("Save profile", "Save the session's result as a profile (s on Profiles)", self.action_save_profile)
+        yield SystemCommand("Export profile", "Export the selected profile (e on Profiles)", on("profiles", "export"))
+        yield SystemCommand("Train from profile", "Start a run from the selected profile (t on Profiles)", on("profiles", "train"))
+        yield SystemCommand("Cancel run", "Cancel the selected run (c on Runs)", on("runs", "cancel"))
+        yield SystemCommand("Resume run", "Resume the selected lost or cancelled run (u on Runs)", on("runs", "resume"))
+        yield SystemCommand("New session", "Create a tuning session (S)", lambda: self.action_goto("start"))
+
+    def _screen_action(self, action: str) -> None:
+        fn = getattr(self.screen, f"action_{action}", None)
+        if fn is not None:
+            fn()
+
+
+_GPU: bool | None = None
+
+
+def _has_gpu() -> bool:
+    global _GPU
+    if _GPU is None:
+        from tuneassist.runs.launch import detect_gpus
+
+        _GPU = bool(detect_gpus())
+    return _GPU

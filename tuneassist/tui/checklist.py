@@ -1,0 +1,732 @@
+"""The checklist screen: the five steps, each with its runs, its live plot and its recommendation.
+
+A step's main pane answers, top to bottom: what this step does and what it costs, which values it
+tries (editable until they run), what the curves show so far, and what to do next. The last part is
+the hero: one sentence with the value and its reason, and the keys to accept, override or re-run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, OptionList, Static
+
+from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candidate, Recommendation
+from tuneassist.advisor.lr_range import fmt_num
+from tuneassist.errors import UserError
+from tuneassist.session import TuningSession
+from tuneassist.tui.base import LiveScreen, guarded
+from tuneassist.tui.chart import Band, Chart, Series, VLine
+from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
+from tuneassist.tui.fmt import HINTS, fmt_minutes, g, parse_value, pct, progress, progress_text, run_status, value_text
+from tuneassist.tui.live import ENDED, Curve, PollResult
+from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar
+
+SWEEP_METRICS = ("val loss", "val acc", "train loss")
+FINAL_METRICS = ("loss", "val acc")
+PLOT_TITLES = {
+    "lr_range": "loss vs LR (log)",
+    "batch_size": "{metric} vs epoch",
+    "momentum": "{metric} vs step",
+    "weight_decay": "{metric} vs step",
+    "final": "{metric} vs epoch",
+}
+DEFAULT_IMAGES_PER_S = 1500.0
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if v is not None and isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def range_ylim(c: Curve) -> tuple[float, float] | None:
+    """Loss axis of a range test: from the lowest loss to a little above the starting loss.
+
+    The blow-up at the end would otherwise squash the interesting part (the descent) to a line.
+    """
+    ys = np.asarray([v for v in c.train_loss if math.isfinite(v)], dtype=float)
+    vs = np.asarray([v for v in c.v_loss if math.isfinite(v)], dtype=float)
+    if len(ys) < 3:
+        return None
+    start = float(np.median(ys[: max(3, len(ys) // 20)]))
+    allv = np.concatenate([ys, vs]) if len(vs) else ys
+    lo, hi = float(allv.min()), float(allv.max())
+    hi = min(hi, max(start * 1.3, lo + 1e-6))
+    if hi <= lo:
+        return None
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a recommended value is the one already chosen (floats compared loosely)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(_same(a.get(k), b.get(k)) for k in ("lr_min", "lr_max"))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _split_first(reason: str) -> tuple[str, str]:
+    """The reason's first clause (the value to use), bold, and the rest (the numbers behind it)."""
+    cut = [i for i in (reason.find(". "), reason.find(": ")) if i >= 0]
+    if not cut:
+        return reason, ""
+    i = min(cut) + 1
+    return reason[:i], reason[i:]
+
+
+class ChecklistScreen(LiveScreen):
+    """Sidebar of steps; the viewed step's explanation, candidates, plot and recommendation."""
+
+    DEFAULT_CSS = """
+    ChecklistScreen #body { height: 1fr; }
+    ChecklistScreen #steps { border-right: vkey $panel-lighten-2; }
+    ChecklistScreen #main { width: 1fr; height: 1fr; }
+    ChecklistScreen #explain { height: auto; max-height: 4; padding: 0 1; border-top: solid $primary; }
+    ChecklistScreen #cands { height: auto; max-height: 7; overflow-x: hidden; }
+    ChecklistScreen #plot { border-top: solid $primary; min-height: 7; }
+    ChecklistScreen #rec { height: auto; max-height: 9; padding: 0 1; border-top: solid $accent; }
+    ChecklistScreen.-short #explain { max-height: 2; }
+    ChecklistScreen.-short #cands { max-height: 5; }
+    ChecklistScreen.-short #rec { max-height: 7; }
+    """
+
+    BINDINGS = [
+        Binding("r", "run", "run"),
+        Binding("a", "accept", "accept"),
+        Binding("o", "override", "override"),
+        Binding("e", "edit", "edit"),
+        Binding("n", "add", "add value", show=False),
+        Binding("x", "remove", "remove value", show=False),
+        Binding("m", "metric", "plot metric", show=False),
+        Binding("left_square_bracket", "step(-1)", "previous step", show=False),
+        Binding("right_square_bracket", "step(1)", "next step", show=False),
+        *[Binding(str(i), f"view({i})", f"view step {i}", show=False) for i in range(1, 6)],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.viewing: str = "lr_range"
+        self.metric = 0
+        self._sid: int | None = None
+        self._recs: dict[str, tuple[tuple, Recommendation | str | None]] = {}
+        self._table_rows: list[tuple] | None = None
+        self._table_keys: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield TopBar()
+        with Horizontal(id="body"):
+            yield StepSidebar(id="steps")
+            with Vertical(id="main"):
+                yield Static(id="explain")
+                yield DataTable(id="cands", cursor_type="row", zebra_stripes=False)
+                yield PlotView(id="plot")
+                yield Static(id="rec")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        t = self.query_one("#cands", DataTable)
+        for label, key in (
+            (" ", "mark"),
+            ("value", "value"),
+            ("run", "run"),
+            ("status", "status"),
+            ("progress", "progress"),
+            ("val loss", "val_loss"),
+            ("val acc", "val_acc"),
+            ("note", "note"),
+        ):
+            t.add_column(label, key=key)
+        t.focus()
+        self.mark_ready()
+
+    # -- data ----------------------------------------------------------------------------------
+    @property
+    def session(self) -> TuningSession | None:
+        return self.tapp.session
+
+    def on_resize(self) -> None:
+        self._safe_refresh(None)
+
+    def refresh_live(self, res: PollResult | None) -> None:
+        s = self.session
+        if s is None:
+            self.query_one("#explain", Static).update("No tuning session yet: press S to create one.")
+            return
+        if s.id != self._sid:
+            self._sid = s.id
+            self._recs.clear()
+            self._table_rows = None
+            self.viewing = s.checklist.current_step or "final"
+        cl = s.checklist
+        states = s.steps()
+        self.query_one(StepSidebar).show(states, cl.current_step, self.narrow)
+        side = self.query_one(StepSidebar)
+        idx = STEPS.index(self.viewing)
+        if side.highlighted != idx:
+            side.highlighted = idx
+        step = self.viewing
+        runs = s.step_runs(step)
+        curves = {k: self.tapp.live.curve(r) for k, r in runs.items()}
+        rec = self._recommendation(step, runs)
+        runs = s.step_runs(step)  # a recommendation may have launched more runs (WD refinement)
+        cands = self._candidates(step)
+        self._show_explain(step)
+        self._show_table(step, cands, runs, curves, rec)
+        self._show_plot(step, cands, runs, curves, rec)
+        self._show_rec(step, runs, rec)
+
+    def _candidates(self, step: str) -> list[Candidate]:
+        assert self.session is not None
+        try:
+            return self.session.checklist.candidate_list(step)
+        except UserError:
+            return []
+
+    def _recommendation(self, step: str, runs: dict[str, int]) -> Recommendation | str | None:
+        """The advisor's reading once every run of the step ended (cached until the runs change)."""
+        s = self.session
+        assert s is not None
+        if not runs:
+            return None
+        live = self.tapp.live
+        rows = [live.run(r) for r in runs.values()]
+        statuses = tuple((r or {}).get("status", "lost") for r in rows)
+        if any(st not in ENDED for st in statuses):
+            return None
+        try:
+            if s.checklist.propose(step).candidates:
+                return None  # values still to run (added or edited): no reading yet
+        except UserError:
+            return None
+        key = (tuple(sorted(runs.items())), statuses)
+        cached = self._recs.get(step)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if all(st in ("failed", "lost", "cancelled") for st in statuses):
+            errs = [f"run {r['id']} {r['status']}: {r.get('error') or 'no error recorded'}" for r in rows if r]
+            msg = "Every run of this step ended without a result. " + " · ".join(errs[:2])
+            self._recs[step] = (key, msg)
+            return msg
+        try:
+            rec: Recommendation | str | None = s.recommend(step)
+        except UserError as exc:
+            rec = str(exc)
+        if rec is None:
+            return None  # the store saw a run still going: ask again next poll
+        self._recs[step] = (key, rec)
+        if isinstance(rec, Recommendation) and rec.needs_more_runs:
+            bad = any(st in ("failed", "lost") for st in statuses)
+            if not bad and s.checklist.propose(step).candidates:
+                ids = s.launch(step)
+                self.app.notify(f"{STEP_TITLES[step]}: {rec.reason} Started run(s) {', '.join(map(str, ids))}.")
+        return rec
+
+    # -- drawing -------------------------------------------------------------------------------
+    def _images_per_s(self) -> float:
+        s = self.session
+        vals = [
+            r["images_per_s"]
+            for r in self.tapp.live.session_runs(s.id if s else None)
+            if r.get("images_per_s") and r["status"] in ("finished", "running")
+        ]
+        return float(statistics.median(vals)) if vals else DEFAULT_IMAGES_PER_S
+
+    def _show_explain(self, step: str) -> None:
+        s = self.session
+        assert s is not None
+        cl = s.checklist
+        box = self.query_one("#explain", Static)
+        i = STEPS.index(step) + 1
+        state = next(st for st in s.steps() if st.step == step)
+        box.border_title = f"{i} · {STEP_TITLES[step]} ({state.status})"
+        try:
+            text = cl.propose(step).explanation
+        except UserError:
+            text = cl._explain(step)
+        ips = self._images_per_s()
+        est = cl.estimate_seconds(images_per_s=ips).get(step)
+        if est and not s.step_runs(step):
+            measured = "measured" if ips != DEFAULT_IMAGES_PER_S else "assumed"
+            text += f" About {fmt_minutes(est)} at {ips:,.0f} img/s ({measured})."
+        box.update(text)
+
+    def _show_table(
+        self,
+        step: str,
+        cands: list[Candidate],
+        runs: dict[str, int],
+        curves: dict[str, Curve],
+        rec: Recommendation | str | None,
+    ) -> None:
+        live = self.tapp.live
+        by_run: dict[str, dict[str, Any]] = {}
+        if isinstance(rec, Recommendation):
+            for row in rec.rows:
+                if row.get("run_id") is not None:
+                    by_run[str(row["run_id"])] = row
+        rows: list[tuple] = []
+        keys: list[str] = []
+        for c in cands:
+            rid = runs.get(c.key)
+            run = live.run(rid) if rid is not None else None
+            curve = curves.get(c.key)
+            mark, note = " ", ""
+            vl = va = None
+            if run is None:
+                status: Text | str = Text("· not started", style="bright_black")
+                prog = ""
+            else:
+                status = run_status(run["status"], bool(run.get("cancel_requested")))
+                prog = progress_text(run)
+                if curve is not None and curve.v_loss:
+                    vl, va = curve.v_loss[-1], curve.v_acc[-1]
+                row = by_run.get(str(rid))
+                if row is not None:
+                    mark = "★" if row.get("winner") else ("≈" if row.get("tie") else " ")
+                    vl = row.get("val_loss", vl)
+                    va = row.get("val_acc", va)
+                    note = row.get("diagnosis") or ""
+                out = run.get("outcome") or {}
+                if run["status"] == "diverged" and out.get("diverged_lr") is not None:
+                    note = f"diverged at LR {fmt_num(out['diverged_lr'])}"
+                if run["status"] in ("failed", "lost") and run.get("error"):
+                    note = str(run["error"]).splitlines()[0]
+            rows.append(
+                (
+                    mark,
+                    c.label,
+                    f"#{rid}" if rid is not None else "-",
+                    status,
+                    prog,
+                    g(_finite(vl), 4),
+                    pct(_finite(va)),
+                    Text(note[: 18 if self.narrow else 34], no_wrap=True),
+                )
+            )
+            keys.append(c.key)
+        sig = tuple((r[0], r[1], r[2], str(r[3]), r[4], r[5], r[6], r[7]) for r in rows)
+        if sig == self._table_rows:
+            return
+        self._table_rows = sig  # type: ignore[assignment]
+        table = self.query_one("#cands", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for key, r in zip(keys, rows, strict=True):
+            table.add_row(*r, key=key)
+        self._table_keys = keys
+        if rows:
+            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1))
+
+    def _show_plot(
+        self,
+        step: str,
+        cands: list[Candidate],
+        runs: dict[str, int],
+        curves: dict[str, Curve],
+        rec: Recommendation | str | None,
+    ) -> None:
+        s = self.session
+        assert s is not None
+        plot = self.query_one(PlotView)
+        live = self.tapp.live
+        decision = s.checklist.decisions.get(step)
+        if step == "lr_range":
+            with_run = [c for c in cands if c.key in runs]
+            cand = with_run[-1] if with_run else (cands[-1] if cands else None)
+            curve = curves.get(cand.key) if cand else None
+            xlim = (float(cand.value[0]), float(cand.value[1])) if cand else None
+            series, vlines, band, ylim = [], [], None, None
+            if curve is not None:
+                series = [
+                    Series("train loss", curve.lr, curve.train_loss, "cyan"),
+                    Series("val loss", curve.eval_lrs(), curve.v_loss, "magenta"),
+                ]
+                ylim = range_ylim(curve)
+                run = live.run(runs[cand.key]) if cand else None
+                d_lr = ((run or {}).get("outcome") or {}).get("diverged_lr")
+                if d_lr:
+                    vlines.append(VLine(float(d_lr), f"diverged {fmt_num(d_lr)}", "red"))
+            if isinstance(rec, Recommendation) and isinstance(rec.value, dict) and rec.value.get("lr_max"):
+                band = Band(rec.value["lr_min"], rec.value["lr_max"], f"suggested {rec.label or ''}".strip())
+            elif decision is not None and isinstance(decision.value, dict):
+                band = Band(decision.value["lr_min"], decision.value["lr_max"], f"chosen {decision.label}")
+            empty = "press r to run the range test" if not runs else "waiting for the first steps"
+            chart = Chart(series, vlines, band, logx=True, xlim=xlim, ylim=ylim, xlabel="LR", empty=empty)
+            title = PLOT_TITLES[step]
+        elif step == "final":
+            metric = FINAL_METRICS[self.metric % len(FINAL_METRICS)]
+            curve = next(iter(curves.values()), None)
+            series = []
+            if curve is not None and metric == "loss":
+                series = [
+                    Series("train loss", curve.epoch, curve.train_loss, "cyan"),
+                    Series("val loss", curve.v_epoch, curve.v_loss, "magenta"),
+                ]
+            elif curve is not None:
+                series = [Series("val acc %", curve.v_epoch, [100 * v for v in curve.v_acc], "green")]
+            empty = "press r to start the final 1cycle run" if not runs else "waiting for the first epoch"
+            chart = Chart(series, xlabel="epoch", empty=empty)
+            title = PLOT_TITLES[step].format(metric=metric)
+        else:
+            metric = SWEEP_METRICS[self.metric % len(SWEEP_METRICS)]
+            by_epoch = step == "batch_size"
+            series = []
+            for c in cands:
+                curve = curves.get(c.key)
+                if curve is None:
+                    continue
+                if metric == "train loss":
+                    xs: list[float] | list[int] = curve.epoch if by_epoch else curve.steps
+                    ys = curve.train_loss
+                else:
+                    xs = curve.v_epoch if by_epoch else curve.v_steps
+                    ys = curve.v_loss if metric == "val loss" else [100 * v for v in curve.v_acc]
+                series.append(Series(c.label, xs, ys))
+            vlines = []
+            if isinstance(rec, Recommendation):
+                at = rec.detail.get("decision_at")
+                axis = rec.detail.get("axis")
+                if at is not None and ((axis == "epoch") == by_epoch):
+                    vlines.append(VLine(float(at), "decision", "yellow"))
+            empty = f"press r to launch {len(cands)} short runs" if not runs else "waiting for evaluations"
+            chart = Chart(series, vlines, xlabel="epoch" if by_epoch else "step", empty=empty)
+            title = PLOT_TITLES[step].format(metric=metric + (" %" if metric == "val acc" else ""))
+        plot.border_title = title
+        plot.set_chart(chart)
+
+    def _show_rec(self, step: str, runs: dict[str, int], rec: Recommendation | str | None) -> None:
+        s = self.session
+        assert s is not None
+        cl = s.checklist
+        box = self.query_one("#rec", Static)
+        box.border_title = "Recommendation"
+        t = Text()
+        current = cl.current_step
+        decision = cl.decisions.get(step)
+        live = self.tapp.live
+        rows = [live.run(r) or {} for r in runs.values()]
+        active = [r for r in rows if r.get("status") in ("queued", "running")]
+        try:
+            pending = cl.propose(step).candidates
+        except UserError:
+            pending = []
+        if decision is not None and not decision.stale:
+            who = "recommended" if decision.source == "recommended" else "set by you"
+            t.append(f"✓ Chosen: {decision.label}", style="bold green")
+            t.append(f" ({who}). {decision.reason}\n")
+        elif decision is not None and decision.stale:
+            t.append(f"! Stale: {decision.label}", style="bold yellow")
+            t.append(" was chosen before an earlier step changed; run the step again.\n")
+        if current is not None and STEPS.index(step) > STEPS.index(current) and decision is None:
+            t.append(f"Decide step {STEPS.index(current) + 1} ({STEP_TITLES[current]}) first: ", style="bold")
+            t.append("this step's runs use its value.")
+            box.update(t)
+            return
+        if active:
+            done = len(rows) - len(active)
+            running = [r for r in active if r.get("status") == "running"]
+            t.append(f"● Running: {done} of {len(rows)} runs done", style="bold cyan")
+            if running:
+                r = running[0]
+                d, total = progress(r)
+                t.append(f" · run {r['id']} at step {d}/{total or '?'}")
+            queued = len(active) - len(running)
+            if queued:
+                t.append(f" · {queued} queued")
+            t.append(". The reading comes when they end; q quits and leaves them running.")
+        elif pending:
+            n = len(pending)
+            more = " more" if runs else ""
+            t.append(f"Press r to launch {n}{more} run{'s' if n != 1 else ''} in the background", style="bold")
+            t.append(
+                " (e edits a value, n adds one, x removes one)." if step in SWEEP_STEPS else "."
+            )
+            if step != "final":
+                t.append(" Or o to set the value yourself.")
+        elif isinstance(rec, str):
+            t.append(f"✗ {rec}", style="bold red")
+            t.append("\n[r] re-run  [o] set the value yourself" if step != "final" else "\n[r] re-run")
+        elif isinstance(rec, Recommendation):
+            chosen = decision is not None and not decision.stale and rec.ok and _same(rec.value, decision.value)
+            if chosen:
+                t.append("[o] change it  [r] re-run with another seed", style="bold")
+            elif rec.ok and rec.value is not None and not rec.needs_more_runs:
+                head, rest = _split_first(rec.reason)
+                t.append("▶ " + head, style="bold")
+                t.append(rest)
+                if rec.confidence:
+                    t.append(f" Confidence: {rec.confidence}.")
+                keys = "[a] accept  [r] re-run" if step == "final" else "[a] accept  [o] override  [r] re-run with another seed"
+                t.append("\n" + keys, style="bold")
+            elif rec.needs_more_runs:
+                t.append(rec.reason)
+            else:
+                t.append("✗ No usable reading: ", style="bold red")
+                t.append(rec.reason)
+                t.append("\n[o] set the value yourself  [r] re-run with another seed")
+        elif decision is None and runs:
+            t.append("Reading the runs…")
+        box.update(t)
+
+    # -- navigation ----------------------------------------------------------------------------
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id and event.option.id != self.viewing:
+            self.viewing = event.option.id
+            self.metric = 0
+            self._table_rows = None
+            self._safe_refresh(None)
+
+    def action_view(self, i: int) -> None:
+        self.viewing = STEPS[i - 1]
+        self.metric = 0
+        self._table_rows = None
+        self._safe_refresh(None)
+
+    def action_step(self, delta: int) -> None:
+        self.action_view(min(len(STEPS), max(1, STEPS.index(self.viewing) + 1 + delta)))
+
+    def action_metric(self) -> None:
+        self.metric += 1
+        self._safe_refresh(None)
+
+    # -- actions -------------------------------------------------------------------------------
+    def _need_session(self) -> TuningSession:
+        if self.session is None:
+            raise UserError("no tuning session: press S to create one")
+        return self.session
+
+    def _active_runs(self, step: str) -> list[int]:
+        s = self._need_session()
+        live = self.tapp.live
+        return [
+            r
+            for r in s.step_runs(step).values()
+            if (live.run(r) or {}).get("status") in ("queued", "running")
+        ]
+
+    @guarded
+    def action_run(self) -> None:
+        """Launch the step's runs; when they all ended, re-run them with another seed."""
+        s = self._need_session()
+        step = self.viewing
+        current = s.checklist.current_step
+        if current is not None and STEPS.index(step) > STEPS.index(current) and step not in s.checklist.decisions:
+            raise UserError(f"decide step {STEPS.index(current) + 1} ({STEP_TITLES[current]}) first")
+        if self._active_runs(step):
+            raise UserError(f"{STEP_TITLES[step]} runs are still going; R shows them (c cancels one)")
+        if s.checklist.propose(step).candidates:
+            ids = s.launch(step)
+            self.app.notify(f"{STEP_TITLES[step]}: started run(s) {', '.join(map(str, ids))} in the background")
+            self._after_change()
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._rerun(step)
+
+        n = len(s.step_runs(step))
+        self.app.push_screen(
+            ConfirmDialog(
+                "Re-run",
+                f"Run the {n} run(s) of {STEP_TITLES[step]} again with another seed? "
+                "The old runs stay in the Runs screen; the reading will use the new ones.",
+            ),
+            confirmed,
+        )
+
+    @guarded
+    def _rerun(self, step: str) -> None:
+        s = self._need_session()
+        ids = s.rerun(step)
+        self._recs.pop(step, None)
+        self.app.notify(
+            f"{STEP_TITLES[step]}: re-running with seed {s.seed_for(step)} (run(s) {', '.join(map(str, ids))})"
+        )
+        self._after_change()
+
+    def _after_change(self) -> None:
+        self._table_rows = None
+        self.tapp.poll_now()
+
+    def _current_rec(self, step: str) -> Recommendation | str | None:
+        s = self._need_session()
+        return self._recommendation(step, s.step_runs(step))
+
+    @guarded
+    def action_accept(self) -> None:
+        s = self._need_session()
+        step = self.viewing
+        rec = self._current_rec(step)
+        if not isinstance(rec, Recommendation):
+            if self._active_runs(step):
+                raise UserError(f"nothing to accept yet: {STEP_TITLES[step]} runs are still going")
+            raise UserError(f"nothing to accept for {STEP_TITLES[step]}: press r to run it (or o to set a value)")
+        if rec.needs_more_runs:
+            raise UserError(f"{STEP_TITLES[step]} is waiting for its extra run(s) before a reading")
+        if not rec.ok:
+            raise UserError(f"{STEP_TITLES[step]} has no usable reading; press o to set a value or r to re-run")
+        s.accept(rec)
+        self.app.notify(f"{STEP_TITLES[step]}: {rec.label} accepted")
+        self._advance()
+
+    def _advance(self) -> None:
+        s = self._need_session()
+        nxt = s.checklist.current_step
+        self.viewing = nxt or "final"
+        self.metric = 0
+        self._after_change()
+        if nxt is None:
+            self.app.notify("Checklist complete. Save the result as a profile.")
+            self.tapp.action_save_profile()
+
+    def _default_value(self, step: str) -> Any:
+        s = self._need_session()
+        cl = s.checklist
+        rec = self._current_rec(step)
+        if isinstance(rec, Recommendation) and rec.ok and rec.value is not None:
+            return rec.value
+        d = cl.decisions.get(step)
+        if d is not None:
+            return d.value
+        v = cl.values
+        return {
+            "lr_range": [v["lr_min"], v["lr_max"]],
+            "batch_size": v["batch_size"],
+            "momentum": [v["momentum_max"], v["momentum_min"]],
+            "weight_decay": v["weight_decay"],
+        }.get(step)
+
+    @guarded
+    def action_override(self) -> None:
+        s = self._need_session()
+        step = self.viewing
+        if step == "final":
+            raise UserError("the final run has no value to set; r runs it again")
+        title = STEP_TITLES[step]
+
+        def apply(text: str) -> Any:
+            value = parse_value(step, text)
+            s.override(step, value, reason="set by the user in the TUI")
+            return value
+
+        def done(value: Any) -> None:
+            if value is not None:
+                self.app.notify(f"{title}: {value_text(step, value)} set by you")
+                self._advance()
+
+        later = [STEP_TITLES[x] for x in STEPS[STEPS.index(step) + 1 :] if x in s.checklist.decisions]
+        warn = f" Changing it marks {', '.join(later)} stale." if later else ""
+        self.app.push_screen(
+            InputDialog(
+                f"Override · {title}",
+                f"Use your own value for {title}: {HINTS[step]}.{warn}",
+                value=value_text(step, self._default_value(step)),
+                check=apply,
+            ),
+            done,
+        )
+
+    def _editable(self, step: str) -> None:
+        if step not in SWEEP_STEPS and step != "lr_range":
+            raise UserError(f"{STEP_TITLES[step]} has no values to edit")
+        if self._active_runs(step):
+            raise UserError(f"{STEP_TITLES[step]} runs are still going; cancel them in R before editing")
+
+    def _edit_values(self, step: str, values: list[Any], what: str) -> None:
+        """Replace the step's values; when runs exist, confirm that they will be set aside."""
+        s = self._need_session()
+
+        def go(yes: bool | None = True) -> None:
+            if yes:
+                try:
+                    s.set_candidates(step, values)
+                except UserError as exc:
+                    self.app.notify(str(exc), severity="error")
+                    return
+                self._recs.pop(step, None)
+                self.app.notify(f"{STEP_TITLES[step]}: {what}")
+                self._after_change()
+
+        if s.step_runs(step):
+            self.app.push_screen(
+                ConfirmDialog(
+                    "Edit values",
+                    f"{STEP_TITLES[step]} already has runs; changing its values sets them aside (they stay "
+                    "in Runs) and the step runs again. Continue?",
+                ),
+                go,
+            )
+        else:
+            go()
+
+    def _selected(self) -> int:
+        table = self.query_one("#cands", DataTable)
+        return max(0, min(table.cursor_row, len(self._table_keys) - 1))
+
+    @guarded
+    def action_edit(self) -> None:
+        s = self._need_session()
+        step = self.viewing
+        self._editable(step)
+        cands = s.checklist.candidate_list(step)
+        i = self._selected() if step != "lr_range" else len(cands) - 1
+        values = [c.value for c in cands]
+
+        def done(v: Any) -> None:
+            if v is not None:
+                values[i] = v
+                self._edit_values(step, values, f"value {i + 1} is now {value_text(step, v)}")
+
+        self.app.push_screen(
+            InputDialog(
+                f"Edit · {STEP_TITLES[step]}",
+                f"New value ({HINTS[step]}):",
+                value=value_text(step, values[i]),
+                check=lambda text: parse_value(step, text),
+            ),
+            done,
+        )
+
+    @guarded
+    def action_add(self) -> None:
+        s = self._need_session()
+        step = self.viewing
+        self._editable(step)
+        if step == "lr_range":
+            raise UserError("the range test runs one range; e edits it")
+        values = [c.value for c in s.checklist.candidate_list(step)]
+
+        def done(v: Any) -> None:
+            if v is not None:
+                self._edit_values(step, [*values, v], f"added {value_text(step, v)}")
+
+        self.app.push_screen(
+            InputDialog(
+                f"Add · {STEP_TITLES[step]}",
+                f"Another value to try ({HINTS[step]}):",
+                check=lambda text: parse_value(step, text),
+            ),
+            done,
+        )
+
+    @guarded
+    def action_remove(self) -> None:
+        s = self._need_session()
+        step = self.viewing
+        self._editable(step)
+        values = [c.value for c in s.checklist.candidate_list(step)]
+        if len(values) < 2:
+            raise UserError("a step needs at least one value; e edits it")
+        i = self._selected()
+        removed = values.pop(i)
+        self._edit_values(step, values, f"removed {value_text(step, removed)}")

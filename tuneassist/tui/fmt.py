@@ -1,0 +1,213 @@
+"""Words, numbers and parsing shared by the screens.
+
+State is always said in words (and a symbol), colour only adds to it: under NO_COLOR the screens
+read the same. Parsing turns what the user types into checklist values, with one-line errors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from rich.text import Text
+
+from tuneassist.advisor.lr_range import fmt_num
+from tuneassist.errors import UserError
+
+RUN_STATUS = {
+    "queued": ("◌", "queued", "bright_black"),
+    "running": ("●", "running", "cyan"),
+    "finished": ("✓", "finished", "green"),
+    "diverged": ("✗", "diverged", "yellow"),
+    "failed": ("✗", "failed", "red"),
+    "cancelled": ("■", "cancelled", "bright_black"),
+    "lost": ("?", "lost", "red"),
+}
+STEP_STATUS = {
+    "pending": ("·", "to do", ""),
+    "running": ("●", "running", "cyan"),
+    "ready": ("◆", "decide", "bright_yellow"),
+    "done": ("✓", "done", "green"),
+    "stale": ("!", "stale", "yellow"),
+    "failed": ("✗", "failed", "red"),
+}
+
+
+def run_status(status: str, cancel_requested: bool = False) -> Text:
+    sym, word, color = RUN_STATUS.get(status, ("?", status, ""))
+    if cancel_requested and status == "running":
+        word = "stopping"
+    return Text(f"{sym} {word}", style=color)
+
+
+def step_status(status: str) -> Text:
+    sym, word, color = STEP_STATUS.get(status, ("?", status, ""))
+    return Text(f"{sym} {word}", style=color)
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(max(0, seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def g(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
+
+
+def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
+    """Training time over all attempts (downtime between a loss and a resume excluded)."""
+    if not run.get("started"):
+        return None
+    end = run.get("ended") or (now or time.time())
+    if run["status"] == "queued":
+        end = run["started"]
+    return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
+
+
+def progress(run: dict[str, Any]) -> tuple[int, int | None]:
+    """(steps done, total steps or None)."""
+    info = run.get("info") or {}
+    out = run.get("outcome") or {}
+    total = info.get("total_steps")
+    if out.get("step") is not None:
+        done = int(out["step"])
+    elif run.get("last_step") is not None:
+        done = int(run["last_step"]) + 1
+    else:
+        done = 0
+    return done, (int(total) if total else None)
+
+
+def eta(run: dict[str, Any]) -> float | None:
+    """Seconds left for a running run, at its pace so far."""
+    if run["status"] != "running":
+        return None
+    done, total = progress(run)
+    el = elapsed(run)
+    if not total or not done or not el:
+        return None
+    return el / done * (total - done)
+
+
+def bar(fraction: float, width: int = 10) -> str:
+    fraction = min(1.0, max(0.0, fraction))
+    full = int(fraction * width)
+    return "█" * full + ("▌" if fraction * width - full >= 0.5 else "") + "·" * (
+        width - full - (1 if fraction * width - full >= 0.5 else 0)
+    )
+
+
+def progress_text(run: dict[str, Any], width: int = 8) -> str:
+    done, total = progress(run)
+    if run["status"] == "queued":
+        return "waiting"
+    if not total:
+        if done:
+            return f"step {done}"
+        return "starting" if run["status"] == "running" else "-"
+    return f"{bar(done / total, width)} {100 * done / total:3.0f}%"
+
+
+def hyper(spec: dict[str, Any]) -> str:
+    """The key hyperparameters in one compact string."""
+    sched = spec.get("schedule", "?")
+    lo, hi = spec.get("lr_min"), spec.get("lr_max")
+    lr = fmt_num(hi) if lo == hi or sched in ("constant", "step") else f"{fmt_num(lo)}→{fmt_num(hi)}"
+    mh, ml = spec.get("momentum_max"), spec.get("momentum_min")
+    mom = fmt_num(mh) if mh == ml else f"{fmt_num(mh)}→{fmt_num(ml)}"
+    wd = spec.get("weight_decay", 0)
+    return f"lr {lr} m {mom} wd {fmt_num(wd)} bs {spec.get('batch_size')}"
+
+
+def run_kind(run: dict[str, Any]) -> str:
+    """'LR range' for 'lr_range:1e-4 → 10' style kinds; plain kinds as they are."""
+    from tuneassist.advisor.checklist import STEP_TITLES
+
+    kind = str(run.get("kind") or "")
+    step, _, label = kind.partition(":")
+    if step in STEP_TITLES:
+        return f"{STEP_TITLES[step]} {label}".strip()
+    return kind
+
+
+# ---------------------------------------------------------------------------------------------
+# What the user types
+
+
+def _floats(text: str, what: str, example: str) -> list[float]:
+    parts = [p for p in text.replace("→", ":").replace(",", ":").replace(" ", ":").split(":") if p]
+    if not parts:
+        raise UserError(f"type a {what}, e.g. {example}")
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise UserError(f"{text!r} is not a {what}; type e.g. {example}") from None
+
+
+def parse_value(step: str, text: str) -> Any:
+    """A step's value from text: LR 'low:high', TBS '256', momentum 'high:low' or '0.9', WD '1e-4'."""
+    text = text.strip()
+    if step == "lr_range":
+        v = _floats(text, "LR range low:high", "0.03:0.3")
+        if len(v) != 2:
+            raise UserError(f"{text!r}: give the LR range as low:high, e.g. 0.03:0.3")
+        return v
+    if step == "batch_size":
+        v = _floats(text, "batch size", "256")
+        if len(v) != 1 or not v[0].is_integer() or v[0] < 1:
+            raise UserError(f"{text!r}: the batch size is one positive integer, e.g. 256")
+        return int(v[0])
+    if step == "momentum":
+        v = _floats(text, "momentum high:low or one value", "0.95:0.85 or 0.9")
+        if len(v) == 1:
+            v = [v[0], v[0]]
+        if len(v) != 2:
+            raise UserError(f"{text!r}: give momentum as high:low or one value, e.g. 0.95:0.85")
+        return v
+    if step == "weight_decay":
+        v = _floats(text, "weight decay", "1e-4")
+        if len(v) != 1:
+            raise UserError(f"{text!r}: the weight decay is one number, e.g. 1e-4")
+        return v[0]
+    raise UserError(f"step {step!r} takes no typed value")
+
+
+def value_text(step: str, value: Any) -> str:
+    """A value as the user would type it back (prefills the edit and override dialogs)."""
+    if value is None:
+        return ""
+    if step == "lr_range":
+        if isinstance(value, dict):
+            return f"{fmt_num(value['lr_min'])}:{fmt_num(value['lr_max'])}"
+        return f"{fmt_num(value[0])}:{fmt_num(value[1])}"
+    if step == "momentum":
+        hi, lo = (value, value) if isinstance(value, int | float) else value
+        return fmt_num(hi) if hi == lo else f"{fmt_num(hi)}:{fmt_num(lo)}"
+    if step == "weight_decay":
+        return f"{float(value):g}"
+    return str(value)
+
+
+HINTS = {
+    "lr_range": "low:high, e.g. 0.03:0.3",
+    "batch_size": "total batch size, e.g. 256",
+    "momentum": "high:low (cyclical) or one value, e.g. 0.95:0.85",
+    "weight_decay": "e.g. 1e-4 (0 for none)",
+}

@@ -1,0 +1,172 @@
+"""What the UI knows about the runs: their rows and curves, kept current by polling the store.
+
+Workers and the UI meet only in the store. Every poll reads the runs' summary rows (one cheap query)
+and, only for the curves a screen shows, the metric rows past the last step already read
+(`metrics_since`): a long run costs the same per poll as a short one. A curve's `version` changes
+exactly when new points arrived, so plots redraw only then.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneassist.runs.launch import advance_queue
+from tuneassist.runs.store import ACTIVE, Store
+
+ENDED = ("finished", "diverged", "failed", "cancelled", "lost")
+
+
+def _f(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+@dataclass
+class Curve:
+    """A run's metric rows as columns (train rows and evaluation rows apart)."""
+
+    run_id: int
+    attempt: int = 0
+    last_step: int = -1
+    version: int = 0
+    steps: list[int] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    epoch: list[float] = field(default_factory=list)
+    images_per_s: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    v_steps: list[int] = field(default_factory=list)
+    v_loss: list[float] = field(default_factory=list)
+    v_acc: list[float] = field(default_factory=list)
+    v_lr: list[float] = field(default_factory=list)
+    v_epoch: list[float] = field(default_factory=list)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            step = int(r["step"])
+            if r.get("train_loss") is not None or r.get("lr") is not None:
+                self.steps.append(step)
+                self.lr.append(_f(r.get("lr")))
+                self.train_loss.append(_f(r.get("train_loss")))
+                self.epoch.append(_f(r.get("epoch")))
+                self.images_per_s.append(_f(r.get("images_per_s")))
+                self.wall.append(_f(r.get("wall")))
+            if r.get("val_loss") is not None or r.get("val_acc") is not None:
+                self.v_steps.append(step)
+                self.v_loss.append(_f(r.get("val_loss")))
+                self.v_acc.append(_f(r.get("val_acc")))
+                self.v_lr.append(_f(r.get("lr")))
+                self.v_epoch.append(_f(r.get("epoch")))
+            self.last_step = max(self.last_step, step)
+        if rows:
+            self.version += 1
+
+    def eval_lrs(self) -> list[float]:
+        """The LR at each evaluation; rows without their own LR take the nearest train row's."""
+        if not self.v_lr:
+            return []
+        if all(math.isfinite(v) for v in self.v_lr) or not self.steps:
+            return list(self.v_lr)
+        import numpy as np
+
+        return [float(v) for v in np.interp(self.v_steps, self.steps, self.lr)]
+
+
+@dataclass
+class PollResult:
+    changed: set[int] = field(default_factory=set)  # runs whose row changed (or appeared)
+    ended: list[dict[str, Any]] = field(default_factory=list)  # runs seen active, now ended
+    started: list[int] = field(default_factory=list)  # queued runs this poll started
+
+
+class Live:
+    """The runs of the workspace as last polled, and the curves asked for so far."""
+
+    def __init__(self, store: Store, manage_queue: bool = True) -> None:
+        self.store = store
+        self.manage_queue = manage_queue
+        self.runs: dict[int, dict[str, Any]] = {}
+        self.curves: dict[int, Curve] = {}
+        self._sig: dict[int, tuple] = {}
+        self.polled_at: float | None = None
+
+    @staticmethod
+    def _signature(r: dict[str, Any]) -> tuple:
+        return (
+            r["status"],
+            r["attempt"],
+            r["last_step"],
+            r["best_val_loss"],
+            r["best_val_acc"],
+            r["images_per_s"],
+            r["error"],
+            r["cancel_requested"],
+            r["checkpoint_step"],
+            r["ended"],
+            r["pid"],
+        )
+
+    def poll(self) -> PollResult:
+        """Read every run's row; start queued runs whose device is free (a lost run frees its slot)."""
+        res = PollResult()
+        rows = self.store.list_runs(refresh=True)
+        if self.manage_queue and any(r["status"] == "queued" for r in rows):
+            res.started = advance_queue(self.store)
+            if res.started:
+                rows = self.store.list_runs(refresh=False)
+        seen = set()
+        for r in rows:
+            rid = int(r["id"])
+            seen.add(rid)
+            sig = self._signature(r)
+            old = self.runs.get(rid)
+            if self._sig.get(rid) != sig:
+                res.changed.add(rid)
+                self._sig[rid] = sig
+                if old is not None and old["status"] in ACTIVE and r["status"] in ENDED:
+                    res.ended.append(r)
+            self.runs[rid] = r
+        for rid in set(self.runs) - seen:
+            self.runs.pop(rid, None)
+            self._sig.pop(rid, None)
+            self.curves.pop(rid, None)
+            res.changed.add(rid)
+        self.polled_at = time.time()
+        return res
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        r = self.runs.get(int(run_id))
+        if r is None:
+            try:
+                r = self.store.get_run(int(run_id), refresh=False)
+            except Exception:  # a run deleted under us: show nothing rather than fail
+                return None
+            self.runs[int(run_id)] = r
+        return r
+
+    def curve(self, run_id: int) -> Curve:
+        """The run's curve, reading only rows past the last step read (or all, after a resume)."""
+        run_id = int(run_id)
+        c = self.curves.get(run_id)
+        run = self.run(run_id)
+        attempt = int(run["attempt"]) if run else 0
+        if c is None or c.attempt != attempt:
+            # A resumed run redoes the steps after its checkpoint: read it again from the start.
+            version = c.version + 1 if c is not None else 0
+            c = self.curves[run_id] = Curve(run_id, attempt=attempt, version=version)
+        stored_last = run.get("last_step") if run else None
+        if stored_last is None or c.last_step < int(stored_last) or c.last_step < 0:
+            c.add(self.store.metrics_since(run_id, c.last_step))
+        return c
+
+    def session_runs(self, session_id: int | None) -> list[dict[str, Any]]:
+        return [r for r in self.runs.values() if session_id is None or r.get("session_id") == session_id]
+
+    def counts(self, session_id: int | None = None) -> dict[str, int]:
+        out = {"running": 0, "queued": 0}
+        for r in self.session_runs(session_id):
+            if r["status"] in out:
+                out[r["status"]] += 1
+        return out

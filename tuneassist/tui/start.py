@@ -1,0 +1,238 @@
+"""The start screen: create a tuning session, or resume one of the workspace's sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+
+from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
+from tuneassist.errors import UserError
+from tuneassist.runs.launch import detect_gpus
+from tuneassist.session import TuningSession, estimate_train_size
+from tuneassist.spec import BUILTIN_MODELS
+from tuneassist.tui.base import LiveScreen, guarded
+from tuneassist.tui.fmt import fmt_minutes
+from tuneassist.tui.live import PollResult
+from tuneassist.tui.widgets import KeyFooter, TopBar
+
+DATA_SUGGESTIONS = ["synthetic", "synthetic:2000", "cifar10", "cifar100", "folder:"]
+BUDGET_HELP = {
+    "quick": "quick (minutes on a CPU)",
+    "standard": "standard (short GPU runs)",
+    "paper": "paper (the paper's lengths)",
+}
+
+
+def session_progress(cl: Checklist) -> str:
+    done = sum(1 for s in STEPS if s in cl.decisions and not cl.decisions[s].stale)
+    cur = cl.current_step
+    return f"{done}/5 · complete" if cur is None else f"{done}/5 · next: {STEP_TITLES[cur]}"
+
+
+class StartScreen(LiveScreen):
+    """A form for a new session above the list of existing ones (enter resumes the selected one)."""
+
+    DEFAULT_CSS = """
+    StartScreen #form { height: auto; padding: 0 1; border-top: solid $primary; }
+    StartScreen .row { height: 1; margin: 0 0 1 0; }
+    StartScreen .row Label { width: 9; }
+    StartScreen .row Input { width: 1fr; max-width: 40; }
+    StartScreen .row Select { width: 1fr; max-width: 40; }
+    StartScreen .note { width: 1fr; padding: 0 0 0 2; color: $text-muted; }
+    StartScreen #estimate { height: auto; }
+    StartScreen #create { margin: 0 0 0 9; }
+    StartScreen #sessions { height: 1fr; border-top: solid $primary; }
+    StartScreen.-short .row { margin: 0; }
+    """
+    BINDINGS = [
+        Binding("ctrl+n", "create", "create session"),
+        Binding("escape", "app.goto('checklist')", "back", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows_sig: tuple | None = None
+        self._ids: list[int] = []
+
+    def compose(self) -> ComposeResult:
+        yield TopBar()
+        with Vertical(id="form") as form:
+            form.border_title = "New tuning session"
+            with Horizontal(classes="row"):
+                yield Label("Data")
+                yield Input(
+                    "synthetic",
+                    id="data",
+                    compact=True,
+                    suggester=SuggestFromList(DATA_SUGGESTIONS, case_sensitive=False),
+                )
+                yield Static("synthetic[:N] · cifar10 · cifar100 · folder:PATH", classes="note")
+            with Horizontal(classes="row"):
+                yield Label("Model")
+                yield Select(
+                    [(m, m) for m in BUILTIN_MODELS], value="simple3", allow_blank=False, id="model", compact=True
+                )
+                yield Static("or type module:function below", classes="note")
+            with Horizontal(classes="row"):
+                yield Label("Custom")
+                yield Input("", placeholder="mynets:build (optional)", id="custom", compact=True)
+                yield Static("a function(num_classes) -> nn.Module", classes="note")
+            with Horizontal(classes="row"):
+                yield Label("Budget")
+                yield Select(
+                    [(BUDGET_HELP[b], b) for b in BUDGETS], value="quick", allow_blank=False, id="budget", compact=True
+                )
+            with Horizontal(classes="row"):
+                yield Label("Devices")
+                yield Input("1", id="devices", type="integer", compact=True)
+                gpus = detect_gpus()
+                seen = f"{len(gpus)} GPU(s) seen" if gpus else "no GPU seen: runs use the CPU"
+                yield Static(f"per run; {seen}", classes="note")
+            with Horizontal(classes="row"):
+                yield Label("Name")
+                yield Input("", placeholder="(default: data · model)", id="name", compact=True)
+            yield Static(id="estimate")
+            yield Button("Create session (enter)", id="create", compact=True)
+        table = DataTable(id="sessions", cursor_type="row")
+        table.border_title = "Sessions (enter resumes)"
+        yield table
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        t = self.query_one("#sessions", DataTable)
+        for label in ("id", "name", "data · model", "budget", "progress", "runs", "created"):
+            t.add_column(label, key=label)
+        self.query_one("#data", Input).focus()
+        self._estimate()
+        self.mark_ready()
+
+    def _form(self) -> dict[str, Any]:
+        data = self.query_one("#data", Input).value.strip()
+        custom = self.query_one("#custom", Input).value.strip()
+        model = custom or str(self.query_one("#model", Select).value)
+        budget = str(self.query_one("#budget", Select).value)
+        dev_text = self.query_one("#devices", Input).value.strip() or "1"
+        try:
+            devices = int(dev_text)
+        except ValueError:
+            raise UserError(f"devices {dev_text!r} must be a whole number, e.g. 1") from None
+        name = self.query_one("#name", Input).value.strip() or None
+        if not data:
+            raise UserError("type a data set, e.g. synthetic or cifar10")
+        return {"data": data, "model": model, "budget": budget, "devices": devices, "name": name}
+
+    def _estimate(self) -> None:
+        box = self.query_one("#estimate", Static)
+        try:
+            f = self._form()
+            cl = Checklist(
+                data=f["data"],
+                model=f["model"],
+                budget=f["budget"],
+                devices=f["devices"],
+                train_size=estimate_train_size(f["data"]),
+            )
+            secs = cl.estimate_seconds()["total"]
+            box.update(
+                Text(
+                    f"About {fmt_minutes(secs)} of training for the whole checklist at 1,500 img/s "
+                    f"(TBS {cl.values['batch_size']}).",
+                    style="bold",
+                )
+            )
+        except UserError as exc:
+            box.update(Text(f"✗ {exc}", style="red"))
+        except Exception as exc:  # noqa: BLE001 - a half-typed form must never crash the screen
+            box.update(Text(f"✗ {exc}", style="red"))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._estimate()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._estimate()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_create()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "create":
+            self.action_create()
+
+    @guarded
+    def action_create(self) -> None:
+        f = self._form()
+        session = TuningSession.create(
+            self.tapp.store,
+            f["data"],
+            f["model"],
+            budget=f["budget"],
+            devices=f["devices"],
+            name=f["name"],
+            train_size=estimate_train_size(f["data"]),
+        )
+        self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
+        self.tapp.set_session(session)
+        self.tapp.action_goto("checklist")
+
+    def refresh_live(self, res: PollResult | None) -> None:
+        store = self.tapp.store
+        sessions = [s for s in store.list_sessions() if "checklist" in (s.get("state") or {})]
+        live = self.tapp.live
+        rows = []
+        for s in reversed(sessions):
+            try:
+                cl = Checklist.from_dict(s["state"]["checklist"])
+                prog = session_progress(cl)
+                budget = cl.budget
+            except UserError as exc:
+                prog, budget = f"✗ {exc}", "?"
+            runs = live.session_runs(int(s["id"]))
+            active = sum(1 for r in runs if r["status"] in ("queued", "running"))
+            run_text = f"{len(runs)}" + (f" ({active} running)" if active else "")
+            import time as _time
+
+            created = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(s.get("created") or 0))
+            rows.append(
+                (
+                    str(s["id"]),
+                    s.get("name") or "",
+                    f"{s.get('data')} · {s.get('model')}",
+                    budget,
+                    prog,
+                    run_text,
+                    created,
+                )
+            )
+        sig = tuple(rows)
+        if sig == self._rows_sig:
+            return
+        self._rows_sig = sig
+        t = self.query_one("#sessions", DataTable)
+        t.clear()
+        for r in rows:
+            t.add_row(*r, key=r[0])
+        self._ids = [int(r[0]) for r in rows]
+        if not rows:
+            t.border_title = "Sessions: none yet"
+        else:
+            t.border_title = "Sessions (enter resumes)"
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self._open(event.cursor_row)
+
+    @guarded
+    def _open(self, row: int) -> None:
+        if not (0 <= row < len(self._ids)):
+            return
+        session = TuningSession(self.tapp.store, self._ids[row])
+        self.tapp.set_session(session)
+        self.app.notify(f"resumed session {session.id}: {session.name}")
+        self.tapp.action_goto("checklist")

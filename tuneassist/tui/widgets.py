@@ -1,0 +1,140 @@
+"""Small widgets shared by the screens: the top bar, the plot view and the step sidebar."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.geometry import Size
+from textual.widget import Widget
+from textual.widgets import Footer, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tuneassist.tui.chart import Chart, chart_signature, render_chart
+from tuneassist.tui.fmt import STEP_STATUS
+
+if TYPE_CHECKING:
+    from tuneassist.session import StepState
+
+
+SHORT_TITLES = {
+    "lr_range": "LR range",
+    "batch_size": "Batch size",
+    "momentum": "Momentum",
+    "weight_decay": "Weight decay",
+    "final": "1cycle run",
+}
+
+
+class KeyFooter(Footer):
+    """The footer of keys, compact; narrow terminals leave the palette key to the help screen."""
+
+    def __init__(self) -> None:
+        super().__init__(compact=True)
+
+    def on_resize(self) -> None:
+        self.show_command_palette = self.size.width >= 100
+
+
+class TopBar(Static):
+    """One line: the session and how many runs are going (words, not only colour)."""
+
+    DEFAULT_CSS = """
+    TopBar { dock: top; height: 1; background: $panel; color: $text; padding: 0 1; }
+    """
+
+    def show(self, left: str, running: int, queued: int) -> None:
+        right = Text()
+        right.append(f"● {running} running", style="cyan" if running else "")
+        right.append(f"  ◌ {queued} queued")
+        width = max(20, self.size.width - 2) if self.size.width else 100
+        if width < 98:
+            left = left.removeprefix("tuneassist").strip()
+        room = width - len(right.plain) - 1
+        while len(left) > room and " · " in left:
+            left = left.rsplit(" · ", 1)[0]  # drop the least important detail first
+        left_t = Text(left, no_wrap=True, overflow="ellipsis")
+        if room < 10:
+            self.update(left_t)
+            return
+        left_t.truncate(room, overflow="ellipsis")
+        pad = max(1, width - len(left_t.plain) - len(right.plain))
+        self.update(Text.assemble(left_t, " " * pad, right))
+
+
+class PlotView(Widget):
+    """A chart that re-renders only when its data or its size changed."""
+
+    DEFAULT_CSS = """
+    PlotView { height: 1fr; min-height: 7; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id, classes=classes)
+        self._chart = Chart()
+        self._sig: tuple | None = None
+        self._cache_key: tuple | None = None
+        self._cache: Text | None = None
+        self.renders = 0  # how many times the chart was drawn (tests check redraws stay rare)
+
+    @property
+    def chart(self) -> Chart:
+        return self._chart
+
+    def set_chart(self, chart: Chart) -> bool:
+        """Show `chart`; returns whether anything changed (and a redraw was scheduled)."""
+        sig = chart_signature(chart)
+        if sig == self._sig:
+            return False
+        self._chart, self._sig = chart, sig
+        self.refresh()
+        return True
+
+    def render(self) -> Text:
+        size: Size = self.content_size
+        mono = bool(getattr(self.app, "no_color", False))
+        key = (size.width, size.height, self._sig, mono)
+        if key != self._cache_key or self._cache is None:
+            self._cache = render_chart(self._chart, size.width, size.height, mono=mono)
+            self._cache_key = key
+            self.renders += 1
+        return self._cache
+
+
+class StepSidebar(OptionList):
+    """The five checklist steps with their state; narrow terminals show numbers and symbols only."""
+
+    DEFAULT_CSS = """
+    StepSidebar { width: 30; height: 1fr; border: none; padding: 0; }
+    StepSidebar.-narrow { width: 7; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id)
+        self._key: tuple | None = None
+
+    def show(self, states: list[StepState], current: str | None, narrow: bool) -> None:
+        key = (tuple((s.step, s.status, s.value_label) for s in states), current, narrow)
+        if key == self._key:
+            return
+        self._key = key
+        self.set_class(narrow, "-narrow")
+        highlighted = self.highlighted
+        self.clear_options()
+        for i, s in enumerate(states, 1):
+            sym, word, color = STEP_STATUS.get(s.status, ("?", s.status, ""))
+            t = Text(no_wrap=True, overflow="ellipsis")
+            t.append("›" if s.step == current else " ")
+            if narrow:
+                t.append(f"{i} ")
+                t.append(sym, style=color)
+            else:
+                t.append(f"{i} {SHORT_TITLES.get(s.step, s.title):<13}")
+                detail = s.value_label if s.status in ("done", "stale") and s.value_label else word
+                if s.status == "stale":
+                    detail = f"stale {detail}"
+                t.append(f"{sym} ", style=color)
+                t.append(detail, style=color)
+            self.add_option(Option(t, id=s.step))
+        if highlighted is not None:
+            self.highlighted = highlighted
