@@ -40,6 +40,16 @@ def screen_text(app: TuneApp) -> str:
     return console.export_text()
 
 
+def toasts(app: TuneApp) -> list[str]:
+    """The messages of the notifications shown so far."""
+    return [n.message for n in app._notifications]
+
+
+def flat(text: str) -> str:
+    """Screen text with dialog borders dropped and lines joined: for sentences that wrap."""
+    return " ".join(" ".join(line.strip(" │▎▊").split()) for line in text.splitlines())
+
+
 async def wait_for(pilot: Any, cond: Any, timeout: float, what: str, app: TuneApp | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,7 +123,9 @@ def range_curve(n: int = 300, lo: float = 1e-4, hi: float = 10.0) -> tuple[list,
 
 def sweep_curve(level: float, n: int = 66, every: int = 7, seed: int = 0) -> tuple[list, list]:
     rng = np.random.default_rng(seed)
-    train = [(i, i / 33, 0.05, float(2.3 * math.exp(-i / 30) + level + rng.normal(0, 0.02))) for i in range(n)]
+    train = [
+        (i, i / 33, 0.05, float(2.3 * math.exp(-i / 30) + level + rng.normal(0, 0.02))) for i in range(n)
+    ]
     evals = [
         (i, float(2.3 * math.exp(-i / 30) + level + 0.1), float(min(0.95, 0.3 + i / 100 - level / 4)))
         for i in range(every - 1, n, every)
@@ -124,17 +136,34 @@ def sweep_curve(level: float, n: int = 66, every: int = 7, seed: int = 0) -> tup
 def seed_store(workspace: Path) -> dict[str, Any]:
     """A session at its momentum step: range test read and accepted, TBS set, momentum partly run."""
     store = Store(workspace)
-    s = TuningSession.create(store, "synthetic:600", "simple3", budget="quick", train_size=540)
+    # Plain "synthetic" (nothing trains here) with the train size of synthetic:600: TBS 16, short runs.
+    s = TuningSession.create(store, "synthetic", "simple3", budget="quick", train_size=540)
     cl = s.checklist
     spec = cl.candidate_list("lr_range")[0].spec.to_dict()
     train, evals = range_curve()
+    outcome = {
+        "outcome": "diverged",
+        "step": len(train),
+        "epoch": len(train) / 33,
+        "diverged_at_step": len(train),
+        "diverged_lr": 4.1,
+        "wall_time": 30.0,
+        "images_per_s": 1480.0,
+        "reason": "loss blew up at LR 4.1",
+    }
     range_id = _record(
-        store, s, "lr_range", "range", "1e-4 → 10", spec, train, evals, "diverged",
-        outcome={"outcome": "diverged", "step": len(train), "epoch": len(train) / 33, "diverged_at_step": len(train),
-                 "diverged_lr": 4.1, "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None,
-                 "wall_time": 30.0, "images_per_s": 1480.0, "reason": "loss blew up at LR 4.1"},
+        store,
+        s,
+        "lr_range",
+        "range",
+        "1e-4 → 10",
+        spec,
+        train,
+        evals,
+        "diverged",
+        outcome=outcome,
         total_steps=300,
-    )  # fmt: skip
+    )
     rec = s.recommend("lr_range")
     assert rec is not None and rec.ok, rec
     s.accept(rec)
@@ -161,7 +190,9 @@ def seed_store(workspace: Path) -> dict[str, Any]:
         error="RuntimeError: CUDA out of memory (traceback in worker.log)",
     )  # fmt: skip
     store.run_dir(failed_id)
-    store.log_path(failed_id).write_text("2024-01-01 INFO start\n2024-01-01 ERROR failed: CUDA out of memory\n")
+    store.log_path(failed_id).write_text(
+        "2024-01-01 INFO start\n2024-01-01 ERROR failed: CUDA out of memory\n"
+    )
     store.close()
     return {"range": range_id, "momentum": ids, "running": running_id, "failed": failed_id, "session": s.id}
 
@@ -189,44 +220,44 @@ def run_app(workspace: Path, size: tuple[int, int], script: Any) -> Any:
 # Screens
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_checklist_range_step(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+async def at_sizes(app: TuneApp, pilot: Any) -> dict[tuple[int, int], str]:
+    """The current screen's text at each of SIZES (the terminal resized in place)."""
+    out = {}
+    for size in SIZES:
+        await pilot.resize_terminal(*size)
+        await pilot.pause(0.1)
+        out[size] = screen_text(app)
+    return out
+
+
+def test_checklist_steps(seeded: tuple[Path, dict]) -> None:
     ws, ids = seeded
 
-    async def script(app: TuneApp, pilot: Any) -> str:
+    async def script(app: TuneApp, pilot: Any) -> tuple[dict, dict]:
+        sweep = await at_sizes(app, pilot)  # opens on the current step: momentum
         await pilot.press("1")
-        await pilot.pause()
-        return screen_text(app)
+        return sweep, await at_sizes(app, pilot)
 
-    text = run_app(ws, size, script)
-    assert "session 1: synthetic:600 · simple3" in text
-    assert "1 · LR range test (done)" in text
-    assert "Chosen:" in text and "(recommended)" in text
-    assert "suggested" not in text or "[══]" in text
-    assert "diverged 4.1" in text  # the divergence marker on the plot
-    assert "1e-4" in text and "10" in text  # log x axis from the range bounds
-    assert "[═" in text  # the chosen range marked on the LR axis
-    assert "train loss" in text and "val loss" in text
-    assert "● 1 running" in text
-    if size[0] >= 100:
-        assert "LR range test" in text and "✓" in text  # full sidebar with states
-    assert "r run" in text and "? help" in text  # footer keys
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_checklist_sweep_step(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
-    ws, ids = seeded
-
-    async def script(app: TuneApp, pilot: Any) -> str:
-        await pilot.pause()
-        return screen_text(app)
-
-    text = run_app(ws, size, script)
-    assert "3 · Momentum (running)" in text
-    assert "0.95–0.85" in text and "0.9" in text and "0.99" in text  # legend and table
-    assert "● running" in text and "✓ finished" in text
-    assert "Running: 2 of 3 runs done" in text
-    assert "val loss vs step" in text
+    sweep, rng = run_app(ws, SIZES[0], script)
+    for (w, h), text in rng.items():
+        assert len(text.splitlines()) == h and max(len(x) for x in text.splitlines()) <= w
+        assert "session 1: synthetic · simple3" in text
+        assert "1 · LR range test (done)" in text
+        assert "Chosen: 0.06 → 0.6 (recommended)" in flat(text)
+        assert "diverged 4.1" in text  # the divergence marker on the plot
+        assert "1e-4" in text and "0.01" in text  # log x axis over the range tested
+        assert "[═" in text  # the chosen range marked on the LR axis
+        assert "train loss" in text and "val loss" in text
+        assert "● 1 running" in text
+        assert "r run" in text and "a accept" in text and "? help" in text  # footer keys
+    assert "LR range     ✓ 0.06 → 0.6" in rng[(100, 30)]  # the full sidebar at 100 columns
+    assert " 1 ✓" in rng[(80, 24)] and "›3 ●" in rng[(80, 24)]  # numbers and symbols at 80
+    for text in sweep.values():
+        assert "3 · Momentum (running)" in text
+        assert "0.95–0.85" in text and "0.99" in text  # legend and table
+        assert "● running" in text and "✓ finished" in text
+        assert "Running: 2 of 3 runs done" in text
+        assert "val loss vs step" in text
 
 
 def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Path) -> None:
@@ -250,36 +281,33 @@ def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Pa
     assert s.checklist.decisions["momentum"].source == "recommended"
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_runs_screen_and_detail(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+def test_runs_screen_and_detail(seeded: tuple[Path, dict]) -> None:
     ws, ids = seeded
 
-    async def script(app: TuneApp, pilot: Any) -> tuple[str, str, str]:
+    async def script(app: TuneApp, pilot: Any) -> tuple[dict, dict, dict]:
         await pilot.press("R")
-        await pilot.pause()
-        table = screen_text(app)
-        # The newest run (the failed one) is selected first: its error shows under the table.
-        detail_line = table
+        table = await at_sizes(app, pilot)  # the newest run (the failed one) is selected first
         await pilot.press("enter")
-        await pilot.pause()
-        detail = screen_text(app)
-        await pilot.press("escape")
-        await pilot.press("down")  # the running momentum run, next newest
-        await pilot.press("enter")
-        await pilot.pause()
-        return detail_line, detail, screen_text(app)
+        failed = await at_sizes(app, pilot)
+        await pilot.press("escape", "down", "enter")  # the running momentum run, next newest
+        return table, failed, await at_sizes(app, pilot)
 
-    table, failed, running = run_app(ws, size, script)
-    assert "✗ failed" in table and "● running" in table and "✗ diverged" in table and "✓ finished" in table
-    assert "CUDA out of memory" in table
-    assert f"Run {ids['failed']}" in failed and "✗ failed" in failed and "CUDA out of memory" in failed
-    assert "ERROR failed" in failed  # the log tail
-    assert f"Run {ids['running']}" in running and "● running" in running and "step 30/66" in running
-    assert "loss vs epoch" in running
+    tables, faileds, runnings = run_app(ws, SIZES[0], script)
+    for size in SIZES:
+        table, failed, running = tables[size], faileds[size], runnings[size]
+        assert (
+            "✗ failed" in table and "● running" in table and "✗ diverged" in table and "✓ finished" in table
+        )
+        assert "CUDA out of memory" in table  # the selected run's error under the table
+        assert f"Run {ids['failed']}" in failed and "✗ failed" in failed and "CUDA out of memory" in failed
+        assert "ERROR failed" in failed  # the log tail
+        assert f"Run {ids['running']}" in running and "● running" in running and "step 30/66" in running
+        assert "loss vs epoch" in running and "Diagnosis:" in running
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_profiles_screen_save_and_export(seeded: tuple[Path, dict], size: tuple[int, int]) -> None:
+    """Save the session's result from the profiles screen, then export it as JSON (at both sizes)."""
     ws, ids = seeded
 
     async def script(app: TuneApp, pilot: Any) -> tuple[str, str, str]:
@@ -289,7 +317,7 @@ def test_profiles_screen_save_and_export(seeded: tuple[Path, dict], size: tuple[
         await pilot.press("s")  # save the session's result (not finished: saved with a note)
         await pilot.pause()
         dialog = screen_text(app)
-        await pilot.press("ctrl+a", *"mine", "enter")
+        await pilot.press(*"mine", "enter")
         await pilot.pause()
         await pilot.press("e")
         await pilot.pause()
@@ -302,12 +330,12 @@ def test_profiles_screen_save_and_export(seeded: tuple[Path, dict], size: tuple[
     listing, dialog, after = run_app(ws, size, script)
     assert "shipped" in listing and "cifar10-resnet56-1cycle" in listing
     assert "lr_min" in listing  # the TOML of the highlighted profile
-    assert "not finished" in dialog
+    assert "The checklist is not finished" in flat(dialog)
     saved = ws / "profiles" / "mine.toml"
-    assert saved.exists() and "synthetic:600" in saved.read_text()
+    assert saved.exists() and 'data = "synthetic"' in saved.read_text()
     exported = ws / "exports" / "mine.json"
     assert exported.exists() and '"lr_max"' in exported.read_text()
-    assert "exported" in after and "mine.json" in after.replace("\n", "")
+    assert "exported" in after and "exports/mine.json" in flat(after).replace(" ", "")
 
 
 def test_start_screen_lists_sessions_and_help(seeded: tuple[Path, dict]) -> None:
@@ -324,9 +352,26 @@ def test_start_screen_lists_sessions_and_help(seeded: tuple[Path, dict]) -> None
     start, help_text = run_app(ws, (100, 30), script)
     assert "New tuning session" in start and "Sessions" in start
     assert "2/5 · next: Momentum" in start and "1 running" in start
-    for key, words in (("a", "accept"), ("o", "override"), ("c", "cancel run"), ("u", "resume run"),
-                       ("e", "export"), ("R", "runs"), ("q", "quit")):  # fmt: skip
+    assert "Keys" in help_text and "Everywhere" in help_text and "Checklist" in help_text
+    for key, words in (("a", "accept"), ("o", "override"), ("r", "run"), ("R", "runs"), ("q", "quit")):
         assert f" {key} " in help_text and words in help_text
+
+
+def test_help_lists_every_binding(seeded: tuple[Path, dict]) -> None:
+    """Every key bound on every screen appears in the help (built from the bindings themselves)."""
+    from tuneassist.tui.checklist import ChecklistScreen
+    from tuneassist.tui.profiles import ProfilesScreen
+    from tuneassist.tui.runs import RunDetailScreen, RunsScreen
+    from tuneassist.tui.start import StartScreen
+
+    ws, _ = seeded
+    app = TuneApp(workspace=ws, manage_queue=False)
+    listed = {desc for _, keys in app.help_sections() for _, desc in keys}
+    for cls in (TuneApp, ChecklistScreen, RunsScreen, RunDetailScreen, ProfilesScreen, StartScreen):
+        for b in cls.BINDINGS:
+            if not b.description.startswith("view step"):
+                assert b.description in listed, (cls.__name__, b.key)
+    assert "view step 1 … 5" in listed and "command palette (every action by name)" in listed
 
 
 def test_no_color_states_in_words(seeded: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,7 +393,9 @@ def test_chart_mono_glyphs_and_decimation() -> None:
     x = np.arange(100_000, dtype=float)
     y = np.exp(-x / 30_000)
     y[50_000] = 5.0  # one spike must survive decimation to 100 columns
-    chart = Chart([Series("a", x, y), Series("b", x, y * 0.5)], vlines=[VLine(60_000, "decision")], xlabel="step")
+    chart = Chart(
+        [Series("a", x, y), Series("b", x, y * 0.5)], vlines=[VLine(60_000, "decision")], xlabel="step"
+    )
     t0 = time.perf_counter()
     text = render_chart(chart, 100, 20).plain
     assert time.perf_counter() - t0 < 1.0
@@ -380,8 +427,8 @@ def test_corrupt_run_rows_do_not_crash(seeded: tuple[Path, dict]) -> None:
     """NaN losses and a run with neither info nor metrics still render."""
     ws, ids = seeded
     with Store(ws) as store:
-        store.write(lambda c: c.execute("UPDATE metrics SET train_loss = 'inf' WHERE run_id = ? AND step > 20",
-                                        (ids["running"],)))  # fmt: skip
+        sql = "UPDATE metrics SET train_loss = 9e999, val_loss = NULL WHERE run_id = ? AND step > 20"
+        store.write(lambda c: c.execute(sql, (ids["running"],)))
         store.update_run(ids["running"], info=None)
 
     async def script(app: TuneApp, pilot: Any) -> str:
@@ -393,3 +440,106 @@ def test_corrupt_run_rows_do_not_crash(seeded: tuple[Path, dict]) -> None:
     text = run_app(ws, (80, 24), script)
     assert f"Run {ids['running']}" in text
 
+
+def test_command_palette_reaches_actions(seeded: tuple[Path, dict]) -> None:
+    from tuneassist.tui.runs import RunsScreen
+
+    ws, _ = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[list[str], Any]:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        await pilot.press(*"Cancel run")
+        await pilot.pause(0.5)
+        await pilot.press("enter")  # goes to the runs screen and tries to cancel the selected run
+        await pilot.pause(0.5)
+        return titles, (app.screen, toasts(app))
+
+    titles, (screen, notes) = run_app(ws, (100, 30), script)
+    for t in ("Accept recommendation", "Override value", "Run step", "Export profile", "Save profile",
+              "Cancel run", "Resume run", "Help: keys", "Runs", "Profiles"):  # fmt: skip
+        assert t in titles
+    assert isinstance(screen, RunsScreen)
+    assert any("only queued or running runs cancel" in n for n in notes)  # the newest run (failed)
+
+
+def test_override_marks_later_steps_stale(seeded: tuple[Path, dict]) -> None:
+    """o on the range step with a new range: the batch size chosen after it turns stale (in words)."""
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await pilot.press("1", "o")
+        await pilot.pause()
+        await pilot.press(*"0.02:0.2", "enter")
+        await pilot.pause(0.3)
+        await pilot.press("2")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = run_app(ws, (100, 30), script)
+    s = TuningSession(Store(ws), ids["session"])
+    d = s.checklist.decisions
+    assert d["lr_range"].source == "override" and d["lr_range"].value["lr_max"] == pytest.approx(0.2)
+    assert d["batch_size"].stale
+    assert "stale" in text and "2 · Batch size (stale)" in text and "Stale: 16" in text
+
+
+def test_edit_add_remove_candidates(seeded: tuple[Path, dict]) -> None:
+    """e / n / x edit the values a step will try; a step with runs still going refuses edits."""
+    ws, ids = seeded
+
+    async def script(app: TuneApp, pilot: Any) -> list[str]:
+        await pilot.press("e")  # momentum: a run is still going
+        await pilot.pause()
+        await pilot.press("4", "n")  # weight decay: add a value
+        await pilot.pause()
+        await pilot.press(*"3e-4", "enter")
+        await pilot.pause(0.2)
+        await pilot.press("x")  # remove the first (1e-2)
+        await pilot.pause(0.2)
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press(*"bogus", "enter")  # refused inline, the dialog stays
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        await pilot.press("ctrl+u", *"5e-3", "enter")  # ctrl+u clears the field
+        await pilot.pause(0.2)
+        labels = [c.label for c in app.session.checklist.candidate_list("weight_decay")]
+        return [*labels, flat(text), " ".join(toasts(app))]
+
+    *labels, dialog, notes = run_app(ws, (100, 30), script)
+    assert "still going" in notes
+    assert "is not a weight decay" in dialog
+    assert labels == ["5e-3", "1e-4", "3e-4"]
+
+
+def test_rerun_with_another_seed(seeded: tuple[Path, dict]) -> None:
+    """r on a step whose runs ended asks, then queues the same values again with seed 1."""
+    ws, ids = seeded
+    with Store(ws) as store:
+        # Keep the CPU slot taken by a stand-in run so the re-runs only queue (no real training here).
+        blocker = store.add_run({"device": "cpu"}, kind="train")
+        store.update_run(blocker, status="running", device="cpu", heartbeat=time.time() + 3600, attempt=1)
+        store.update_run(ids["running"], status="finished", ended=time.time(), heartbeat=time.time(),
+                         outcome={"outcome": "finished", "step": 30, "reason": "finished"})  # fmt: skip
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await wait_for(pilot, lambda: "[a] accept" in screen_text(app), 10, "the reading", app)
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause(0.3)
+        return screen_text(app)
+
+    text = run_app(ws, (100, 30), script)
+    store = Store(ws)
+    s = TuningSession(store, ids["session"])
+    new = s.step_runs("momentum")
+    assert set(new.values()).isdisjoint({*ids["momentum"].values(), ids["running"]})
+    runs = [store.get_run(r) for r in new.values()]
+    assert all(r["status"] == "queued" and r["spec"]["seed"] == 1 for r in runs)
+    assert "◌ queued" in text and "Running: 0 of 3 runs done" in text
+    for r in runs:
+        store.request_cancel(r["id"])
+    store.close()

@@ -56,7 +56,7 @@ class RunSpec:
     device: str = "auto"
     devices: int = 1
     bf16: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC tensors: faster convolutions on CUDA and oneDNN CPUs
     compile: bool = False
     sync_every: int = 10  # read losses back to the host every N steps
     divergence_factor: float = 4.0

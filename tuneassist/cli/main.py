@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -46,12 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+        if name == "tui_cmd":  # no command: open the assistant
+            parser.set_defaults(default_func=module.open_tui)
     return parser
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(:.*)?$")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--wd -1e-4` -> `--wd=-1e-4`: argparse would read the value as an unknown option.
+
+    The value then reaches the option's own check, which names the real problem (negative WD).
+    """
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_NUMBER.match(tok):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     func = getattr(args, "func", None)
     try:
         if func is None:

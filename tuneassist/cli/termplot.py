@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from collections.abc import Sequence
 
 import plotext as plt
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
@@ -39,7 +42,10 @@ def plot_lines(
     w, h = _size(width, height)
     plt.clear_figure()
     plt.plotsize(w, h)
-    plt.theme("clear" if not color else "pro")
+    if color:
+        plt.theme("pro")
+    else:
+        plt.clear_color()
     if logx:
         plt.xscale("log")
     ymin, ymax = math.inf, -math.inf
@@ -47,6 +53,8 @@ def plot_lines(
         dx, dy = downsample(xs, ys, w)
         if not dx:
             continue
+        if ylim is not None:  # plotext crawls drawing lines far off-scale: pin them to the edge
+            dy = [min(max(v, ylim[0]), ylim[1]) for v in dy]
         ymin, ymax = min(ymin, min(dy)), max(ymax, max(dy))
         plt.plot(dx, dy, label=name, marker="braille")
     for name, x in (vlines or {}).items():
@@ -64,4 +72,4 @@ def plot_lines(
     plt.ylabel(ylabel)
     out = plt.build()
     plt.clear_figure()
-    return out
+    return out if color else ANSI.sub("", out)

@@ -113,6 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=_float, default=None)
     tr.add_argument("--steps", type=_posint, default=None, help="total steps (overrides epochs)")
     tr.add_argument("--rise-fraction", type=_float, default=None, help="1cycle share rising (0.45)")
+    tr.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="epochs between checkpoints of a --background run (default 1; resume continues from the last)",
+    )
     tr.add_argument("--eval-every", type=_posint, default=None, help="steps between evals (per epoch)")
     tr.set_defaults(func=cmd_train)
 
@@ -137,9 +143,10 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     if args.wd is not None:
         kw["weight_decay"] = args.wd
     kw.update(over)
-    if ":" in kw["model"] and not kw["allow_import"] and not args.background:
-        raise UserError(f"--model {kw['model']} imports your code; add --allow-import to confirm")
-    return RunSpec(**kw).validate()
+    spec = RunSpec(**kw).validate()
+    if ":" in spec.model and not spec.allow_import:
+        raise UserError(f"--model {spec.model} imports your code; add --allow-import to confirm")
+    return spec
 
 
 class Progress:
@@ -284,12 +291,12 @@ def render_lr_find(result: dict[str, Any]) -> str:
     from tuneassist.cli.termplot import plot_lines
 
     c, s = result["curve"], result["suggestion"]
-    finite = [v for v in c["train_loss"][:] if v is not None and math.isfinite(v)]
+    finite = [v for v in c["train_loss"] if v is not None and math.isfinite(v)]
     ylim = None
-    if finite:
-        lo, first = min(finite), finite[0]
-        top = max(first, *(v for v in c["val_loss"] if math.isfinite(v))) if c["val_loss"] else first
-        ylim = (lo - 0.05 * (top - lo + 1e-9), top + 0.15 * (top - lo + 1e-9))
+    if finite:  # from the lowest loss to a little above the starting loss: the blow-up is off-scale
+        lo = min(finite + [v for v in c["val_loss"] if math.isfinite(v)])
+        top = max(finite[:5] + [v for v in c["val_loss"][:2] if math.isfinite(v)])
+        ylim = (lo - 0.05 * (top - lo + 1e-9), top + 0.25 * (top - lo + 1e-9))
     marks = {"max": s.get("max_lr"), "min": s.get("min_lr")}
     plot = plot_lines(
         {"train loss": (c["lr"], c["train_loss"]), "val loss": (c["val_lr"], c["val_loss"])},
@@ -353,6 +360,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data, args.model, args.batch_size = over["data"], over["model"], over["batch_size"]
         if args.wd is None:
             args.wd = over["weight_decay"]
+    if args.checkpoint_every is not None:
+        over["checkpoint_every"] = args.checkpoint_every
+    elif args.background:
+        over["checkpoint_every"] = 1
     spec = _spec_from_args(args, **over)
     if args.background:
         return _background(args, spec, "train")

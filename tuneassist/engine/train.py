@@ -154,6 +154,9 @@ def train(
 
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
+    # Denormal floats (weights decaying towards zero, a diverging range test) make CPU kernels
+    # 10-20x slower; flushing them to zero costs nothing measurable in accuracy.
+    torch.set_flush_denormal(True)
     device = resolve_device(spec.device)
     cuda = device.type == "cuda"
     torch.manual_seed(spec.seed)
@@ -164,7 +167,7 @@ def train(
 
     ds, steps_per_epoch = _prepare(spec, device)
     total_steps = spec.steps if spec.steps is not None else max(1, round(spec.epochs * steps_per_epoch))
-    channels_last = cuda and spec.channels_last
+    channels_last = spec.channels_last  # faster on CUDA and, with oneDNN, on the CPU too
 
     model = build_model(spec.model, ds.num_classes, allow_import=spec.allow_import).to(device)
     if channels_last:
@@ -298,12 +301,9 @@ def train(
     epoch = start_step // steps_per_epoch
     skip = start_step - epoch * steps_per_epoch
     while step < total_steps and outcome == "finished":
-        train_loader.set_epoch(epoch)
-        batches = iter(train_loader)
-        for _ in range(skip):
-            next(batches)
+        train_loader.set_epoch(epoch, start_batch=skip)
         skip = 0
-        for x, y in batches:
+        for x, y in train_loader:
             lr, mom = schedule.lr(step), schedule.momentum(step)
             set_hyper(optimizer, lr, mom)
             with amp():

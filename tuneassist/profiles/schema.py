@@ -369,7 +369,11 @@ def check_data(where: str, data: str) -> None:
         return
     if data.startswith("folder:") and len(data) > len("folder:"):
         return
-    raise UserError(f"{where}: unknown data set {data!r}; use {', '.join(BUILTIN_DATA)} or folder:PATH")
+    if data.startswith("synthetic:") and data.split(":", 1)[1].isdigit():
+        return
+    raise UserError(
+        f"{where}: unknown data set {data!r}; use {', '.join(BUILTIN_DATA)}, synthetic:N or folder:PATH"
+    )
 
 
 def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile:

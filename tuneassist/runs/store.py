@@ -717,8 +717,10 @@ def pid_alive(pid: int) -> bool:
             if state in ("Z", "X"):
                 return False
             cmdline = (proc / "cmdline").read_bytes()
+        except PermissionError:
+            return True  # cannot look: the heartbeat decides
         except (OSError, IndexError):
-            return False
+            return False  # it exited while we looked
         # pid reuse: a different program now has this pid
         return b"tuneassist.runs.worker" in cmdline
     return True

@@ -17,7 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tuneassist.advisor.checklist import STEP_TITLES
+from tuneassist.advisor.checklist import STEP_TITLES, Checklist
 from tuneassist.errors import UserError
 from tuneassist.profiles.schema import safe_filename
 from tuneassist.runs.store import Store
@@ -50,6 +50,7 @@ class TuneApp(App[None]):
         Binding("p", "goto('profiles')", "profiles"),
         Binding("S", "goto('start')", "sessions", show=False),
         Binding("question_mark", "help", "help"),
+        Binding("f1", "help", "help", show=False, priority=True),
         Binding("q", "quit", "quit (runs go on)"),
     ]
     CSS = """
@@ -67,7 +68,9 @@ class TuneApp(App[None]):
     ) -> None:
         self.store = store or Store(workspace)
         if session_id is not None:
-            self.session: TuningSession | None = TuningSession(self.store, int(self.store.get_session(session_id)["id"]))
+            self.session: TuningSession | None = TuningSession(
+                self.store, int(self.store.get_session(session_id)["id"])
+            )
         else:
             self.session = TuningSession.latest(self.store)
         # Open straight into the last session; a first start opens the form for a new one.
@@ -100,9 +103,13 @@ class TuneApp(App[None]):
             self._toast_end(run)
         if self.session is not None and (res.changed or res.ended):
             self._reload_session()
-        screen = self.screen
+        stack = self.screen_stack  # empty for a moment while a mode switch is under way
+        screen = stack[-1] if stack else None
         if isinstance(screen, LiveScreen):
-            screen.on_poll(res)
+            try:
+                screen.on_poll(res)
+            except Exception:  # noqa: BLE001 - the next poll tries again; the UI stays up
+                log.exception("screen refresh failed")
 
     def _reload_session(self) -> None:
         """Pick up changes another process (the autopilot) made to the session's checklist."""
@@ -113,7 +120,8 @@ class TuneApp(App[None]):
             return
         state = (row.get("state") or {}).get("checklist")
         if state is not None and state != self.session.checklist.to_dict():
-            self.session = TuningSession(self.store, self.session.id)
+            # In place: dialogs and actions hold this session object and must see the new state.
+            self.session.checklist = Checklist.from_dict(state)
 
     def _toast_end(self, run: dict[str, Any]) -> None:
         from tuneassist.tui.fmt import run_kind
@@ -122,6 +130,8 @@ class TuneApp(App[None]):
         what = f"run {run['id']} ({run_kind(run)}) {status}"
         if status in ("failed", "lost"):
             self.notify(f"{what}: {run.get('error') or 'no error recorded'}", severity="error", timeout=10)
+        elif status == "diverged" and str(run.get("kind", "")).startswith("lr_range"):
+            self.notify(f"{what} (expected: a range test runs until the loss blows up)")
         elif status == "diverged":
             self.notify(f"{what}: {(run.get('outcome') or {}).get('reason', '')}", severity="warning")
         else:
@@ -157,6 +167,7 @@ class TuneApp(App[None]):
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
             return
         self.push_screen(HelpScreen(self.help_sections()))
 
@@ -172,13 +183,11 @@ class TuneApp(App[None]):
         ]
         out = []
         for title, cls in groups:
-            keys: list[tuple[str, str]] = []
-            seen = set()
+            by_desc: dict[str, list[str]] = {}
             for b in cls.BINDINGS:  # type: ignore[attr-defined]
-                if not isinstance(b, Binding) or b.description in seen:
-                    continue
-                seen.add(b.description)
-                keys.append((self._key_names(b.key), b.description))
+                if isinstance(b, Binding):
+                    by_desc.setdefault(b.description, []).append(self._key_names(b.key))
+            keys = [(" / ".join(k), desc) for desc, k in by_desc.items()]
             if cls is ChecklistScreen:
                 keys = [k for k in keys if not k[1].startswith("view step")] + [("1 … 5", "view step 1 … 5")]
                 keys.append(("tab", "sidebar ↔ candidates table (arrows move)"))
@@ -237,7 +246,9 @@ class TuneApp(App[None]):
                 screen.show_saved(path)
 
         self.push_screen(
-            InputDialog("Save profile", f"Save this session's result as a profile named:{note}", default, check=save),
+            InputDialog(
+                "Save profile", f"Save this session's result as a profile named:{note}", default, check=save
+            ),
             saved,
         )
 
@@ -252,24 +263,58 @@ class TuneApp(App[None]):
 
             return run
 
-        yield SystemCommand("Checklist", "Go to the checklist of this session (k)", lambda: self.action_goto("checklist"))
+        yield SystemCommand(
+            "Checklist", "Go to the checklist of this session (k)", lambda: self.action_goto("checklist")
+        )
         yield SystemCommand("Runs", "All runs, live (R)", lambda: self.action_goto("runs"))
-        yield SystemCommand("Profiles", "Saved and shipped profiles (p)", lambda: self.action_goto("profiles"))
-        yield SystemCommand("Sessions", "Create a session or resume one (S)", lambda: self.action_goto("start"))
+        yield SystemCommand(
+            "Profiles", "Saved and shipped profiles (p)", lambda: self.action_goto("profiles")
+        )
+        yield SystemCommand(
+            "Sessions", "Create a session or resume one (S)", lambda: self.action_goto("start")
+        )
         yield SystemCommand("Help: keys", "Every key of every screen (?)", self.action_help)
         if self.session is not None:
-            yield SystemCommand("Run step", "Launch the viewed step's runs, or re-run them (r)", on("checklist", "run"))
-            yield SystemCommand("Accept recommendation", "Take the advisor's value for the step (a)", on("checklist", "accept"))
-            yield SystemCommand("Override value", "Type your own value for the step (o)", on("checklist", "override"))
-            yield SystemCommand("Edit candidate value", "Change a value the step tries (e)", on("checklist", "edit"))
-            yield SystemCommand("Add candidate value", "Try one more value in the step (n)", on("checklist", "add"))
-            yield SystemCommand("Remove candidate value", "Drop a value from the step (x)", on("checklist", "remove"))
-            yield SystemCommand("Plot metric", "Cycle val loss / val acc / train loss (m)", on("checklist", "metric"))
-            yield SystemCommand("Save profile", "Save the session's result as a profile (s on Profiles)", self.action_save_profile)
-        yield SystemCommand("Export profile", "Export the selected profile (e on Profiles)", on("profiles", "export"))
-        yield SystemCommand("Train from profile", "Start a run from the selected profile (t on Profiles)", on("profiles", "train"))
+            yield SystemCommand(
+                "Run step", "Launch the viewed step's runs, or re-run them (r)", on("checklist", "run")
+            )
+            yield SystemCommand(
+                "Accept recommendation",
+                "Take the advisor's value for the step (a)",
+                on("checklist", "accept"),
+            )
+            yield SystemCommand(
+                "Override value", "Type your own value for the step (o)", on("checklist", "override")
+            )
+            yield SystemCommand(
+                "Edit candidate value", "Change a value the step tries (e)", on("checklist", "edit")
+            )
+            yield SystemCommand(
+                "Add candidate value", "Try one more value in the step (n)", on("checklist", "add")
+            )
+            yield SystemCommand(
+                "Remove candidate value", "Drop a value from the step (x)", on("checklist", "remove")
+            )
+            yield SystemCommand(
+                "Plot metric", "Cycle val loss / val acc / train loss (m)", on("checklist", "metric")
+            )
+            yield SystemCommand(
+                "Save profile",
+                "Save the session's result as a profile (s on Profiles)",
+                self.action_save_profile,
+            )
+        yield SystemCommand(
+            "Export profile", "Export the selected profile (e on Profiles)", on("profiles", "export")
+        )
+        yield SystemCommand(
+            "Train from profile",
+            "Start a run from the selected profile (t on Profiles)",
+            on("profiles", "train"),
+        )
         yield SystemCommand("Cancel run", "Cancel the selected run (c on Runs)", on("runs", "cancel"))
-        yield SystemCommand("Resume run", "Resume the selected lost or cancelled run (u on Runs)", on("runs", "resume"))
+        yield SystemCommand(
+            "Resume run", "Resume the selected lost or cancelled run (u on Runs)", on("runs", "resume")
+        )
         yield SystemCommand("New session", "Create a tuning session (S)", lambda: self.action_goto("start"))
 
     def _screen_action(self, action: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -73,9 +74,23 @@ class LiveScreen(Screen):
         for bar in self.query(TopBar):
             bar.show(app.session_line(), counts["running"], counts["queued"])
 
+    # Screens showing elapsed time / ETA of running runs refresh on a clock; others only on news.
+    CLOCK_SECONDS: float | None = None
+
     def on_poll(self, res: PollResult) -> None:
+        """Refresh only on news (or, on clock screens, once a second while runs go): idle costs nothing."""
         if not self.ready:
             return
+        now = time.monotonic()
+        news = bool(res.changed or res.ended or res.started)
+        clock = (
+            self.CLOCK_SECONDS is not None
+            and now - getattr(self, "_last_tick", 0.0) >= self.CLOCK_SECONDS
+            and any(r["status"] == "running" for r in self.tapp.live.runs.values())
+        )
+        if not (news or clock):
+            return
+        self._last_tick = now
         self.update_top()
         self._safe_refresh(res)
 

@@ -67,6 +67,24 @@ class Chart:
     empty: str = "waiting for data"
 
 
+def ema(values: Sequence[float], beta: float = 0.9) -> list[float]:
+    """Debiased exponential moving average; non-finite values pass through without entering it.
+
+    Per-step training losses of small batches are noisy: the smoothed curve is the one to read.
+    """
+    out: list[float] = []
+    avg = 0.0
+    weight = 0.0
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(v if v is not None else math.nan)
+            continue
+        avg = beta * avg + (1 - beta) * v
+        weight = beta * weight + (1 - beta)
+        out.append(avg / weight)
+    return out
+
+
 def short_num(x: float) -> str:
     """Axis label: 1e-4, 0.003, 0.25, 12, 1.5k."""
     if x == 0:
@@ -175,7 +193,9 @@ def _draw_series(cv: _Canvas, x: np.ndarray, y: np.ndarray, xmap, ymap, who: int
     first, last = py[start], py[ends]
     prev_c: int | None = None
     prev_y = 0
-    for c, lo, hi, f, la in zip(cols.tolist(), mn.tolist(), mx.tolist(), first.tolist(), last.tolist(), strict=True):
+    for c, lo, hi, f, la in zip(
+        cols.tolist(), mn.tolist(), mx.tolist(), first.tolist(), last.tolist(), strict=True
+    ):
         if prev_c is not None and c - prev_c > 1:
             # Straight line over the empty columns in between.
             span = c - prev_c
@@ -196,6 +216,21 @@ def _put_text(cv: _Canvas, row: int, col: int, text: str, style: str) -> None:
         c = col + i
         if 0 <= c < cv.w and 0 <= row < cv.h and cv.bits[row, c] == 0 and (row, c) not in cv.glyph:
             cv.over[(row, c)] = (ch, style)
+
+
+def _place_label(cv: _Canvas, c: int, label: str, color: str) -> None:
+    """Write a marker's label next to its line, on the highest row where no curve is in the way."""
+    n = len(label)
+    right = [c + 1 + k for k in range(8) if c + 1 + k + n <= cv.w]
+    left = [c - n - k for k in range(8) if c - n - k >= 0]
+    starts = [*right[:1], *left[:1], *right[1:], *left[1:]] or [max(0, c - n)]
+    for row in range(cv.h):
+        for start in starts:
+            cells = range(start, min(cv.w, start + len(label)))
+            if all(cv.bits[row, x] == 0 and (row, x) not in cv.glyph for x in cells):
+                _put_text(cv, row, start, label, color)
+                return
+    _put_text(cv, 0, starts[0], label, color)  # crowded everywhere: the top row, partly hidden
 
 
 def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> Text:
@@ -275,9 +310,7 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
                 if cv.bits[r, c] == 0 and (r, c) not in cv.glyph:
                     cv.over[(r, c)] = ("┊", v.color)
             if v.label:
-                lab = v.label
-                start = c + 1 if c + 1 + len(lab) <= w else max(0, c - len(lab))
-                _put_text(cv, 0, start, lab, v.color)
+                _place_label(cv, c, v.label, v.color)
     else:
         msg = chart.empty
         _put_text(cv, h // 2, max(0, (w - len(msg)) // 2), msg[:w], "italic")

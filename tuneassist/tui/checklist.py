@@ -23,13 +23,24 @@ from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
 from tuneassist.session import TuningSession
 from tuneassist.tui.base import LiveScreen, guarded
-from tuneassist.tui.chart import Band, Chart, Series, VLine
+from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
-from tuneassist.tui.fmt import HINTS, fmt_minutes, g, parse_value, pct, progress, progress_text, run_status, value_text
+from tuneassist.tui.fmt import (
+    HINTS,
+    STEP_STATUS,
+    fmt_minutes,
+    g,
+    parse_value,
+    pct,
+    progress,
+    progress_text,
+    run_status,
+    value_text,
+)
 from tuneassist.tui.live import ENDED, Curve, PollResult
-from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar
+from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
-SWEEP_METRICS = ("val loss", "val acc", "train loss")
+SWEEP_METRICS = ("val loss", "val acc", "train loss (smoothed)")
 FINAL_METRICS = ("loss", "val acc")
 PLOT_TITLES = {
     "lr_range": "loss vs LR (log)",
@@ -50,7 +61,7 @@ def range_ylim(c: Curve) -> tuple[float, float] | None:
 
     The blow-up at the end would otherwise squash the interesting part (the descent) to a line.
     """
-    ys = np.asarray([v for v in c.train_loss if math.isfinite(v)], dtype=float)
+    ys = np.asarray([v for v in ema(c.train_loss) if math.isfinite(v)], dtype=float)
     vs = np.asarray([v for v in c.v_loss if math.isfinite(v)], dtype=float)
     if len(ys) < 3:
         return None
@@ -119,7 +130,6 @@ class ChecklistScreen(LiveScreen):
         self.metric = 0
         self._sid: int | None = None
         self._recs: dict[str, tuple[tuple, Recommendation | str | None]] = {}
-        self._table_rows: list[tuple] | None = None
         self._table_keys: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -165,7 +175,6 @@ class ChecklistScreen(LiveScreen):
         if s.id != self._sid:
             self._sid = s.id
             self._recs.clear()
-            self._table_rows = None
             self.viewing = s.checklist.current_step or "final"
         cl = s.checklist
         states = s.steps()
@@ -213,7 +222,9 @@ class ChecklistScreen(LiveScreen):
         if cached is not None and cached[0] == key:
             return cached[1]
         if all(st in ("failed", "lost", "cancelled") for st in statuses):
-            errs = [f"run {r['id']} {r['status']}: {r.get('error') or 'no error recorded'}" for r in rows if r]
+            errs = [
+                f"run {r['id']} {r['status']}: {r.get('error') or 'no error recorded'}" for r in rows if r
+            ]
             msg = "Every run of this step ended without a result. " + " · ".join(errs[:2])
             self._recs[step] = (key, msg)
             return msg
@@ -228,7 +239,9 @@ class ChecklistScreen(LiveScreen):
             bad = any(st in ("failed", "lost") for st in statuses)
             if not bad and s.checklist.propose(step).candidates:
                 ids = s.launch(step)
-                self.app.notify(f"{STEP_TITLES[step]}: {rec.reason} Started run(s) {', '.join(map(str, ids))}.")
+                self.app.notify(
+                    f"{STEP_TITLES[step]}: {rec.reason} Started run(s) {', '.join(map(str, ids))}."
+                )
         return rec
 
     # -- drawing -------------------------------------------------------------------------------
@@ -248,7 +261,9 @@ class ChecklistScreen(LiveScreen):
         box = self.query_one("#explain", Static)
         i = STEPS.index(step) + 1
         state = next(st for st in s.steps() if st.step == step)
-        box.border_title = f"{i} · {STEP_TITLES[step]} ({state.status})"
+        box.border_title = (
+            f"{i} · {STEP_TITLES[step]} ({STEP_STATUS.get(state.status, ('', state.status))[1]})"
+        )
         try:
             text = cl.propose(step).explanation
         except UserError:
@@ -314,18 +329,8 @@ class ChecklistScreen(LiveScreen):
                 )
             )
             keys.append(c.key)
-        sig = tuple((r[0], r[1], r[2], str(r[3]), r[4], r[5], r[6], r[7]) for r in rows)
-        if sig == self._table_rows:
-            return
-        self._table_rows = sig  # type: ignore[assignment]
-        table = self.query_one("#cands", DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        for key, r in zip(keys, rows, strict=True):
-            table.add_row(*r, key=key)
+        sync_table(self.query_one("#cands", DataTable), keys, rows)
         self._table_keys = keys
-        if rows:
-            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1))
 
     def _show_plot(
         self,
@@ -340,6 +345,9 @@ class ChecklistScreen(LiveScreen):
         plot = self.query_one(PlotView)
         live = self.tapp.live
         decision = s.checklist.decisions.get(step)
+        current = s.checklist.current_step
+        future = current is not None and STEPS.index(step) > STEPS.index(current) and decision is None
+        wait = f"runs start once step {STEPS.index(current) + 1} is decided" if future and current else ""
         if step == "lr_range":
             with_run = [c for c in cands if c.key in runs]
             cand = with_run[-1] if with_run else (cands[-1] if cands else None)
@@ -348,7 +356,7 @@ class ChecklistScreen(LiveScreen):
             series, vlines, band, ylim = [], [], None, None
             if curve is not None:
                 series = [
-                    Series("train loss", curve.lr, curve.train_loss, "cyan"),
+                    Series("train loss (smoothed)", curve.lr, ema(curve.train_loss), "cyan"),
                     Series("val loss", curve.eval_lrs(), curve.v_loss, "magenta"),
                 ]
                 ylim = range_ylim(curve)
@@ -369,12 +377,13 @@ class ChecklistScreen(LiveScreen):
             series = []
             if curve is not None and metric == "loss":
                 series = [
-                    Series("train loss", curve.epoch, curve.train_loss, "cyan"),
+                    Series("train loss (smoothed)", curve.epoch, ema(curve.train_loss), "cyan"),
                     Series("val loss", curve.v_epoch, curve.v_loss, "magenta"),
                 ]
             elif curve is not None:
                 series = [Series("val acc %", curve.v_epoch, [100 * v for v in curve.v_acc], "green")]
             empty = "press r to start the final 1cycle run" if not runs else "waiting for the first epoch"
+            empty = wait or empty
             chart = Chart(series, xlabel="epoch", empty=empty)
             title = PLOT_TITLES[step].format(metric=metric)
         else:
@@ -385,9 +394,9 @@ class ChecklistScreen(LiveScreen):
                 curve = curves.get(c.key)
                 if curve is None:
                     continue
-                if metric == "train loss":
+                if metric.startswith("train loss"):
                     xs: list[float] | list[int] = curve.epoch if by_epoch else curve.steps
-                    ys = curve.train_loss
+                    ys = ema(curve.train_loss)
                 else:
                     xs = curve.v_epoch if by_epoch else curve.v_steps
                     ys = curve.v_loss if metric == "val loss" else [100 * v for v in curve.v_acc]
@@ -399,6 +408,7 @@ class ChecklistScreen(LiveScreen):
                 if at is not None and ((axis == "epoch") == by_epoch):
                     vlines.append(VLine(float(at), "decision", "yellow"))
             empty = f"press r to launch {len(cands)} short runs" if not runs else "waiting for evaluations"
+            empty = wait or empty
             chart = Chart(series, vlines, xlabel="epoch" if by_epoch else "step", empty=empty)
             title = PLOT_TITLES[step].format(metric=metric + (" %" if metric == "val acc" else ""))
         plot.border_title = title
@@ -447,17 +457,19 @@ class ChecklistScreen(LiveScreen):
         elif pending:
             n = len(pending)
             more = " more" if runs else ""
-            t.append(f"Press r to launch {n}{more} run{'s' if n != 1 else ''} in the background", style="bold")
             t.append(
-                " (e edits a value, n adds one, x removes one)." if step in SWEEP_STEPS else "."
+                f"Press r to launch {n}{more} run{'s' if n != 1 else ''} in the background", style="bold"
             )
+            t.append(" (e edits a value, n adds one, x removes one)." if step in SWEEP_STEPS else ".")
             if step != "final":
                 t.append(" Or o to set the value yourself.")
         elif isinstance(rec, str):
             t.append(f"✗ {rec}", style="bold red")
             t.append("\n[r] re-run  [o] set the value yourself" if step != "final" else "\n[r] re-run")
         elif isinstance(rec, Recommendation):
-            chosen = decision is not None and not decision.stale and rec.ok and _same(rec.value, decision.value)
+            chosen = (
+                decision is not None and not decision.stale and rec.ok and _same(rec.value, decision.value)
+            )
             if chosen:
                 t.append("[o] change it  [r] re-run with another seed", style="bold")
             elif rec.ok and rec.value is not None and not rec.needs_more_runs:
@@ -466,7 +478,11 @@ class ChecklistScreen(LiveScreen):
                 t.append(rest)
                 if rec.confidence:
                     t.append(f" Confidence: {rec.confidence}.")
-                keys = "[a] accept  [r] re-run" if step == "final" else "[a] accept  [o] override  [r] re-run with another seed"
+                keys = (
+                    "[a] accept  [r] re-run"
+                    if step == "final"
+                    else "[a] accept  [o] override  [r] re-run with another seed"
+                )
                 t.append("\n" + keys, style="bold")
             elif rec.needs_more_runs:
                 t.append(rec.reason)
@@ -483,13 +499,11 @@ class ChecklistScreen(LiveScreen):
         if event.option.id and event.option.id != self.viewing:
             self.viewing = event.option.id
             self.metric = 0
-            self._table_rows = None
             self._safe_refresh(None)
 
     def action_view(self, i: int) -> None:
         self.viewing = STEPS[i - 1]
         self.metric = 0
-        self._table_rows = None
         self._safe_refresh(None)
 
     def action_step(self, delta: int) -> None:
@@ -520,13 +534,19 @@ class ChecklistScreen(LiveScreen):
         s = self._need_session()
         step = self.viewing
         current = s.checklist.current_step
-        if current is not None and STEPS.index(step) > STEPS.index(current) and step not in s.checklist.decisions:
+        if (
+            current is not None
+            and STEPS.index(step) > STEPS.index(current)
+            and step not in s.checklist.decisions
+        ):
             raise UserError(f"decide step {STEPS.index(current) + 1} ({STEP_TITLES[current]}) first")
         if self._active_runs(step):
             raise UserError(f"{STEP_TITLES[step]} runs are still going; R shows them (c cancels one)")
         if s.checklist.propose(step).candidates:
             ids = s.launch(step)
-            self.app.notify(f"{STEP_TITLES[step]}: started run(s) {', '.join(map(str, ids))} in the background")
+            self.app.notify(
+                f"{STEP_TITLES[step]}: started run(s) {', '.join(map(str, ids))} in the background"
+            )
             self._after_change()
             return
 
@@ -549,14 +569,13 @@ class ChecklistScreen(LiveScreen):
         s = self._need_session()
         ids = s.rerun(step)
         self._recs.pop(step, None)
-        self.app.notify(
-            f"{STEP_TITLES[step]}: re-running with seed {s.seed_for(step)} (run(s) {', '.join(map(str, ids))})"
-        )
+        runs = ", ".join(map(str, ids))
+        self.app.notify(f"{STEP_TITLES[step]}: re-running with seed {s.seed_for(step)} (run(s) {runs})")
         self._after_change()
 
     def _after_change(self) -> None:
-        self._table_rows = None
         self.tapp.poll_now()
+        self.refresh_all()  # the session changed even when no run did
 
     def _current_rec(self, step: str) -> Recommendation | str | None:
         s = self._need_session()
@@ -570,11 +589,15 @@ class ChecklistScreen(LiveScreen):
         if not isinstance(rec, Recommendation):
             if self._active_runs(step):
                 raise UserError(f"nothing to accept yet: {STEP_TITLES[step]} runs are still going")
-            raise UserError(f"nothing to accept for {STEP_TITLES[step]}: press r to run it (or o to set a value)")
+            raise UserError(
+                f"nothing to accept for {STEP_TITLES[step]}: press r to run it (or o to set a value)"
+            )
         if rec.needs_more_runs:
             raise UserError(f"{STEP_TITLES[step]} is waiting for its extra run(s) before a reading")
         if not rec.ok:
-            raise UserError(f"{STEP_TITLES[step]} has no usable reading; press o to set a value or r to re-run")
+            raise UserError(
+                f"{STEP_TITLES[step]} has no usable reading; press o to set a value or r to re-run"
+            )
         s.accept(rec)
         self.app.notify(f"{STEP_TITLES[step]}: {rec.label} accepted")
         self._advance()

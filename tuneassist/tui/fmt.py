@@ -109,8 +109,10 @@ def eta(run: dict[str, Any]) -> float | None:
 def bar(fraction: float, width: int = 10) -> str:
     fraction = min(1.0, max(0.0, fraction))
     full = int(fraction * width)
-    return "█" * full + ("▌" if fraction * width - full >= 0.5 else "") + "·" * (
-        width - full - (1 if fraction * width - full >= 0.5 else 0)
+    return (
+        "█" * full
+        + ("▌" if fraction * width - full >= 0.5 else "")
+        + "·" * (width - full - (1 if fraction * width - full >= 0.5 else 0))
     )
 
 

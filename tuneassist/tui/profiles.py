@@ -45,7 +45,7 @@ class ProfilesScreen(LiveScreen):
     ProfilesScreen.-narrow #list { width: 28; }
     ProfilesScreen #view { width: 1fr; height: 1fr; border-top: solid $primary; }
     ProfilesScreen #toml { padding: 0 1; }
-    ProfilesScreen #msg { height: auto; max-height: 3; padding: 0 1; border-top: solid $primary; }
+    ProfilesScreen #msg { height: auto; max-height: 5; padding: 0 1; border-top: solid $primary; }
     """
     BINDINGS = [
         Binding("s", "app.save_profile", "save session result"),
@@ -129,8 +129,7 @@ class ProfilesScreen(LiveScreen):
         if e is None:
             box.border_title = "no profiles"
             view.update(
-                "No profiles yet. Finish the checklist, then s saves its result here "
-                f"({self.saved_dir})."
+                f"No profiles yet. Finish the checklist, then s saves its result here ({self.saved_dir})."
             )
         elif e.error:
             box.border_title = str(e.path)
@@ -143,7 +142,9 @@ class ProfilesScreen(LiveScreen):
                 text = f"# cannot read {e.path}: {exc.strerror}"
             view.update(Syntax(text, "toml", theme="ansi_dark", word_wrap=True, background_color="default"))
         msg = self.query_one("#msg", Static)
-        msg.update(self.message or "s saves this session's result · e exports the selected profile · t trains")
+        msg.update(
+            self.message or "s saves this session's result · e exports the selected profile · t trains"
+        )
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         self._show_selected()
@@ -164,7 +165,9 @@ class ProfilesScreen(LiveScreen):
         def chose(fmt: str | None) -> None:
             if not fmt:
                 return
-            default = self.tapp.store.workspace / "exports" / f"{safe_filename(profile.name)}{EXTENSIONS[fmt]}"
+            default = (
+                self.tapp.store.workspace / "exports" / f"{safe_filename(profile.name)}{EXTENSIONS[fmt]}"
+            )
 
             def write(text: str) -> Path:
                 path = Path(text.strip() or default).expanduser()
@@ -178,12 +181,16 @@ class ProfilesScreen(LiveScreen):
 
             def written(path: Path | None) -> None:
                 if path is not None:
-                    self.message = Text(f"✓ exported {profile.name} as {fmt}: {path.resolve()}", style="green")
+                    self.message = Text(
+                        f"✓ exported {profile.name} as {fmt}: {path.resolve()}", style="green"
+                    )
                     self.app.notify(f"exported to {path.resolve()}")
                     self._show_selected()
 
             self.app.push_screen(
-                InputDialog(f"Export · {profile.name}", f"Write the {fmt} export to:", str(default), check=write),
+                InputDialog(
+                    f"Export · {profile.name}", f"Write the {fmt} export to:", str(default), check=write
+                ),
                 written,
             )
 

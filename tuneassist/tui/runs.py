@@ -16,7 +16,7 @@ from tuneassist.advisor.lr_range import fmt_num, suggest_lr
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import cancel_run, resume_run
 from tuneassist.tui.base import LiveScreen, guarded
-from tuneassist.tui.chart import Chart, Series, VLine
+from tuneassist.tui.chart import Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import (
     elapsed,
@@ -31,7 +31,7 @@ from tuneassist.tui.fmt import (
     run_status,
 )
 from tuneassist.tui.live import Curve, PollResult
-from tuneassist.tui.widgets import KeyFooter, PlotView, TopBar
+from tuneassist.tui.widgets import KeyFooter, PlotView, TopBar, sync_table
 
 STATUS_FILTERS = {
     "all": None,
@@ -79,7 +79,7 @@ def run_chart(run: dict[str, Any], c: Curve, metric: int = 0) -> tuple[str, Char
 
         spec = run.get("spec") or {}
         series = [
-            Series("train loss", c.lr, c.train_loss, "cyan"),
+            Series("train loss (smoothed)", c.lr, ema(c.train_loss), "cyan"),
             Series("val loss", c.eval_lrs(), c.v_loss, "magenta"),
         ]
         vlines = []
@@ -95,7 +95,7 @@ def run_chart(run: dict[str, Any], c: Curve, metric: int = 0) -> tuple[str, Char
         )
     chart = Chart(
         [
-            Series("train loss", c.epoch, c.train_loss, "cyan"),
+            Series("train loss (smoothed)", c.epoch, ema(c.train_loss), "cyan"),
             Series("val loss", c.v_epoch, c.v_loss, "magenta"),
         ],
         xlabel="epoch",
@@ -158,6 +158,8 @@ def run_reading(run: dict[str, Any], c: Curve) -> Text:
 class RunsScreen(LiveScreen):
     """Every run in the workspace (or the session), live: status, progress, values, speed, ETA."""
 
+    CLOCK_SECONDS = 1.0
+
     DEFAULT_CSS = """
     RunsScreen #table { height: 1fr; }
     RunsScreen #line { height: auto; max-height: 3; padding: 0 1; border-top: solid $primary; }
@@ -175,7 +177,6 @@ class RunsScreen(LiveScreen):
         super().__init__()
         self.only_session = True
         self.status_filter = "all"
-        self._rows_sig: tuple | None = None
         self._ids: list[int] = []
 
     def compose(self) -> ComposeResult:
@@ -218,18 +219,11 @@ class RunsScreen(LiveScreen):
                     f"{spec.get('model')} · {spec.get('data')}",
                 )
             )
-        sig = tuple(tuple(str(x) for x in row) for row in rows)
-        table = self.query_one("#table", DataTable)
-        if sig != self._rows_sig:
-            self._rows_sig = sig
-            selected = self.selected_id()
-            table.clear()
-            for r, row in zip(runs, rows, strict=True):
-                table.add_row(*row, key=str(r["id"]))
-            self._ids = [int(r["id"]) for r in runs]
-            if selected in self._ids:
-                table.move_cursor(row=self._ids.index(selected))
-        scope = f"session {self.tapp.session.id}" if (self.only_session and self.tapp.session) else "all sessions"
+        sync_table(self.query_one("#table", DataTable), [str(r["id"]) for r in runs], rows)
+        self._ids = [int(r["id"]) for r in runs]
+        scope = (
+            f"session {self.tapp.session.id}" if (self.only_session and self.tapp.session) else "all sessions"
+        )
         self.sub_title = f"{scope} · {self.status_filter}"
         self._show_line()
 
@@ -240,7 +234,9 @@ class RunsScreen(LiveScreen):
         return self._ids[table.cursor_row]
 
     def _show_line(self) -> None:
-        scope = f"session {self.tapp.session.id}" if (self.only_session and self.tapp.session) else "all sessions"
+        scope = (
+            f"session {self.tapp.session.id}" if (self.only_session and self.tapp.session) else "all sessions"
+        )
         t = Text(f"{len(self._ids)} runs · {scope} · status: {self.status_filter}", style="bold")
         rid = self.selected_id()
         run = self.tapp.live.run(rid) if rid is not None else None
@@ -270,13 +266,11 @@ class RunsScreen(LiveScreen):
 
     def action_filter_session(self) -> None:
         self.only_session = not self.only_session
-        self._rows_sig = None
         self._safe_refresh(None)
 
     def action_filter_status(self) -> None:
         names = list(STATUS_FILTERS)
         self.status_filter = names[(names.index(self.status_filter) + 1) % len(names)]
-        self._rows_sig = None
         self._safe_refresh(None)
 
     @guarded
@@ -297,7 +291,9 @@ class RunsScreen(LiveScreen):
 def confirm_cancel(screen: LiveScreen, rid: int) -> None:
     run = screen.tapp.live.run(rid)
     if run is None or run["status"] not in ("queued", "running", "lost"):
-        raise UserError(f"run {rid} is {run['status'] if run else 'gone'}; only queued or running runs cancel")
+        raise UserError(
+            f"run {rid} is {run['status'] if run else 'gone'}; only queued or running runs cancel"
+        )
 
     def go(yes: bool | None) -> None:
         if yes:
@@ -323,11 +319,14 @@ def do_resume(screen: LiveScreen, rid: int) -> None:
 class RunDetailScreen(LiveScreen):
     """One run: its header, curves, the advisor's reading and the tail of its worker log."""
 
+    CLOCK_SECONDS = 1.0
+
     DEFAULT_CSS = """
     RunDetailScreen #head { height: auto; max-height: 3; padding: 0 1; }
     RunDetailScreen #plot { border-top: solid $primary; min-height: 7; }
     RunDetailScreen #lower { height: auto; max-height: 12; }
-    RunDetailScreen #diag { height: auto; max-height: 10; padding: 0 1; border-top: solid $accent; width: 1fr; }
+    RunDetailScreen #diag { height: auto; max-height: 10; padding: 0 1; border-top: solid $accent;
+                            width: 1fr; }
     RunDetailScreen #log { height: auto; max-height: 10; padding: 0 1; border-top: solid $primary; width: 1fr;
                            color: $text-muted; }
     RunDetailScreen.-narrow #lower { layout: vertical; }
@@ -382,7 +381,9 @@ class RunDetailScreen(LiveScreen):
         t.append(f"\n{spec.get('model')} on {spec.get('data')} · {spec.get('schedule')} · {hyper(spec)}")
         t.append(f" · device {run.get('device') or '-'}")
         if run.get("best_val_loss") is not None:
-            t.append(f"\nbest val loss {g(run['best_val_loss'], 4)} · best val acc {pct(run.get('best_val_acc'))}")
+            t.append(
+                f"\nbest val loss {g(run['best_val_loss'], 4)} · best val acc {pct(run.get('best_val_acc'))}"
+            )
         head.update(t)
         title, chart = run_chart(run, c, self.metric)
         plot = self.query_one(PlotView)
@@ -414,4 +415,3 @@ class RunDetailScreen(LiveScreen):
     @guarded
     def action_resume(self) -> None:
         do_resume(self, self.run_id)
-

@@ -47,6 +47,8 @@ class StartScreen(LiveScreen):
     StartScreen .note { width: 1fr; padding: 0 0 0 2; color: $text-muted; }
     StartScreen #estimate { height: auto; }
     StartScreen #create { margin: 0 0 0 9; }
+    StartScreen #keys-hint { height: auto; padding: 0; }
+    StartScreen.-short #keys-hint { display: none; }
     StartScreen #sessions { height: 1fr; border-top: solid $primary; }
     StartScreen.-short .row { margin: 0; }
     """
@@ -76,7 +78,11 @@ class StartScreen(LiveScreen):
             with Horizontal(classes="row"):
                 yield Label("Model")
                 yield Select(
-                    [(m, m) for m in BUILTIN_MODELS], value="simple3", allow_blank=False, id="model", compact=True
+                    [(m, m) for m in BUILTIN_MODELS],
+                    value="simple3",
+                    allow_blank=False,
+                    id="model",
+                    compact=True,
                 )
                 yield Static("or type module:function below", classes="note")
             with Horizontal(classes="row"):
@@ -86,7 +92,11 @@ class StartScreen(LiveScreen):
             with Horizontal(classes="row"):
                 yield Label("Budget")
                 yield Select(
-                    [(BUDGET_HELP[b], b) for b in BUDGETS], value="quick", allow_blank=False, id="budget", compact=True
+                    [(BUDGET_HELP[b], b) for b in BUDGETS],
+                    value="quick",
+                    allow_blank=False,
+                    id="budget",
+                    compact=True,
                 )
             with Horizontal(classes="row"):
                 yield Label("Devices")
@@ -99,6 +109,12 @@ class StartScreen(LiveScreen):
                 yield Input("", placeholder="(default: data · model)", id="name", compact=True)
             yield Static(id="estimate")
             yield Button("Create session (enter)", id="create", compact=True)
+            yield Static(
+                "tab / shift+tab move between fields and the sessions list · enter in a field creates · "
+                "from the list: enter resumes, R runs, p profiles, ? help, q quit",
+                classes="note",
+                id="keys-hint",
+            )
         table = DataTable(id="sessions", cursor_type="row")
         table.border_title = "Sessions (enter resumes)"
         yield table
@@ -108,9 +124,20 @@ class StartScreen(LiveScreen):
         t = self.query_one("#sessions", DataTable)
         for label in ("id", "name", "data · model", "budget", "progress", "runs", "created"):
             t.add_column(label, key=label)
-        self.query_one("#data", Input).focus()
         self._estimate()
         self.mark_ready()
+        self._focus_first()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        self._focus_first()
+
+    def _focus_first(self) -> None:
+        """Resuming is the likely wish when sessions exist (and letter keys work from the list)."""
+        if self._ids:
+            self.query_one("#sessions", DataTable).focus()
+        else:
+            self.query_one("#data", Input).focus()
 
     def _form(self) -> dict[str, Any]:
         data = self.query_one("#data", Input).value.strip()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.geometry import Size
 from textual.widget import Widget
-from textual.widgets import Footer, OptionList, Static
+from textual.widgets import DataTable, Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuneassist.tui.chart import Chart, chart_signature, render_chart
@@ -24,6 +24,36 @@ SHORT_TITLES = {
     "weight_decay": "Weight decay",
     "final": "1cycle run",
 }
+
+
+def sync_table(table: DataTable, keys: list[str], rows: list[tuple]) -> bool:
+    """Show `rows` (one per key) in `table`, touching only cells that changed; returns whether any did.
+
+    Same keys in the same order: changed cells are updated in place (no flicker, the cursor stays).
+    Otherwise the table is rebuilt and the cursor kept on the same key where it still exists.
+    """
+    old: dict[str, tuple] = getattr(table, "_synced", {})
+    old_keys: list[str] = getattr(table, "_synced_keys", [])
+    if keys == old_keys:
+        columns = list(table.columns)
+        changed = False
+        for key, row in zip(keys, rows, strict=True):
+            prev = old.get(key)
+            for i, value in enumerate(row):
+                if prev is None or str(prev[i]) != str(value):
+                    table.update_cell(key, columns[i], value, update_width=True)
+                    changed = True
+        table._synced = dict(zip(keys, rows, strict=True))  # type: ignore[attr-defined]
+        return changed
+    selected = old_keys[table.cursor_row] if 0 <= table.cursor_row < len(old_keys) else None
+    table.clear()
+    for key, row in zip(keys, rows, strict=True):
+        table.add_row(*row, key=key)
+    table._synced = dict(zip(keys, rows, strict=True))  # type: ignore[attr-defined]
+    table._synced_keys = list(keys)  # type: ignore[attr-defined]
+    if selected in keys:
+        table.move_cursor(row=keys.index(selected))
+    return True
 
 
 class KeyFooter(Footer):
@@ -43,11 +73,18 @@ class TopBar(Static):
     TopBar { dock: top; height: 1; background: $panel; color: $text; padding: 0 1; }
     """
 
+    _last: tuple[str, int, int] | None = None
+
+    def on_resize(self) -> None:
+        if self._last is not None:
+            self.show(*self._last)
+
     def show(self, left: str, running: int, queued: int) -> None:
+        self._last = (left, running, queued)
         right = Text()
         right.append(f"● {running} running", style="cyan" if running else "")
         right.append(f"  ◌ {queued} queued")
-        width = max(20, self.size.width - 2) if self.size.width else 100
+        width = max(20, self.content_size.width) if self.content_size.width else 98
         if width < 98:
             left = left.removeprefix("tuneassist").strip()
         room = width - len(right.plain) - 1

@@ -1,0 +1,131 @@
+"""The headless CLI as a user meets it: exit codes, one-line errors, JSON output, no torch for --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneassist.cli.main import main
+
+ENV = {**os.environ, "TUNEASSIST_DEBUG": ""}
+
+
+def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuneassist.cli.main", *argv],
+        capture_output=True, text=True, timeout=timeout, env={**ENV, **os.environ},
+    )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from tuneassist.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for c in ('lr-find', 'train', 'runs', 'tune', 'profile'):\n"
+        "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "lr-find" in r.stdout and "train" in r.stdout
+
+
+BAD_INPUTS = [
+    (["train", "--model", "resnet9000"], "unknown model"),
+    (["train", "--data", "imagenet"], "unknown data set"),
+    (["train", "--lr", "1:0.1"], "reversed"),
+    (["lr-find", "--lr", "10:1e-4"], "must grow"),
+    (["train", "--wd", "-1e-4"], "negative"),
+    (["train", "--batch-size", "0"], "positive"),
+    (["train", "--batch-size", "abc"], "whole number"),
+    (["train", "--lr", "fast"], "not a number"),
+    (["train", "--model", "not a module:fn"], "module:function"),
+    (["train", "--model", "mymod:"], "module:function"),
+    (["train", "--model", "somemod:build"], "--allow-import"),
+    (["train", "--momentum", "1.5"], "outside [0, 1)"),
+    (["train", "--epochs", "0"], "epochs"),
+    (["train", "--schedule", "cosine"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    code, out, err = run_main(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_batch_larger_than_split_and_missing_folder(tmp_path: Path) -> None:
+    r = cli("train", "--data", "synthetic:100", "--batch-size", "512", "--epochs", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "larger than the training split" in r.stderr and "--batch-size" in r.stderr
+    r = cli("train", "--data", f"folder:{tmp_path / 'nope'}", "--epochs", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "nope" in r.stderr and "Traceback" not in r.stderr
+    r = cli("train", "--model", "no_such_module_xyz:build", "--allow-import", "--epochs", "1",
+            "--data", "synthetic:200")
+    assert r.returncode == 2 and "no_such_module_xyz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_json_reports_final_metrics() -> None:
+    r = cli("train", "--data", "synthetic:400", "--model", "simple3", "--epochs", "1", "--batch-size", "32",
+            "--lr", "0.02:0.2", "--json", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["outcome"] == "finished"
+    for k in ("val_loss", "val_acc", "test_loss", "test_acc", "wall_time", "images_per_s"):
+        assert isinstance(res[k], float), k
+    assert res["epochs"] == pytest.approx(1.0)
+    assert 0.0 <= res["test_acc"] <= 1.0
+
+
+def test_lr_find_json_and_plot() -> None:
+    r = cli("lr-find", "--data", "synthetic:600", "--model", "simple3", "--batch-size", "32", "--steps", "50",
+            "--lr", "1e-4:50", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res["curve"]["lr"]) == len(res["curve"]["train_loss"]) > 10
+    assert res["curve"]["val_loss"], "the range test records validation loss"
+    s = res["suggestion"]
+    assert s["explanation"]
+    if s["max_lr"] is not None:
+        assert 1e-4 < s["min_lr"] < s["max_lr"] < 50
+    from tuneassist.cli.train_cmd import render_lr_find
+
+    text = render_lr_find(res)
+    assert "LR range test" in text and "learning rate" in text and "Confidence:" in text
+    assert "\x1b[" not in text, "no colour codes when stdout is not a terminal"
+
+
+def test_profile_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "profile", "list")
+    assert code == 0 and "cifar10-resnet56-1cycle" in out
+    code, out, _ = run_main(capsys, "profile", "show", "cifar10-resnet56-1cycle")
+    assert code == 0 and "resnet56" in out and "lr_max" in out
+    dest = tmp_path / "snippet.py"
+    code, out, _ = run_main(capsys, "profile", "export", "cifar10-resnet56-1cycle", "--format", "pytorch",
+                            "-o", str(dest))
+    assert code == 0 and dest.exists()
+    compile(dest.read_text(), str(dest), "exec")
+    code, out, _ = run_main(capsys, "profile", "export", "cifar10-resnet56-1cycle", "--format", "json")
+    assert json.loads(out)["model"] == "resnet56"
+    code, _, err = run_main(capsys, "profile", "show", "no-such-profile")
+    assert code == 2 and "no profile named" in err
