@@ -6,12 +6,12 @@ really produces (BatchNorm warm-up bumps, noisy mini-batch losses, a real blow-u
 in the test suite. Each file holds the engine's events reduced to the fields the advisor reads,
 rounded to 4 significant digits, and a header that says exactly how it was made.
 
-    python benchmarks/record_curves.py                    # every recording (about 7 min, 1 CPU thread)
+    python benchmarks/record_curves.py                    # every recording (~10 min, 1 CPU thread)
     python benchmarks/record_curves.py --only range_simple3 --threads 2
 
-Recorded on the CPU with one thread by default: on a shared 2-core machine one thread is several
-times faster than two fighting over the cores, and the numbers do not depend on the thread count
-beyond float rounding.
+Recorded on the CPU with one thread by default: on a shared 2-core machine one thread was several
+times faster than two fighting over the cores (simple3: ~490 vs ~150 images/s). The runs are seeded;
+another thread count may change the low digits (floating-point summation order).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import math
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -217,6 +218,22 @@ def reduce_events(events: list[dict[str, Any]]) -> dict[str, Any]:
     return {"start": start, "steps": steps, "evals": evals, "end": end}
 
 
+def git_state() -> str:
+    """The commit the engine code came from, and whether the working tree had changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    return out.stdout.strip() or "unknown (not a git checkout)"
+
+
 def record(rec: Recording, out_dir: Path, threads: int, argv: list[str]) -> Path:
     runs = []
     t0 = time.perf_counter()
@@ -236,6 +253,7 @@ def record(rec: Recording, out_dir: Path, threads: int, argv: list[str]) -> Path
         "what": rec.what,
         "command": "python " + " ".join(["benchmarks/record_curves.py", *argv]),
         "recording": f"RECORDINGS[{rec.name!r}] in benchmarks/record_curves.py (specs repeated per run)",
+        "engine_source": f"git {git_state()}",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

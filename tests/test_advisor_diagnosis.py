@@ -41,6 +41,46 @@ def test_overfitting_when_val_rises_while_train_falls() -> None:
     assert "Overfitting" in d.explanation and "train/val gap" in d.explanation
 
 
+def _overfit_val() -> np.ndarray:
+    val = np.where(VSTEPS <= 400, 2.3 * np.exp(-VSTEPS / 100) + 1.0, 1.0 + 0.5 * ((VSTEPS - 400) / 600) ** 2)
+    return val + jitter(0.005)
+
+
+@pytest.mark.parametrize(
+    ("model", "first"),
+    [
+        ("simple3", "add WD (1e-4, the low end of the shallow-net grid)"),
+        ("resnet20", "add WD (1e-6, the low end of the deep-net grid)"),
+        (None, "add WD (1e-5)"),
+    ],
+)
+def test_overfitting_without_wd_adds_the_grids_first_value(model: str | None, first: str) -> None:
+    """From WD 0 there is no multiple to raise: start where the WD step's grid for the net starts."""
+    d = diagnose(
+        STEPS, train_curve(), VSTEPS, _overfit_val(), current={**CURRENT, "weight_decay": 0.0}, model=model
+    )
+    assert d.kind == "overfitting" and d.remedy.startswith(first)
+
+
+def test_best_val_loss_is_quoted_as_recorded() -> None:
+    """The best is read on a 3-point running median (one lucky evaluation is not the best) but quoted
+    as a value the run recorded, at the step that recorded it."""
+    val = _overfit_val()
+    val[7] = 0.5  # one lucky evaluation (step 400): skipped
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    assert d.kind == "overfitting"
+    i = int(np.nonzero(VSTEPS == d.evidence["val_min_step"])[0][0])
+    assert d.evidence["val_min"] == val[i] and d.evidence["val_min"] > 0.5
+    assert f"its best {val[i]:.3g} at step {VSTEPS[i]}" in d.explanation
+
+
+def test_blow_up_quotes_the_first_evaluation_as_its_best() -> None:
+    """At the ends the running median would average two points into a loss never recorded."""
+    d = diagnose(STEPS, train_curve(), VSTEPS[:5], [2.3, 15.7, 194.0, 485.0, 5448.0])
+    assert d.kind == "diverged" and d.evidence["val_min"] == 2.3 and d.evidence["val_min_step"] == 50
+    assert "its best 2.3 (step 50)" in d.explanation
+
+
 def test_good_fit_when_val_flattens() -> None:
     val = 0.8 + 1.5 * np.exp(-VSTEPS / 100) + jitter(0.005)
     d = diagnose(STEPS, train_curve(), VSTEPS, val)

@@ -65,6 +65,38 @@ def test_validation_curve_is_read_and_raises_agreement() -> None:
     assert "val loss lowest at" in s.explanation and "good (" in s.explanation
 
 
+def _turning_curve() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train loss lowest near LR 1 that turns up without diverging (as BatchNorm keeps a ResNet's
+    training loss in range), and its validation curve every 15 steps."""
+    lrs, losses, div = range_curve(d=2.0)
+    assert div is None
+    return lrs, losses, lrs[::15], losses[::15] + 0.1
+
+
+def test_validation_blowup_is_the_divergence_point() -> None:
+    """A val loss that leaves 10x its best for good is divergence, though it stays finite; its
+    minimum is still read from the points before (the blow-up clipped, not smeared over them)."""
+    lrs, losses, vx, vy = _turning_curve()
+    vy[-2:] = [1e3, 1e5]
+    s = suggest_lr(lrs, losses, vx, vy)
+    assert s.estimates["divergence"] == pytest.approx(vx[-2])
+    assert s.estimates["val_min"] is not None and 0.4 <= s.estimates["val_min"] <= 2.0
+    assert s.max_lr is not None and s.max_lr <= vx[-2] / 1.5
+    assert s.failure is None  # not "no divergence": the val curve showed it
+    assert "blows up at 3.3" in s.explanation and "no divergence" not in s.explanation
+
+
+def test_a_lone_validation_spike_is_neither_divergence_nor_a_shifted_minimum() -> None:
+    """BatchNorm's running statistics can give one wild evaluation at a large LR; the next is back."""
+    lrs, losses, vx, vy = _turning_curve()
+    clean = suggest_lr(lrs, losses, vx, vy)
+    vy[13] = 15 * vy.min()
+    s = suggest_lr(lrs, losses, vx, vy)
+    assert s.estimates["divergence"] is None and "no divergence up to 10" in s.explanation
+    assert s.estimates["val_min"] == pytest.approx(clean.estimates["val_min"])
+    assert s.max_lr == clean.max_lr
+
+
 def test_answer_moves_with_the_curve() -> None:
     """The same shape two decades lower gives an answer two decades lower (a shallow net's ~0.01)."""
     lrs, losses, div = range_curve(m=-2.0, d=-2 + math.log10(3))

@@ -149,14 +149,6 @@ def test_resnet20_range_test_reading() -> None:
     assert s.max_lr > 5 * _suggest("range_simple3").max_lr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lr_range._val_minimum smooths the raw val loss with a mean EMA (forward and back) and never "
-    "clips it as suggest_lr clips the train loss: the blow-up (3.3e4 at LR 5, 5.7e5 at LR 10) and the "
-    "spikes leak back, the smoothed minimum lands on the second point (LR 4.7e-4) with a fall of 0.0534, "
-    "just under the 2%-of-level test (0.0535), and the curve is dropped ('no validation curve to read'); "
-    "the raw val loss is lowest at LR 0.048 (2.25) and clipped at 10 the smoothed minimum is at 0.0048",
-)
 def test_resnet20_range_test_reads_the_validation_curve() -> None:
     s = _suggest("range_resnet20")
     assert s.estimates["val_min"] is not None
@@ -164,11 +156,6 @@ def test_resnet20_range_test_reads_the_validation_curve() -> None:
     assert "no validation curve" not in s.explanation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suggest_lr only takes a non-finite validation loss as divergence; a finite val-loss blow-up "
-    "(3.3e4 at LR 5, 5.7e5 at LR 10, from a best of 2.25) is reported as 'no divergence up to 10'",
-)
 def test_resnet20_range_test_sees_the_validation_blowup() -> None:
     s = _suggest("range_resnet20")
     assert s.estimates["divergence"] is not None and s.estimates["divergence"] <= 5.0
@@ -243,13 +230,6 @@ def test_wd_sweep_recorded_evidence() -> None:
     assert (gap3 > 0).sum() == 4 and gap3.mean() > 0.1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rank_sweep sizes its tie threshold from each curve's own jitter (0.15 here), not from the "
-    "noise of the paired difference between candidates that share seed and data order: WD 1e-2 is "
-    "worse than 1e-4 at each of the last 5 evaluations (val loss by 0.075-0.19, accuracy lower at all 5), "
-    "yet all three are called tied and the tie rule picks 1e-2, the worst on loss and accuracy",
-)
 def test_wd_sweep_does_not_pick_the_consistently_worst_value() -> None:
     res = rank_sweep("weight_decay", _wd_candidates(), model="simple3")
     assert res.winner != 1e-2, res.explanation
@@ -288,12 +268,6 @@ def test_diverged_run_is_diagnosed_diverged() -> None:
     assert "lower the max LR to 1.0 (from 3.0)" in d.remedy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="diagnose's 3-point running median takes the mean of two points at the curve's ends, so the "
-    "diverged run is explained as '3x its best 9.01' (the mean of 2.33 and 15.7); the best recorded "
-    "val loss is 2.33",
-)
 def test_diverged_run_evidence_names_the_recorded_best() -> None:
     c = _curves("diverge_simple3")
     d = diagnose(c.steps, c.train_loss, c.eval_steps, c.val_loss, c.val_acc)

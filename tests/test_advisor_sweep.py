@@ -134,6 +134,65 @@ def test_forced_accuracy_metric() -> None:
     assert r.winner == 1e-6 and r.metric == "val_acc" and "highest val accuracy" in r.explanation
 
 
+def test_paired_gap_separates_candidates_that_share_seed_and_data_order() -> None:
+    """Same seed, same data order: the jitter is common to both curves and cancels in the difference.
+    1e-4 is worse by 0.04 at every evaluation; each curve jitters by 0.08, so the curves' own noise
+    would call it a tie and the tie rule would pick 1e-4."""
+    base = val_curve(1.2, 0.08, seed=0)
+    r = rank_sweep(
+        "weight_decay",
+        [
+            {"value": 1e-4, "steps": STEPS, "val_loss": base + 0.04},
+            {"value": 1e-5, "steps": STEPS, "val_loss": base},
+        ],
+        model="resnet56",
+    )
+    assert r.winner == 1e-5 and not any(row.tie for row in r.rows)
+    assert "0.04 on average over 5 paired evaluations, is larger than the noise" in r.explanation
+
+
+def test_paired_gap_of_inconsistent_sign_is_a_tie() -> None:
+    """Same mean, independent jitter: the paired differences change sign, so it is a tie."""
+    r = rank_sweep(
+        "weight_decay",
+        [
+            {"value": 1e-4, "steps": STEPS, "val_loss": val_curve(1.2, 0.05, seed=1)},
+            {"value": 1e-5, "steps": STEPS, "val_loss": val_curve(1.2, 0.05, seed=2)},
+        ],
+        model="resnet56",
+    )
+    assert r.winner == 1e-4 and "a tie within noise" in r.explanation
+    assert [row.tie for row in r.rows] == [False, True]
+
+
+def test_consistent_but_tiny_gap_is_a_tie() -> None:
+    """A gap of 0.1% at every evaluation is real but too small to matter: the floor keeps it a tie."""
+    base = val_curve(1.2, 0.02, seed=0)
+    r = rank_sweep(
+        "weight_decay",
+        [
+            {"value": 1e-4, "steps": STEPS, "val_loss": base + 0.0012},
+            {"value": 1e-5, "steps": STEPS, "val_loss": base},
+        ],
+        model="resnet56",
+    )
+    assert r.winner == 1e-4 and r.noise == pytest.approx(0.005 * 1.2, rel=0.1)
+
+
+def test_curves_without_shared_evaluations_use_their_own_jitter() -> None:
+    """Evaluations at different steps cannot be paired; the window means and the jitter decide."""
+    base = val_curve(1.2, 0.08, seed=0)
+    r = rank_sweep(
+        "weight_decay",
+        [
+            {"value": 1e-4, "steps": STEPS + 30, "val_loss": base + 0.04},
+            {"value": 1e-5, "steps": STEPS, "val_loss": base},
+        ],
+        model="resnet56",
+    )
+    assert r.winner == 1e-4 and "paired" not in r.explanation and "a tie within noise" in r.explanation
+
+
 def test_diverged_candidates_are_excluded_and_named() -> None:
     cands = [
         SweepCandidate((0.99, 0.99), STEPS, val_curve(1.5, seed=0)),

@@ -157,8 +157,8 @@ def test_paper_budget_uses_the_paper_epochs() -> None:
     assert Checklist(data="cifar10", model="resnet56", budget="paper").final_spec().epochs == 95
     assert Checklist(data="cifar10", model="densenet40", budget="paper").final_spec().epochs == 100
     cl = Checklist(data="cifar10", model="resnet20", budget="quick")
-    assert cl.final_spec().epochs == 3  # capped by images: 150k / 45k
-    assert cl.values["batch_size"] == 512 and cl.short_epochs() == pytest.approx(0.44)
+    assert cl.final_spec().epochs == 2  # capped by images: 120k / 45k
+    assert cl.values["batch_size"] == 512 and cl.short_epochs() == pytest.approx(0.33)  # 15k / 45k
 
 
 def test_full_checklist_finds_the_known_optimum() -> None:
@@ -279,6 +279,25 @@ def test_edited_candidates() -> None:
     assert [c.value for c in cl.propose("weight_decay").candidates] == [1e-4, 3e-5]
     with pytest.raises(UserError):
         cl.set_candidates("weight_decay", [-1])
+
+
+def test_edited_lr_range_candidate() -> None:
+    """An edited range test is kept as [low, high], so the candidates (and the TUI) can read it."""
+    cl = Checklist(data="synthetic", model="simple3", budget="quick")
+    cl.set_candidates("lr_range", [(1e-5, 1.0)])
+    (cand,) = cl.candidate_list("lr_range")
+    assert cand.value == [1e-5, 1.0] and cand.label == "1e-5 → 1.0"
+    assert (cand.spec.lr_min, cand.spec.lr_max, cand.spec.schedule) == (1e-5, 1.0, "range_exp")
+    assert "LR grows 1e-5 → 1.0" in cl.propose("lr_range").explanation
+    cl.set_candidates("lr_range", [{"lr_min": 1e-4, "lr_max": 3.0}])
+    assert cl.candidate_list("lr_range")[0].value == [1e-4, 3.0]
+    cl2 = Checklist.from_dict(json.loads(json.dumps(cl.to_dict())))
+    assert cl2.candidate_list("lr_range")[0].spec.lr_max == 3.0
+    # A session saved while the range was stored as a dict still loads and reads.
+    cl2.candidates["lr_range"] = [{"key": "range", "value": {"lr_min": 1e-3, "lr_max": 2.0, "tbs": 64}}]
+    assert cl2.candidate_list("lr_range")[0].value == [1e-3, 2.0]
+    with pytest.raises(UserError):
+        cl.set_candidates("lr_range", [(1.0, 0.1)])
 
 
 def test_run_curves_from_engine_events() -> None:

@@ -18,7 +18,10 @@ ENV = {**os.environ, "TUNEASSIST_DEBUG": ""}
 def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tuneassist.cli.main", *argv],
-        capture_output=True, text=True, timeout=timeout, env={**ENV, **os.environ},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, **os.environ},
     )
 
 
@@ -64,7 +67,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("argv", "needle"), BAD_INPUTS)
-def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+def test_bad_input_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
     code, out, err = run_main(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
@@ -80,14 +85,36 @@ def test_batch_larger_than_split_and_missing_folder(tmp_path: Path) -> None:
     r = cli("train", "--data", f"folder:{tmp_path / 'nope'}", "--epochs", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "nope" in r.stderr and "Traceback" not in r.stderr
-    r = cli("train", "--model", "no_such_module_xyz:build", "--allow-import", "--epochs", "1",
-            "--data", "synthetic:200")
+    r = cli(
+        "train",
+        "--model",
+        "no_such_module_xyz:build",
+        "--allow-import",
+        "--epochs",
+        "1",
+        "--data",
+        "synthetic:200",
+    )
     assert r.returncode == 2 and "no_such_module_xyz" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_json_reports_final_metrics() -> None:
-    r = cli("train", "--data", "synthetic:400", "--model", "simple3", "--epochs", "1", "--batch-size", "32",
-            "--lr", "0.02:0.2", "--json", "--threads", "2")
+    r = cli(
+        "train",
+        "--data",
+        "synthetic:400",
+        "--model",
+        "simple3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02:0.2",
+        "--json",
+        "--threads",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["outcome"] == "finished"
@@ -98,8 +125,20 @@ def test_train_json_reports_final_metrics() -> None:
 
 
 def test_lr_find_json_and_plot() -> None:
-    r = cli("lr-find", "--data", "synthetic:600", "--model", "simple3", "--batch-size", "32", "--steps", "50",
-            "--lr", "1e-4:50", "--json")
+    r = cli(
+        "lr-find",
+        "--data",
+        "synthetic:600",
+        "--model",
+        "simple3",
+        "--batch-size",
+        "32",
+        "--steps",
+        "50",
+        "--lr",
+        "1e-4:50",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert len(res["curve"]["lr"]) == len(res["curve"]["train_loss"]) > 10
@@ -121,11 +160,20 @@ def test_profile_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     code, out, _ = run_main(capsys, "profile", "show", "cifar10-resnet56-1cycle")
     assert code == 0 and "resnet56" in out and "lr_max" in out
     dest = tmp_path / "snippet.py"
-    code, out, _ = run_main(capsys, "profile", "export", "cifar10-resnet56-1cycle", "--format", "pytorch",
-                            "-o", str(dest))
+    code, out, _ = run_main(
+        capsys, "profile", "export", "cifar10-resnet56-1cycle", "--format", "pytorch", "-o", str(dest)
+    )
     assert code == 0 and dest.exists()
     compile(dest.read_text(), str(dest), "exec")
     code, out, _ = run_main(capsys, "profile", "export", "cifar10-resnet56-1cycle", "--format", "json")
     assert json.loads(out)["model"] == "resnet56"
     code, _, err = run_main(capsys, "profile", "show", "no-such-profile")
     assert code == 2 and "no profile named" in err
+
+
+def test_train_from_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(capsys, "train", "--profile", "synthetic-simple3-1cycle", "--data", "synthetic:300",
+                              "--epochs", "1", "--batch-size", "32", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["outcome"] == "finished" and res["epochs"] == pytest.approx(1.0)

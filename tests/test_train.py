@@ -23,8 +23,17 @@ def _run(spec: RunSpec, **kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 
 def test_learns_synthetic_well_above_chance() -> None:
-    spec = RunSpec(data="synthetic:3000", model="simple3", schedule="onecycle", lr_min=0.02, lr_max=0.2,
-                   epochs=4, batch_size=64, weight_decay=5e-4, seed=0)
+    spec = RunSpec(
+        data="synthetic:3000",
+        model="simple3",
+        schedule="onecycle",
+        lr_min=0.02,
+        lr_max=0.2,
+        epochs=4,
+        batch_size=64,
+        weight_decay=5e-4,
+        seed=0,
+    )
     end, events = _run(spec)
     assert end["outcome"] == "finished"
     assert end["test_acc"] > 0.2, end  # chance is 0.1
@@ -38,19 +47,38 @@ def test_learns_synthetic_well_above_chance() -> None:
 
 
 def test_huge_lr_diverges_without_exception() -> None:
-    spec = RunSpec(data="synthetic:600", model="simple3", schedule="constant", lr_min=50.0, lr_max=50.0,
-                   momentum_max=0.9, momentum_min=0.9, epochs=3, batch_size=32)
+    spec = RunSpec(
+        data="synthetic:600",
+        model="simple3",
+        schedule="constant",
+        lr_min=50.0,
+        lr_max=50.0,
+        momentum_max=0.9,
+        momentum_min=0.9,
+        epochs=3,
+        batch_size=32,
+    )
     end, events = _run(spec)
     assert end["outcome"] == "diverged"
     assert end["diverged_at_step"] is not None and end["diverged_lr"] == pytest.approx(50.0)
     assert end["test_acc"] is None
     last = [e for e in events if e["type"] == "step"][-1]
-    assert last["step"] == end["diverged_at_step"]
+    assert last["step"] == end["diverged_at_step"] == end["step"] - 1
 
 
 def test_range_test_stops_at_divergence_and_records_val_loss() -> None:
-    spec = RunSpec(data="synthetic:1000", model="simple3", schedule="range_exp", lr_min=1e-4, lr_max=100.0,
-                   steps=60, batch_size=32, eval_every=5, eval_subset=64, test=False)
+    spec = RunSpec(
+        data="synthetic:1000",
+        model="simple3",
+        schedule="range_exp",
+        lr_min=1e-4,
+        lr_max=100.0,
+        steps=60,
+        batch_size=32,
+        eval_every=5,
+        eval_subset=64,
+        test=False,
+    )
     end, events = _run(spec)
     steps = [e for e in events if e["type"] == "step"]
     lrs = [e["lr"] for e in steps]

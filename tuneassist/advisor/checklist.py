@@ -85,9 +85,9 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # quick: synthetic + simple3 on 2 CPU cores in ~5 minutes at ~1,500 images/s: 13 runs,
-    # about 370k training images in all (see Checklist.estimate_seconds).
-    "quick": Budget("quick", 300, (1e-4, 10.0), 20, 1000, 2.0, 20_000, 10, 10, 150_000, 2, True),
+    # quick: synthetic + simple3 on 2 CPU cores in ~7 minutes at ~1,000 images/s: 13 runs plus
+    # the baseline, about 320k training images in all (see Checklist.estimate_seconds).
+    "quick": Budget("quick", 200, (1e-4, 10.0), 20, 1000, 1.5, 15_000, 8, 8, 120_000, 2, True),
     "standard": Budget("standard", 600, (1e-5, 10.0), 30, 2000, 5.0, None, 12, 30, None, 3, True),
     "paper": Budget("paper", 1000, (1e-5, 10.0), 40, None, 15.0, None, 15, None, None, 3, True),
 }
@@ -229,6 +229,15 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+def _range_pair(value: Any) -> tuple[float, float]:
+    """A range-test candidate as (low, high): stored as [low, high]; a {lr_min, lr_max} dict (what
+    sessions saved before set_candidates stored pairs) reads the same."""
+    if isinstance(value, Mapping):
+        return float(value["lr_min"]), float(value["lr_max"])
+    lo, hi = value
+    return float(lo), float(hi)
 
 
 def _pow2_floor(n: float) -> int:
@@ -433,7 +442,9 @@ class Checklist:
             raise UserError(f"give at least one value for {STEP_TITLES[step]}")
         norm = [self._normalise(step, v) for v in values]
         if step == "lr_range":
-            norm = norm[-1:]
+            # One range test, stored as [low, high] like the default and the retries (the normalised
+            # form is a decision's {lr_min, lr_max, tbs}, which the range-test spec cannot take).
+            norm = [_range_pair(norm[-1])]
         self.candidates[step] = [
             {"key": f"{step}-{i}" if step != "lr_range" else "range", "value": _jsonable(v)}
             for i, v in enumerate(norm)
@@ -442,7 +453,7 @@ class Checklist:
 
     def _spec_for(self, step: str, value: Any) -> RunSpec:
         if step == "lr_range":
-            lo, hi = value
+            lo, hi = _range_pair(value)
             b = self.plan
             return self._spec(
                 schedule="range_exp",
@@ -463,17 +474,19 @@ class Checklist:
 
     def _label(self, step: str, value: Any) -> str:
         if step == "lr_range":
-            return f"{fmt_num(value[0])} → {fmt_num(value[1])}"
+            lo, hi = _range_pair(value)
+            return f"{fmt_num(lo)} → {fmt_num(hi)}"
         if step == "final":
             return "1cycle"
         return value_label(step, value)
 
     def candidate_list(self, step: str) -> list[Candidate]:
         """Every candidate of a step with its spec built from the current values."""
-        return [
-            Candidate(c["key"], self._label(step, c["value"]), c["value"], self._spec_for(step, c["value"]))
-            for c in self._cands(step)
-        ]
+        out = []
+        for c in self._cands(step):
+            v = list(_range_pair(c["value"])) if step == "lr_range" else c["value"]
+            out.append(Candidate(c["key"], self._label(step, v), v, self._spec_for(step, v)))
+        return out
 
     def propose(self, step: str | None = None) -> Proposal:
         """The runs still to do for `step` (default: the current step), with what they are for."""
@@ -499,7 +512,7 @@ class Checklist:
         e = self.short_epochs()
         short = f"{fmt_num(e)} epoch{'' if e == 1 else 's'} each"
         if step == "lr_range":
-            r = self._cands(step)[-1]["value"]
+            r = _range_pair(self._cands(step)[-1]["value"])
             return (
                 f"LR grows {fmt_num(r[0])} → {fmt_num(r[1])} over {b.range_steps} steps (TBS "
                 f"{self.values['batch_size']}) with momentum 0.95→0.85. The largest LR where validation loss "
@@ -677,6 +690,7 @@ class Checklist:
                 "weight_decay": float(self.values["weight_decay"]),
                 "batch_size": self.values["batch_size"],
             },
+            model=self.model,
         )
         end = c.end or {}
         value = {

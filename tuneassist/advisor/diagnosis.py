@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneassist.advisor.grids import first_weight_decay, model_kind
 from tuneassist.advisor.lr_range import fmt_num, fmt_sci, round_sig
 
 KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short")
@@ -62,8 +63,13 @@ def _arr(v: Sequence[float | None] | None) -> np.ndarray:
     return np.asarray([] if v is None else v, dtype=float).ravel()
 
 
-def _more(name: str, current: Mapping[str, float] | None, factor: float) -> str:
-    """'raise WD to 3e-4' style phrase when the current value is known, else a relative one."""
+def _more(name: str, current: Mapping[str, float] | None, factor: float, model: str | None = None) -> str:
+    """'raise WD to 3e-4' style phrase when the current value is known, else a relative one.
+
+    From WD 0 there is no multiple to raise: the first value is the smallest non-zero one of the net
+    kind's grid (1e-4 for the shallow net, which the paper gives 1e-2 to 1e-4), 1e-5 when the net is
+    not known.
+    """
     v = (current or {}).get(name)
     label = {"lr_max": "the max LR", "weight_decay": "WD", "batch_size": "TBS"}[name]
     verb = "raise" if factor > 1 else "lower"
@@ -72,7 +78,13 @@ def _more(name: str, current: Mapping[str, float] | None, factor: float) -> str:
     if name == "batch_size":
         return f"{verb} {label} to {int(v * factor)} (from {int(v)})"
     if name == "weight_decay" and v == 0:
-        return "add WD (1e-5)" if factor > 1 else "keep WD at 0"
+        if factor <= 1:
+            return "keep WD at 0"
+        if model is None:
+            return "add WD (1e-5)"
+        return (
+            f"add WD ({fmt_sci(first_weight_decay(model))}, the low end of the {model_kind(model)}-net grid)"
+        )
     fmt = fmt_sci if name == "weight_decay" else fmt_num
     return f"{verb} {label} to {fmt(round_sig(v * factor))} (from {fmt(v)})"
 
@@ -85,11 +97,13 @@ def diagnose(
     val_acc: Sequence[float | None] | None = None,
     *,
     current: Mapping[str, float] | None = None,
+    model: str | None = None,
     window_fraction: float = 1 / 3,
 ) -> Diagnosis:
     """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
 
-    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values.
+    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values;
+    `model` (optional) picks the first WD to add to a run without any.
     Losses may contain None or NaN (a blown-up step); that reads as diverged.
     """
     ts, tl = _arr(train_steps), _arr(train_loss)
@@ -125,10 +139,13 @@ def diagnose(
     level = float(max(np.mean(np.abs(wy)), 1e-12))
     change, sigma, se = _fit(wx, wy)
     t = change / se if se > 0 else math.copysign(math.inf, change) if change else 0.0
-    # The best value on a 3-point running median: one lucky evaluation is not "the best".
-    med = np.array([np.median(vl[max(0, i - 1) : i + 2]) for i in range(n)])
-    i_min = int(np.argmin(med))
-    v_min = float(med[i_min])
+    # The best value on a 3-point running median: one lucky evaluation is not "the best". The ends keep
+    # their own value (a median of two would be their mean, a loss never recorded), and the best is
+    # quoted as recorded, at the step that recorded it.
+    med = np.array([np.median(vl[i - 1 : i + 2]) if 0 < i < n - 1 else vl[i] for i in range(n)])
+    i_med = int(np.argmin(med))
+    v_min = float(med[i_med])
+    i_min = max(0, i_med - 1) + int(np.argmin(np.abs(vl[max(0, i_med - 1) : i_med + 2] - v_min)))
     end_fit = float(np.mean(wy) + change / 2)  # the fitted line at the window's end
     rebound = end_fit - v_min
 
@@ -170,13 +187,13 @@ def diagnose(
             kind="diverged",
             evidence=evidence,
             remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
-            explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, 3x its best {v_min:.3g} and above "
-            "its start.",
+            explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, over 3x its best {v_min:.3g} (step "
+            f"{int(vs[i_min])}) and above its start.",
             window=window,
         )
 
     rising = (change > TREND * level and t > 2) or (
-        i_min < n - w and rebound > max(0.05 * level, 3 * sigma) and change >= 0
+        i_med < n - w and rebound > max(0.05 * level, 3 * sigma) and change >= 0
     )
     falling = change < -TREND * level and t < -2
     if rising:
@@ -192,8 +209,8 @@ def diagnose(
         return Diagnosis(
             kind="overfitting",
             evidence=evidence,
-            remedy=f"{_more('weight_decay', current, 3)}; if that is not enough, regularise more in other "
-            "ways (stronger augmentation, a smaller TBS).",
+            remedy=f"{_more('weight_decay', current, 3, model)}; if that is not enough, regularise more in "
+            "other ways (stronger augmentation, a smaller TBS).",
             explanation=f"Overfitting: val loss rises from its best {v_min:.3g} at step {int(vs[i_min])} "
             f"while train loss does not ({nums}).",
             window=window,

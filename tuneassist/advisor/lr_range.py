@@ -14,7 +14,8 @@ Estimates (all on the smoothed curve, x = log10 LR):
   the minimum itself, ``min_div10 * 10``, since 1cycle's top is where the loss stops falling);
 - ``val_min``: the LR of the lowest validation loss, when the range test recorded one (the paper's
   reading);
-- ``divergence``: where the loss blew up; a bound, not a vote: the max LR stays 1.5x below it.
+- ``divergence``: where the loss blew up (the training loss, or the validation loss staying above
+  10x its best); a bound, not a vote: the max LR stays 1.5x below it.
 
 numpy only: importable without torch, testable on recorded curves.
 """
@@ -37,6 +38,8 @@ SPAN_FRACTION = 0.04
 MIN_POINTS = 8
 # Step-to-step noise above this fraction of the total fall makes the reading "noisy".
 NOISY_RATIO = 0.35
+# The validation loss has blown up (the divergence point) when it stays above this many times its best.
+VAL_BLOWUP = 10.0
 
 FAILURES = ("flat", "no_divergence", "diverged_immediately", "noisy", "too_short")
 
@@ -167,18 +170,57 @@ def _check_inputs(lrs: Sequence[float], losses: Sequence[float], what: str) -> t
     return x, y
 
 
+def _val_blowup(vx: np.ndarray, vy: np.ndarray) -> int | None:
+    """Index of the evaluation from which the validation loss has blown up for good, if it did.
+
+    Blown up: above VAL_BLOWUP times the best validation loss recorded before it, and so on to the
+    end of the test. A single spike that comes back down (BatchNorm's running statistics lag a fast
+    LR ramp) is not a blow-up; a loss that only gets worse as the LR keeps rising is. Only a finite
+    loss is judged here (a NaN/inf already cut the curve).
+    """
+    if len(vy) < 2:
+        return None
+    best_before = np.minimum.accumulate(vy)[:-1]
+    blown = np.concatenate([[False], vy[1:] > VAL_BLOWUP * np.maximum(best_before, 1e-12)])
+    if not blown[-1]:
+        return None
+    j = len(vy) - 1
+    while blown[j - 1]:  # blown[0] is False
+        j -= 1
+    return j
+
+
 def _val_minimum(val_lrs: Sequence[float], val_losses: Sequence[float]) -> tuple[float | None, float | None]:
-    """LR of the lowest (lightly smoothed) validation loss, and where the val loss turned non-finite."""
+    """LR of the lowest (clipped, median-filtered, lightly smoothed) val loss, and where it blew up.
+
+    The validation curve of a range test is sparse and spiky, and its end can be orders of magnitude
+    above its start (3e4 from 2.7 in a recorded ResNet test): smoothed as it is, the blow-up leaks
+    back over the whole curve and moves its minimum to the first points. So the curve is cut where it
+    blew up (see `_val_blowup`, the divergence point), clipped like the training loss, and passed
+    through a 3-point running median before it is smoothed.
+    """
     vx, vy = _check_inputs(val_lrs, val_losses, "validation curve")
     vx, vy, v_bad = _valid_prefix(vx, vy)
+    j = _val_blowup(vx, vy)
+    if j is not None:
+        lr_blown = float(vx[j])
+        v_bad = lr_blown if v_bad is None else min(v_bad, lr_blown)
+        vx, vy = vx[:j], vy[:j]
     if len(vy) < 5:
         return None, v_bad
     lx = np.log10(vx)
     gaps = np.diff(lx)
     step = float(np.median(gaps[gaps > 0])) if np.any(gaps > 0) else 1.0
-    vs = smooth_log(lx, vy, 0.75 * step)
+    head = max(2, len(vy) // 5)
+    base = float(np.median(vy[:head]))
+    ceiling = base + 2.0 * max(base - float(np.min(vy)), 0.25 * abs(base))
+    # A 3-point running median first: a lone spike (or a lone lucky point) between evaluations is
+    # dropped instead of being spread over its neighbours by the EMA.
+    vm = np.minimum(vy, ceiling)
+    vm = np.array([np.median(vm[i - 1 : i + 2]) if 0 < i < len(vm) - 1 else vm[i] for i in range(len(vm))])
+    vs = smooth_log(lx, vm, 0.75 * step)
     i = int(np.argmin(vs))
-    level = float(np.median(vs[: max(2, len(vs) // 5)]))
+    level = float(np.median(vs[:head]))
     fall = float(np.max(vs[: i + 1]) - vs[i])
     if fall < 0.02 * max(abs(level), 1e-12):
         return None, v_bad  # the validation loss never fell: it says nothing about the top
@@ -237,10 +279,11 @@ def suggest_lr(
     div_lr = min((v for v in (diverged_at_lr, nan_lr) if v is not None), default=None)
 
     val_min: float | None = None
+    val_div = False  # the divergence point is where the validation loss blew up
     if val_lrs is not None and val_losses is not None and len(val_lrs):
         val_min, v_bad = _val_minimum(val_lrs, val_losses)
         if v_bad is not None and (div_lr is None or v_bad < div_lr):
-            div_lr = v_bad
+            div_lr, val_div = v_bad, True
 
     estimates: dict[str, float | None] = {
         "steepest": None,
@@ -322,7 +365,7 @@ def suggest_lr(
         j = i_min + int(above[0])
         seen = float(10 ** lx[j])
         if div_lr is None or seen < div_lr:
-            div_lr = seen
+            div_lr, val_div = seen, False
             estimates["divergence"] = div_lr
         lx, y, ys = lx[: max(j, 1)], y[: max(j, 1)], ys[: max(j, 1)]
     x = 10**lx
@@ -430,14 +473,18 @@ def suggest_lr(
         for name, label in (("valley", "Valley"), ("steepest", "steepest"), ("min_div10", "min/10"))
         if estimates[name] is not None
     ]
-    tail = [
-        f"val loss lowest at {fmt_num(val_min)}" if val_min is not None else "no validation curve to read",
-        f"diverges at {fmt_num(div_lr)}"
-        if div_lr is not None
-        else f"no divergence up to {fmt_num(float(x[-1]))}",
-    ]
+    if div_lr is None:
+        div_txt = f"no divergence up to {fmt_num(float(x[-1]))}"
+    elif val_div:
+        div_txt = f"{'' if val_min is not None else 'val loss '}blows up at {fmt_num(div_lr)}"
+    else:
+        div_txt = f"diverges at {fmt_num(div_lr)}"
+    val_txt = "no validation curve to read"
+    if val_min is not None:
+        val_txt = f"val loss lowest at {fmt_num(val_min)}"
+    tail = f"{val_txt} and {div_txt}" if val_div and val_min is not None else f"{val_txt}, {div_txt}"
     explanation = (
-        f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {', '.join(tail)}. "
+        f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {tail}. "
         f"Agreement: {word} ({k} of {n})."
     )
     if capped:

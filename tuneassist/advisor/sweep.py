@@ -3,9 +3,17 @@
 The paper's rule: run short trainings, one per candidate value, and compare validation loss early in
 training. Here the comparison is made at one decision point (a fraction of the shortest curve, so
 runs still in progress are compared at equal progress), on the mean of the evaluations nearest to it
-(one evaluation is too noisy), and differences smaller than the curves' own jitter are called ties.
-Ties go to val accuracy when it separates the tied candidates (the paper found accuracy easier to
-read for DenseNet), and otherwise to a stated rule per hyperparameter.
+(one evaluation is too noisy).
+
+Whether two candidates differ is judged on paired differences: the candidates of a sweep share the
+seed, the data order and the evaluation steps, so much of each curve's jitter is common to all of
+them and cancels in the difference at the same step. A gap that holds at each of the evaluations
+around the decision point is real even when each curve alone jitters by more; the test is the mean
+paired difference against its standard error (a t-test over those evaluations). Curves that do not
+share evaluation points fall back to each curve's own jitter. Differences inside the noise, or below
+a floor of half a percent, are ties. Ties go to val accuracy when it separates the tied candidates
+(the paper found accuracy easier to read for DenseNet), and otherwise to a stated rule per
+hyperparameter.
 """
 
 from __future__ import annotations
@@ -18,30 +26,23 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tuneassist.advisor.diagnosis import diagnose
+from tuneassist.advisor.grids import model_kind
+from tuneassist.advisor.grids import weight_decay_grid as weight_decay_grid  # re-exported: the grids
 from tuneassist.advisor.lr_range import fmt_num, fmt_sci, robust_sigma, round_sig
 
 PARAM_LABELS = {"weight_decay": "WD", "momentum": "Momentum", "batch_size": "TBS"}
-# Ties: differences below this many standard deviations of the difference of two window means.
+# Ties (curves without shared evaluation points): differences below this many standard deviations of
+# the difference of two window means.
 TIE_SIGMAS = 2.0
-# ... and never finer than this fraction of the leader's value (identical-looking curves).
+# Ties, either way: never finer than this fraction of the leader's value (identical-looking curves).
 TIE_FLOOR = 0.005
+# Paired comparison: this many evaluations around the decision point (at least `window`).
+PAIR_WINDOW = 5
+# Two-sided 95% quantiles of Student's t by degrees of freedom (numpy has no t distribution).
+_T95 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 # ---------------------------------------------------------------------------------------------
 # Candidate grids
-
-
-def model_kind(model: str) -> str:
-    """'shallow' for the 3-layer net, 'deep' for everything else (ResNets, DenseNet, user nets)."""
-    return "shallow" if model == "simple3" else "deep"
-
-
-def weight_decay_grid(model_kind: str) -> list[float]:
-    """The paper's WD grids: shallow nets need more regularisation, deep nets / complex data less."""
-    if model_kind == "shallow":
-        return [1e-2, 1e-3, 1e-4]
-    if model_kind == "deep":
-        return [1e-4, 1e-5, 1e-6, 0.0]
-    raise ValueError(f"model kind {model_kind!r}: use 'shallow' or 'deep'")
 
 
 def refine_between(a: float, b: float) -> float:
@@ -258,6 +259,58 @@ def _near(x: np.ndarray, y: np.ndarray, at: float, k: int, upto: float) -> float
     return float(np.mean(ys[idx]))
 
 
+def _t95(df: int) -> float:
+    """Two-sided 95% t quantile; past the table, 1.96 + 2.4/df is within 0.01 of the exact value."""
+    return _T95[df] if df in _T95 else 1.96 + 2.4 / df
+
+
+def _window_idx(x: np.ndarray, at: float, k: int, upto: float) -> np.ndarray:
+    """Indices of the k evaluations nearest `at`, at or before `upto`, in step order."""
+    keep = np.nonzero(x <= upto * (1 + 1e-9))[0]
+    near = keep[np.argsort(np.abs(x[keep] - at), kind="stable")[:k]]
+    return np.sort(near)
+
+
+def _paired(
+    xa: np.ndarray, ya: np.ndarray, xb: np.ndarray, yb: np.ndarray, at: float, k: int, upto: float
+) -> np.ndarray | None:
+    """ya - yb at the k evaluations of curve a nearest `at` that curve b recorded too (same step or
+    epoch); None when the two do not share at least 4 of them."""
+    idx = _window_idx(xa, at, k, upto)
+    if len(idx) < 4:
+        return None
+    diffs = []
+    for i in idx:
+        j = int(np.argmin(np.abs(xb - xa[i]))) if len(xb) else -1
+        if j < 0 or not math.isclose(float(xb[j]), float(xa[i]), rel_tol=1e-6, abs_tol=1e-9):
+            return None
+        diffs.append(float(ya[i]) - float(yb[j]))
+    d = np.asarray(diffs)
+    return d if np.all(np.isfinite(d)) else None
+
+
+class Gap(NamedTuple):
+    """How far one candidate trails the leader, and the noise that gap must exceed to count."""
+
+    gap: float  # positive: worse than the leader
+    thr: float
+    paired: int  # evaluations compared pairwise (0: the curves' own jitter was used)
+
+
+def _gap_words(g: Gap, acc: bool) -> str:
+    """'the gap is larger than the noise 0.056', saying when it was read on paired differences."""
+
+    def fmt(v: float) -> str:
+        return f"{v * 100:.2g} points" if acc else f"{v:.2g}"
+
+    if g.paired:
+        return (
+            f"the gap, {fmt(g.gap)} on average over {g.paired} paired evaluations, is larger than the "
+            f"noise {fmt(g.thr)}"
+        )
+    return f"the gap is larger than the noise {fmt(g.thr)}"
+
+
 def _fmt_acc(a: float | None) -> str:
     if a is None:
         return "—"
@@ -386,6 +439,32 @@ def rank_sweep(
         sigma = float(np.median(sig)) if sig else 0.0
         return max(TIE_SIGMAS * sigma * math.sqrt(2.0 / window), TIE_FLOOR * abs(ref))
 
+    pair_k = max(window, PAIR_WINDOW)
+
+    def gaps(
+        series: list[np.ndarray], at_: dict[int, float], lead: int, idx: list[int], higher: bool
+    ) -> dict[int, Gap]:
+        """How far each candidate trails `lead`, judged on paired differences where the curves share
+        their evaluation points, else on the window means against the curves' own jitter."""
+        ref = at_[lead]
+        out: dict[int, Gap] = {}
+        unpaired_thr: float | None = None
+        for i in idx:
+            if i == lead:
+                continue
+            d = _paired(xs[i], series[i], xs[lead], series[lead], at, pair_k, shortest)
+            if d is not None:
+                worse = -d if higher else d
+                n = len(d)
+                se = float(np.std(d, ddof=1)) / math.sqrt(n)
+                out[i] = Gap(float(np.mean(worse)), max(_t95(n - 1) * se, TIE_FLOOR * abs(ref)), n)
+            else:
+                if unpaired_thr is None:
+                    unpaired_thr = threshold(series, ok, ref)
+                trail = (ref - at_[i]) if higher else (at_[i] - ref)
+                out[i] = Gap(trail, unpaired_thr, 0)
+        return out
+
     if len(ok) == 1:
         i = ok[0]
         expl = (
@@ -408,16 +487,16 @@ def rank_sweep(
     by_acc = metric == "val_acc"
     if by_acc and not acc_ok:
         raise ValueError("metric 'val_acc' needs val_acc for every candidate")
+    acc_series = [a if a is not None else np.array([]) for a in accs]
     if by_acc:
         order = sorted(ok, key=lambda i: -acc_at[i])
-        thr = threshold([a if a is not None else np.array([]) for a in accs], ok, acc_at[order[0]])
         lead = order[0]
-        group = [i for i in order if acc_at[lead] - acc_at[i] <= thr]
+        g = gaps(acc_series, acc_at, lead, order, higher=True)
     else:
         order = sorted(ok, key=lambda i: loss_at[i])
-        thr = threshold(ys, ok, loss_at[order[0]])
         lead = order[0]
-        group = [i for i in order if loss_at[i] - loss_at[lead] <= thr]
+        g = gaps(ys, loss_at, lead, order, higher=False)
+    group = [i for i in order if i == lead or g[i].gap <= g[i].thr]
 
     def num(i: int, acc: bool) -> str:
         return _fmt_acc(acc_at[i]) if acc else f"{loss_at[i]:.3g}"
@@ -428,9 +507,10 @@ def rank_sweep(
 
     if len(group) == 1:
         runner = order[1]
+        thr = g[runner].thr
         expl = (
             f"{P} {labels[lead]}: {best_word} {what} at {where} ({num(lead, by_acc)} vs "
-            f"{num(runner, by_acc)} for {labels[runner]}; the gap is larger than the noise {thr:.2g})."
+            f"{num(runner, by_acc)} for {labels[runner]}; {_gap_words(g[runner], by_acc)})."
             f"{bad_note}"
         )
         return SweepResult(
@@ -449,20 +529,28 @@ def rank_sweep(
     others = [i for i in group if i != lead]
     tied_txt = " and ".join(f"{num(i, by_acc)} for {labels[i]}" for i in others)
     ties = set(group)
+    thr = max(g[i].thr for i in others)
+    # Say why a candidate outside the tie is out (the tie rule might otherwise seem to favour it).
+    out_note = "".join(
+        f" {labels[i]} is out ({num(i, by_acc)}): {_gap_words(g[i], by_acc)}." for i in order if i not in ties
+    )
+    bad_note = out_note + bad_note
 
     # Loss does not separate the leaders: let val accuracy decide when it can.
     if not by_acc and metric == "auto" and acc_ok:
         a_order = sorted(group, key=lambda i: -acc_at[i])
-        a_thr = threshold([a if a is not None else np.array([]) for a in accs], group, acc_at[a_order[0]])
         a_lead = a_order[0]
-        a_group = [i for i in a_order if acc_at[a_lead] - acc_at[i] <= a_thr]
+        ag = gaps(acc_series, acc_at, a_lead, a_order, higher=True)
+        a_group = [i for i in a_order if i == a_lead or ag[i].gap <= ag[i].thr]
         names = ", ".join(labels[i] for i in group)
         if len(a_group) == 1:
             runner = a_order[1]
+            a_thr = ag[runner].thr
             expl = (
                 f"{P} {labels[a_lead]}: val loss did not separate {names} at {where} ({num(lead, False)} "
                 f"vs {tied_txt}, within noise {thr:.2g}), so val accuracy decided: "
-                f"{_fmt_acc(acc_at[a_lead])} vs {_fmt_acc(acc_at[runner])} for {labels[runner]}.{bad_note}"
+                f"{_fmt_acc(acc_at[a_lead])} vs {_fmt_acc(acc_at[runner])} for {labels[runner]}"
+                f" ({_gap_words(ag[runner], True)}).{bad_note}"
             )
             order2 = a_order + [i for i in order if i not in group]
             return SweepResult(

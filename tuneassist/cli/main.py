@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TUNEASSIST_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (rerun with TUNEASSIST_DEBUG=1 for the traceback)",
+            f"error: unexpected {type(exc).__name__}: {exc} (TUNEASSIST_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

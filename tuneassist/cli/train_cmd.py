@@ -120,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="epochs between checkpoints of a --background run (default 1; resume continues from the last)",
     )
     tr.add_argument("--eval-every", type=_posint, default=None, help="steps between evals (per epoch)")
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=cmd_train, data=None, model=None, batch_size=None)
 
 
 def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
@@ -319,27 +319,36 @@ def render_lr_find(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TRAIN_DEFAULTS = {"data": "synthetic", "model": "simple3", "batch_size": 128}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     over: dict[str, Any] = {}
-    if args.profile:
+    if args.profile:  # the profile's values, then whatever the command line gives explicitly
+        from tuneassist.cli.profile_cmd import profile_dirs
         from tuneassist.profiles import find_profile, profile_to_runspec
 
-        base = profile_to_runspec(find_profile(args.profile, getattr(args, "workspace", None)))
-        over = {
-            k: v for k, v in base.to_dict().items() if k not in ("device", "seed", "num_threads", "compile")
-        }
-        args.allow_import = args.allow_import or False
+        prof = find_profile(args.profile, profile_dirs(getattr(args, "workspace", None)))
+        base = profile_to_runspec(prof, allow_import=args.allow_import).to_dict()
+        keep = ("data", "model", "batch_size", "weight_decay", "wd_exclude_bn_bias", "nesterov", "schedule",
+                "lr_min", "lr_max", "momentum_max", "momentum_min", "epochs", "rise_fraction", "final_div")
+        over = {k: base[k] for k in keep}
+        if args.wd is None:
+            args.wd = over["weight_decay"]
+    for k, v in TRAIN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, over.get(k, v))
     schedule = args.schedule or over.get("schedule", "onecycle")
     over["schedule"] = schedule
     if args.lr is not None:
         over["lr_min"], over["lr_max"] = args.lr
         if schedule != "onecycle":
             over["lr_min"] = over["lr_max"] = args.lr[-1]
-    elif schedule != "onecycle" and "lr_max" not in over:
+    elif schedule != "onecycle" and not args.profile:
         over["lr_min"] = over["lr_max"] = 0.01
     if args.momentum is not None:
         over["momentum_max"], over["momentum_min"] = args.momentum
-    elif schedule != "onecycle" and "momentum_max" not in over:
+    elif schedule != "onecycle" and not args.profile:
         over["momentum_max"] = over["momentum_min"] = 0.9
     if args.epochs is not None:
         over["epochs"] = args.epochs
@@ -351,15 +360,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         over["rise_fraction"] = args.rise_fraction
     if args.eval_every is not None:
         over["eval_every"] = args.eval_every
-    if args.profile:
-        for k in ("data", "model", "batch_size", "weight_decay"):
-            cli_default = {"data": "synthetic", "model": "simple3", "batch_size": 128}.get(k)
-            given = getattr(args, {"weight_decay": "wd"}.get(k, k))
-            if given is not None and given != cli_default:
-                over[k] = given
-        args.data, args.model, args.batch_size = over["data"], over["model"], over["batch_size"]
-        if args.wd is None:
-            args.wd = over["weight_decay"]
+    for k in ("data", "model", "batch_size"):
+        over.pop(k, None)  # they come from args, which now hold the profile's or the defaults
     if args.checkpoint_every is not None:
         over["checkpoint_every"] = args.checkpoint_every
     elif args.background:
@@ -387,7 +389,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0 if end["outcome"] == "finished" else 1
     if end["outcome"] == "diverged":
         print(
-            f"diverged: {end['reason']}. Lower the LR (e.g. --lr {spec.lr_min / 3:.3g}:{spec.lr_max / 3:.3g}) "
+            f"diverged: {end['reason']}. Lower the LR "
+            f"(e.g. --lr {spec.lr_min / 3:.3g}:{spec.lr_max / 3:.3g}) "
             "or run `tuneassist lr-find` to find the largest LR that trains."
         )
         return 1

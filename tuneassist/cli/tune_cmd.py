@@ -93,6 +93,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         session = TuningSession(store, int(store.get_session(args.resume)["id"]))
         _say(quiet, f"resuming session {session.id} ({session.name})")
     else:
+        from tuneassist.runs.probe_client import probe_in_subprocess
+
+        probe = probe_in_subprocess(args.model, args.data, device="auto", timeout=120)
+        if probe:
+            _say(quiet, f"Memory probe: {probe['explanation']}")
         session = TuningSession.create(
             store,
             args.data,
@@ -100,6 +105,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             budget=args.budget,
             devices=args.devices,
             train_size=estimate_train_size(args.data),
+            max_fit=probe["max_batch"] if probe else None,
         )
         est = session.checklist.estimate_seconds()["total"]
         _say(

@@ -10,15 +10,23 @@ training step the engine runs.
   or `limit` is reached, then a bisection between the last batch that fit and the first that did
   not. After every out-of-memory the batch, the gradients and the cached blocks are freed and the
   peak statistics reset, so the process stays usable.
-- CPU (``method='cpu-ram-bound'``): the peak resident memory of forward + backward at two small
-  batches, measured by the kernel: in a separate process, after a warm-up step at batch 1 (torch
-  loads libraries and kernels lazily, a few hundred MiB), the high-water mark is reset
-  (``/proc/self/clear_refs``) and VmHWM read after each step. glibc is told to mmap every block
-  over 64 KiB there, so freed activations leave the RSS at once and each mark is the step's own
-  live peak, not what the allocator kept from the step before. (The process-lifetime peak,
-  getrusage's ru_maxrss, is no use: the import of torch can peak above a small step.) The slope
-  gives bytes per sample, the intercept the fixed cost (torch, model, gradients; the optimiser's
-  momentum buffers, one per parameter and independent of the batch, are added by size). The bound is
+- CPU (``method='cpu-ram-bound'``): the peak resident memory of forward + backward (fp32,
+  channels_last, as the engine runs on the CPU) at two small batches, measured by the kernel: in
+  a separate process, after a warm-up step at batch 1 (torch loads libraries and kernels lazily, a
+  few hundred MiB), the high-water mark is reset (``/proc/self/clear_refs``) and VmHWM read after
+  each step. glibc is told to mmap every block over 64 KiB there, so freed activations leave the
+  RSS at once and each mark is the step's own live peak, not what the allocator kept from the step
+  before. (The process-lifetime peak, getrusage's ru_maxrss, is no use: the import of torch can
+  peak above a small step.) The slope gives bytes per sample, the intercept the fixed cost (torch,
+  model, gradients; the optimiser's momentum buffers, one per parameter and independent of the
+  batch, are added by size), plus RUN_OVERHEAD_BYTES for what a real run holds beyond the bare
+  step. Checked against the engine's own peak (VmHWM of a `train()` process, 3 steps, synthetic
+  data, 1 thread): the slope is close or high (simple3 0.53 here vs 0.40 MiB/image in the engine
+  between batch 1024 and 2048; resnet20 1.50 vs 1.40 between 512 and 1024), and the engine held
+  230-360 MiB (simple3) and 500-550 MiB (resnet20) more than this reading's line: torch._dynamo
+  (imported by the optimiser), the data pipeline, evaluation and allocator retention. With the
+  allowance the predicted need was 10-26% above the engine's real peak at those four points (the
+  safe side). The bound is
   available RAM (MemAvailable, or the cgroup limit when lower) x `safety`, less the data set and
   the fixed cost, divided by bytes per sample, capped at `limit`. Needs Linux.
 
@@ -66,6 +74,7 @@ IMAGE_SIZE = 32  # every data source delivers 32x32 (folders are resized on deco
 MEASURE_BATCHES = (16, 64)  # the CPU probe's two batches (the second is capped at `limit`)
 MEASURE_TIMEOUT_S = 90.0
 ROUND_TO = 8
+RUN_OVERHEAD_BYTES = 768 * 1024**2  # a real run's memory beyond the bare step (see the notes)
 # Messages of allocation failures that torch raises as a plain RuntimeError (cuDNN / cuBLAS).
 _OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
 _GIB = 1024**3
@@ -192,7 +201,7 @@ class _Stepper:
         self.cuda = device.type == "cuda"
         self.num_classes = num_classes
         self.image_size = image_size
-        self.channels_last = channels_last and self.cuda  # as the engine: CUDA only
+        self.channels_last = channels_last  # as the engine: on CUDA and on the CPU (oneDNN)
         self.bf16 = bf16 and self.cuda
         self.fake_above = fake_above
         spec = _probe_spec(model_name, bf16, channels_last)
@@ -272,13 +281,14 @@ def _gib(n: float) -> str:
 
 
 def _per_sample(peaks: dict[int, int]) -> float | None:
-    """Bytes per sample from the two largest batches that fit (their peak difference)."""
+    """Bytes per sample: the peak difference between the smallest and largest batches that fit (far
+    apart, so the allocator's block rounding does not swamp it)."""
     if not peaks:
         return None
     bs = sorted(peaks)
     if len(bs) == 1:
         return peaks[bs[0]] / bs[0]
-    b1, b2 = bs[-2], bs[-1]
+    b1, b2 = bs[0], bs[-1]
     return max(0.0, (peaks[b2] - peaks[b1]) / (b2 - b1))
 
 
@@ -334,7 +344,7 @@ def _search_probe(
     sim = f" (out-of-memory simulated above {fake_above} by {FAKE_OOM_ENV})" if fake_above is not None else ""
     what = (
         f"a full training step of {model_name} ({'bf16 autocast' if bf16 and cuda else 'fp32'}"
-        f"{', channels_last' if channels_last and cuda else ''}) on {name}"
+        f"{', channels_last' if channels_last else ''}) on {name}"
     )
     if largest == 0:
         raise UserError(
@@ -353,8 +363,8 @@ def _search_probe(
     per = f"; about {bps / _MIB:.2f} MiB per sample" if bps else ""
     data_txt = f", with the data set's {_gib(data_bytes)} held on the device" if data_bytes else ""
     explanation = (
-        f"{what[0].upper()}{what[1:]}{mem}{data_txt} {how} (rounded down to a multiple of {ROUND_TO}){per}"
-        f"{sim}."
+        f"{what[0].upper()}{what[1:]}{mem}{data_txt}{',' if data_txt else ''} {how} (rounded down to a "
+        f"multiple of {ROUND_TO}){per}{sim}."
     )
     return ProbeResult(
         max_batch=max_batch,
@@ -444,16 +454,22 @@ def _reset_hwm() -> None:
         f.write("5")
 
 
-def _measure_child(model_name: str, num_classes: int, image_size: int, batches: list[int]) -> dict[str, Any]:
+def _measure_child(
+    model_name: str, num_classes: int, image_size: int, batches: list[int], channels_last: bool
+) -> dict[str, Any]:
     """Runs in the measuring process: the peak RSS of forward + backward at each batch (see the notes).
 
     No optimiser here: its state (one momentum buffer per parameter) does not depend on the batch, so
     it is added by size (`param_bytes`), and building one would import torch._dynamo (seconds).
     """
     model = build_model(model_name, num_classes).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     def step(b: int) -> None:
         x = torch.randn(b, 3, image_size, image_size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, num_classes, (b,))
         loss = F.cross_entropy(model(x).float(), y)
         model.zero_grad(set_to_none=False)
@@ -471,7 +487,7 @@ def _measure_child(model_name: str, num_classes: int, image_size: int, batches: 
 
 
 def _measure_peaks(
-    model_name: str, num_classes: int, image_size: int, batches: list[int]
+    model_name: str, num_classes: int, image_size: int, batches: list[int], channels_last: bool = True
 ) -> tuple[dict[int, int], int]:
     """Peak RSS of one training step at each batch, measured in a separate process (see the notes),
     and the bytes of the optimiser's state (one momentum buffer per parameter)."""
@@ -498,6 +514,7 @@ def _measure_peaks(
         str(num_classes),
         "--image-size",
         str(image_size),
+        *([] if channels_last else ["--no-channels-last"]),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env)
@@ -524,15 +541,16 @@ def _ram_probe(
     limit: int,
     safety: float,
     data_bytes: int,
+    channels_last: bool,
 ) -> ProbeResult:
     b2 = min(MEASURE_BATCHES[1], limit)
     b1 = min(MEASURE_BATCHES[0], max(1, b2 // 4))
     total, avail, src = ram_info()
     if b1 >= b2:  # limit 1: nothing to compare
-        peaks, state = _measure_peaks(model_name, num_classes, image_size, [b2])
-        bps, fixed = float(peaks[b2] + state), 0.0
+        peaks, state = _measure_peaks(model_name, num_classes, image_size, [b2], channels_last)
+        bps, fixed = float(peaks[b2] + state), float(RUN_OVERHEAD_BYTES)
     else:
-        peaks, state = _measure_peaks(model_name, num_classes, image_size, [b1, b2])
+        peaks, state = _measure_peaks(model_name, num_classes, image_size, [b1, b2], channels_last)
         bps = (peaks[b2] - peaks[b1]) / (b2 - b1)
         if bps <= 0:
             raise UserError(
@@ -540,14 +558,14 @@ def _ram_probe(
                 f"({peaks[b1] / _MIB:.0f} -> {peaks[b2] / _MIB:.0f} MiB); the measurement is unusable, "
                 "set the batch size by hand"
             )
-        fixed = peaks[b1] - bps * b1 + state
+        fixed = peaks[b1] - bps * b1 + state + RUN_OVERHEAD_BYTES
     usable = avail * safety - data_bytes - fixed
     bound = usable / bps
     measured = (
-        f"forward + backward of {model_name} in fp32 peaked at "
+        f"forward + backward of {model_name} in fp32{' channels_last' if channels_last else ''} peaked at "
         + " and ".join(f"{peaks[b] / _MIB:.0f} MiB at batch {b}" for b in sorted(peaks))
         + f" (VmHWM): {bps / _MIB:.2f} MiB per sample on top of "
-        f"{max(fixed, 0) / _MIB:.0f} MiB for torch, the model and the optimiser"
+        f"{max(fixed, 0) / _MIB:.0f} MiB for torch, the model, the optimiser and the training loop"
     )
     if bound < 1:
         raise UserError(
@@ -631,7 +649,13 @@ def probe_max_batch(
     else:
         build_model(model_name, num_classes)  # a bad name is a UserError here, not in a subprocess
         res = _ram_probe(
-            model_name, num_classes, image_size, limit=limit, safety=safety, data_bytes=data_bytes
+            model_name,
+            num_classes,
+            image_size,
+            limit=limit,
+            safety=safety,
+            data_bytes=data_bytes,
+            channels_last=channels_last,
         )
     res.seconds = round(time.perf_counter() - t0, 2)
     return res
@@ -691,7 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.measure_step is not None:  # internal: the CPU probe's measuring process
             batches = [int(b) for b in args.measure_step.split(",")]
-            out = _measure_child(args.model, args.num_classes or 10, args.image_size, batches)
+            out = _measure_child(
+                args.model, args.num_classes or 10, args.image_size, batches, not args.no_channels_last
+            )
             print(json.dumps(out), flush=True)
             return 0
         classes, images = (10, 0) if args.data is None else data_facts(args.data)
@@ -710,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:  # one line for the caller, never a traceback
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: the memory probe failed ({type(exc).__name__}: {first})", file=sys.stderr, flush=True)
+        return 1
     if args.json:
         print(json.dumps(res.to_dict()), flush=True)
     else:

@@ -336,6 +336,8 @@ def train(
                 checkpoint(step)
 
     flush()
+    if diverged_at is not None:  # steps after the blow-up, before the read-back, do not count
+        step = diverged_at + 1
     if outcome == "cancelled":
         checkpoint(step)
     test_loss = test_acc = None

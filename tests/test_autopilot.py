@@ -1,0 +1,52 @@
+"""Autopilot end to end: real workers run the whole quick checklist, then the tuned profile must beat
+the default baseline (SGD, constant LR 0.01, momentum 0.9, no WD) trained for the same epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tuneassist.profiles import load_profile, profile_to_runspec
+
+
+def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNEASSIST_HOME": str(tmp_path / "ws")}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneassist.cli.main",
+            "tune",
+            "--data",
+            "synthetic:2000",
+            "--model",
+            "simple3",
+            "--budget",
+            "quick",
+            "--name",
+            "auto",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert set(steps) == {"lr_range", "batch_size", "momentum", "weight_decay", "final"}
+    assert all(s["chosen"] and s["why"] for s in steps.values()), steps
+    profile = load_profile(summary["profile"])
+    assert profile.name == "auto" and profile.model == "simple3"
+    assert 0 < profile.lr_min < profile.lr_max
+    assert profile.provenance.runs and profile.provenance.decisions
+    spec = profile_to_runspec(profile)
+    assert spec.schedule == "onecycle"
+    final, base = summary["final"]["test_acc"], summary["baseline"]["test_acc"]
+    assert base is not None and final is not None
+    assert final > base, f"tuned {final:.3f} vs baseline {base:.3f}"
+    assert profile.measured_accuracy is not None
