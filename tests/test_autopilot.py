@@ -21,7 +21,7 @@ def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: 
             "tuneassist.cli.main",
             "tune",
             "--data",
-            "synthetic:2000",
+            "synthetic:3000",
             "--model",
             "simple3",
             "--budget",

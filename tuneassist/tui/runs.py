@@ -147,6 +147,7 @@ def run_reading(run: dict[str, Any], c: Curve) -> Text:
                     "weight_decay": spec.get("weight_decay"),
                     "batch_size": spec.get("batch_size"),
                 },
+                model=spec.get("model"),
             )
             t.append(f"Diagnosis: {d.kind.replace('_', ' ')}. ", style="bold")
             t.append(f"{d.explanation} Next: {d.remedy}")
