@@ -172,8 +172,19 @@ def test_profile_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_train_from_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_main(capsys, "train", "--profile", "synthetic-simple3-1cycle", "--data", "synthetic:300",
-                              "--epochs", "1", "--batch-size", "32", "--json")
+    code, out, err = run_main(
+        capsys,
+        "train",
+        "--profile",
+        "synthetic-simple3-1cycle",
+        "--data",
+        "synthetic:300",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["outcome"] == "finished" and res["epochs"] == pytest.approx(1.0)

@@ -289,8 +289,9 @@ def test_profile_from_a_finished_checklist() -> None:
         0.3,
         128,
         1e-3,
-        10,
+        cl.final_epochs(),  # the quick budget's final run length
     )
+    assert cl.final_epochs() == 8
     assert prof.measured_accuracy == pytest.approx(80.5) and prof.measured_val_accuracy == pytest.approx(81.0)
     assert prof.measured_run == "r9" and prof.provenance.session == "s7" and prof.provenance.budget == "quick"
     steps = [d["step"] for d in prof.provenance.decisions]

@@ -330,8 +330,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         prof = find_profile(args.profile, profile_dirs(getattr(args, "workspace", None)))
         base = profile_to_runspec(prof, allow_import=args.allow_import).to_dict()
-        keep = ("data", "model", "batch_size", "weight_decay", "wd_exclude_bn_bias", "nesterov", "schedule",
-                "lr_min", "lr_max", "momentum_max", "momentum_min", "epochs", "rise_fraction", "final_div")
+        keep = (
+            "data",
+            "model",
+            "batch_size",
+            "weight_decay",
+            "wd_exclude_bn_bias",
+            "nesterov",
+            "schedule",
+            "lr_min",
+            "lr_max",
+            "momentum_max",
+            "momentum_min",
+            "epochs",
+            "rise_fraction",
+            "final_div",
+        )
         over = {k: base[k] for k in keep}
         if args.wd is None:
             args.wd = over["weight_decay"]
