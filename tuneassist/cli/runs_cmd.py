@@ -15,7 +15,7 @@ from typing import Any
 
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
-from tuneassist.runs.store import ACTIVE, STATUSES, Store
+from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed
 from tuneassist.spec import RunSpec
 
 _ENDED_OK = ("finished", "cancelled", "diverged")
@@ -57,16 +57,6 @@ def _g(v: float | None) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
-    """Training time of a run over all its attempts (downtime between a loss and a resume excluded)."""
-    if not run.get("started"):
-        return None
-    end = run.get("ended") or (now or time.time())
-    if run["status"] == "queued":
-        end = run["started"]
-    return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
 
 
 def hyperparameters(spec: dict[str, Any]) -> str:

@@ -11,19 +11,10 @@ import shlex
 import socket
 import sys
 
+from tuneassist.cli.runs_cmd import _add_workspace
 from tuneassist.errors import UserError
 
 DEFAULT_PORT = 8000
-
-
-def _add_workspace(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS: an absent option must not overwrite a top-level --workspace given before the command.
-    p.add_argument(
-        "--workspace",
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
-    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

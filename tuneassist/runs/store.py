@@ -961,3 +961,13 @@ def _refresh_summary(c: sqlite3.Connection, run_id: int) -> None:
         "WHERE id = ?1",
         (run_id,),
     )
+
+
+def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
+    """Training time of a run over all its attempts (downtime between a loss and a resume excluded)."""
+    if not run.get("started"):
+        return None
+    end = run.get("ended") or (now or time.time())
+    if run["status"] == "queued":
+        end = run["started"]
+    return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])

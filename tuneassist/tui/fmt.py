@@ -7,13 +7,13 @@ read the same. Parsing turns what the user types into checklist values, with one
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from rich.text import Text
 
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
+from tuneassist.runs.store import elapsed
 
 RUN_STATUS = {
     "queued": ("◌", "queued", "bright_black"),
@@ -69,16 +69,6 @@ def g(v: float | None, digits: int = 3) -> str:
 
 def pct(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
-
-
-def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
-    """Training time over all attempts (downtime between a loss and a resume excluded)."""
-    if not run.get("started"):
-        return None
-    end = run.get("ended") or (now or time.time())
-    if run["status"] == "queued":
-        end = run["started"]
-    return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
 
 
 def progress(run: dict[str, Any]) -> tuple[int, int | None]:
