@@ -85,9 +85,9 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # quick: synthetic + simple3 on 2 CPU cores in ~7 minutes at ~1,000 images/s: 13 runs plus
-    # the baseline, about 320k training images in all (see Checklist.estimate_seconds).
-    "quick": Budget("quick", 200, (1e-4, 10.0), 20, 1000, 1.5, 15_000, 8, 8, 120_000, 2, True),
+    # quick: synthetic + simple3 on 2 idle CPU cores in ~9 minutes (memory probe, 13 runs and
+    # the baseline: about 330k training images; a 200-step range test read the LR 3x too low).
+    "quick": Budget("quick", 300, (1e-4, 10.0), 20, 1000, 1.5, 15_000, 8, 8, 120_000, 2, True),
     "standard": Budget("standard", 600, (1e-5, 10.0), 30, 2000, 5.0, None, 12, 30, None, 3, True),
     "paper": Budget("paper", 1000, (1e-5, 10.0), 40, None, 15.0, None, 15, None, None, 3, True),
 }

@@ -233,19 +233,18 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         over["steps"] = args.steps
         over["eval_every"] = args.eval_every or max(1, args.steps // 25)
     spec = _spec_from_args(args, **over)
-    if args.background:
-        if spec.steps is None:
-            spec.steps = 300
-            spec.eval_every = args.eval_every or 12
-        return _background(args, spec, "lr_find")
-
-    from tuneassist.engine.data import load_dataset
-
     if spec.steps is None:  # about four epochs of the train split, 100..400 steps
-        ds = load_dataset(spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed)
-        per_epoch = max(1, int(ds.train_y.numel()) // spec.batch_size)
+        from tuneassist.advisor.checklist import FALLBACK_TRAIN_SIZE, TRAIN_SIZES
+        from tuneassist.session import estimate_train_size
+
+        n_train = estimate_train_size(spec.data, spec.val_fraction) or TRAIN_SIZES.get(
+            spec.data, FALLBACK_TRAIN_SIZE
+        )
+        per_epoch = max(1, n_train // spec.batch_size)
         spec.steps = int(min(400, max(100, 4 * per_epoch)))
         spec.eval_every = args.eval_every or max(1, spec.steps // 25)
+    if args.background:
+        return _background(args, spec, "lr_find")
     result = run_lr_find(spec, quiet=args.json)
     if args.json:
         print(json.dumps(result))
