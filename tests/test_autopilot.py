@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tuneassist.profiles import load_profile, profile_to_runspec
 
 
+@pytest.mark.timeout(900)
 def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: Path) -> None:
     env = {**os.environ, "TUNEASSIST_HOME": str(tmp_path / "ws")}
     r = subprocess.run(
