@@ -128,13 +128,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def _prepare(spec: RunSpec, device: torch.device) -> tuple[Dataset, int]:
+def _prepare(spec: RunSpec) -> tuple[Dataset, int]:
     ds = load_dataset(spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed)
     n_train = int(ds.train_y.numel())
     if spec.batch_size > n_train:
         raise UserError(
             f"batch size {spec.batch_size} is larger than the training split ({n_train} images); "
-            f"use --batch-size {max(1, min(n_train, 2 ** int(math.log2(max(1, n_train)))))} or less"
+            f"use --batch-size {2 ** int(math.log2(max(1, n_train)))} or less"
         )
     return ds, n_train // spec.batch_size
 
@@ -165,7 +165,7 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    ds, steps_per_epoch = _prepare(spec, device)
+    ds, steps_per_epoch = _prepare(spec)
     total_steps = spec.steps if spec.steps is not None else max(1, round(spec.epochs * steps_per_epoch))
     channels_last = spec.channels_last  # faster on CUDA and, with oneDNN, on the CPU too
 
