@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input, Static
 
 from tuneassist.runs.store import Store, pid_alive
 from tuneassist.session import TuningSession
 from tuneassist.tui.app import TuneApp
 from tuneassist.tui.checklist import ChecklistScreen
+from tuneassist.tui.dialogs import InputDialog
 from tuneassist.tui.widgets import PlotView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +60,32 @@ def _plot_points(app: TuneApp) -> int:
     return sum(min(len(s.xs), len(s.ys)) for s in plot.chart.series)
 
 
+def _pane_title(app: TuneApp) -> str:
+    """The title of the step the checklist pane shows (the sidebar names every step)."""
+    if not isinstance(app.screen, ChecklistScreen):
+        return ""
+    return str(app.screen.query_one("#explain", Static).border_title or "")
+
+
+def _rows(cl: Any) -> int:
+    return len(cl.candidate_list("momentum"))
+
+
+async def _override(pilot: Any, app: TuneApp, text: str) -> None:
+    """Press o and type a value only once the dialog has focus, so no key lands on the checklist."""
+    await pilot.press("o")
+    await wait_for(
+        pilot,
+        lambda: isinstance(app.focused, Input) and isinstance(app.screen, InputDialog),
+        10,
+        "the override dialog",
+        app,
+    )
+    app.focused.value = ""
+    await pilot.press(*text, "enter")
+    await wait_for(pilot, lambda: not isinstance(app.screen, InputDialog), 10, "the dialog to close", app)
+
+
 @pytest.mark.slow
 def test_whole_checklist_with_real_workers(ws: Path) -> None:
     """About 4 runs of simple3 on 540 images; a minute or two on two busy cores."""
@@ -80,40 +108,37 @@ def test_whole_checklist_with_real_workers(ws: Path) -> None:
             text = screen_text(app)
             assert "[══]" in text and "suggested" in text  # the suggested range, marked
             await pilot.press("a")
-            await pilot.pause(0.5)
             cl = app.session.checklist
+            await wait_for(pilot, lambda: "lr_range" in cl.decisions, 10, "the LR decision", app)
             assert cl.decisions["lr_range"].source == "recommended"
 
             # 2 · Batch size: override.
-            assert "2 · Batch size" in screen_text(app)
-            await pilot.press("o")
-            await pilot.pause()
-            await pilot.press(*"16", "enter")
-            await pilot.pause(0.5)
-            assert app.session.checklist.decisions["batch_size"].value == 16
+            await wait_for(pilot, lambda: "2 · Batch size" in _pane_title(app), 10, "step 2", app)
+            await _override(pilot, app, "16")
+            await wait_for(pilot, lambda: "batch_size" in cl.decisions, 10, "the batch-size decision", app)
+            assert cl.decisions["batch_size"].value == 16
 
             # 3 · Momentum: cut the sweep to two values (x drops the selected row), run, accept.
-            assert "3 · Momentum" in screen_text(app)
-            for _ in range(3):
+            await wait_for(pilot, lambda: "3 · Momentum" in _pane_title(app), 10, "step 3", app)
+            for n in (3, 2, 1):
                 await pilot.press("x")
-                await pilot.pause(0.3)
+                await wait_for(pilot, lambda n=n: _rows(cl) == n + 1, 10, "a row to go", app)
             assert [c.label for c in app.session.checklist.candidate_list("momentum")] == ["0.9", "0.95–0.85"]
             await pilot.press("r")
             await wait_for(pilot, lambda: "[a] accept" in screen_text(app), 240, "the momentum reading", app)
             assert "★" in screen_text(app)
             await pilot.press("a")
-            await pilot.pause(0.5)
-            assert app.session.checklist.decisions["momentum"].source == "recommended"
+            await wait_for(pilot, lambda: "momentum" in cl.decisions, 10, "the momentum decision", app)
+            assert cl.decisions["momentum"].source == "recommended"
 
             # 4 · Weight decay: override.
-            await pilot.press("o")
-            await pilot.pause()
-            await pilot.press(*"1e-3", "enter")
-            await pilot.pause(0.5)
-            assert app.session.checklist.decisions["weight_decay"].value == pytest.approx(1e-3)
+            await wait_for(pilot, lambda: "4 · Weight decay" in _pane_title(app), 10, "step 4", app)
+            await _override(pilot, app, "1e-3")
+            await wait_for(pilot, lambda: "weight_decay" in cl.decisions, 10, "the WD decision", app)
+            assert cl.decisions["weight_decay"].value == pytest.approx(1e-3)
 
             # 5 · The final 1cycle run; accepting it offers to save the profile.
-            assert "5 · 1cycle run" in screen_text(app)
+            await wait_for(pilot, lambda: "5 · 1cycle run" in _pane_title(app), 10, "step 5", app)
             await pilot.press("r")
             await wait_for(
                 pilot, lambda: "[a] accept" in screen_text(app), 240, "the final run's reading", app

@@ -125,6 +125,16 @@ class RunSpec:
             raise UserError(f"eval-every {self.eval_every} must be at least 1 step")
         if self.devices < 1:
             raise UserError(f"devices {self.devices} must be at least 1")
+        if self.batch_size % self.devices:  # batch_size is the total (TBS), split evenly over devices
+            raise UserError(
+                f"batch size {self.batch_size} (the total over all devices) does not split evenly over "
+                f"{self.devices} devices; use a multiple of {self.devices}"
+            )
+        if self.devices > 1 and self.device.startswith("cuda:"):
+            raise UserError(
+                f"--device {self.device} names one GPU but the run asks for {self.devices}; "
+                "use --device cuda (the GPUs are picked from the free ones)"
+            )
         if self.sync_every < 1:
             raise UserError(f"sync-every {self.sync_every} must be at least 1")
         if ":" in self.model and not self.model.startswith(":"):

@@ -183,10 +183,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.status:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()]
     runs = store.list_runs(session=args.session, status=statuses)
-    if any(r["status"] == "queued" for r in runs):
+    if any(r["status"] == "queued" for r in runs) and not store.read_only:
         advance_queue(store)  # a lost run may have freed a slot: let the queue move
         runs = store.list_runs(session=args.session, status=statuses, refresh=False)
     sessions = {s["id"]: s["name"] or str(s["id"]) for s in store.list_sessions()}
+    if store.read_only:
+        print(f"note: {store.workspace} is read-only here; runs can be listed, not changed", file=sys.stderr)
     if args.json:
         print(json.dumps([run_summary(r, sessions) for r in runs], indent=1))
         return 0
@@ -383,7 +385,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if ended:
                 print(describe_end(run, flag), flush=True)
                 return 0 if run["status"] in _ENDED_OK else 1
-            if run["status"] == "queued":
+            if run["status"] == "queued" and not store.read_only:
                 advance_queue(store)
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -408,7 +410,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     store = open_store(args)
-    res = resume_run(store, args.run_id)
+    res = resume_run(store, args.run_id, from_start=args.from_start)
     flag = _ws_flag(args)
     where = (
         f"from its checkpoint at step {res['from_step']}"
@@ -481,6 +483,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("resume", help="continue a lost or cancelled run from its last checkpoint")
     r.add_argument("run_id", type=int, metavar="ID")
+    r.add_argument(
+        "--from-start",
+        action="store_true",
+        help="train from step 0, setting the checkpoint aside (when it is damaged or untrusted)",
+    )
     _add_workspace(r)
     r.set_defaults(func=cmd_resume)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tuneassist.errors import UserError
@@ -61,6 +63,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of train held out (0.1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--devices",
+        type=_posint,
+        default=None,
+        help="devices per run (default 1): N GPUs with DDP (N CPU processes on the CPU); "
+        "--batch-size stays the total, each device takes batch/N",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
@@ -136,6 +145,7 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
         seed=args.seed,
         val_fraction=args.val_fraction,
         device=args.device,
+        devices=args.devices or 1,
         compile=args.compile,
         augment=not args.no_augment,
         num_threads=args.threads,
@@ -207,6 +217,33 @@ class Progress:
             print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (a multi-node run started by hand), else 0."""
+    from tuneassist.engine.ddp_launch import under_torchrun
+
+    return int(os.environ["RANK"]) if under_torchrun() else 0
+
+
+def train_fn(spec: RunSpec) -> Callable[..., dict[str, Any]]:
+    """The foreground trainer for `spec`, all with train()'s signature: in this process on one device;
+    torchrun + DDP on `spec.devices` devices of this machine; or, when this process is itself a rank
+    that torchrun started (multi-node), this rank of that run, with events on rank 0 only."""
+    from tuneassist.engine.ddp_launch import run_distributed, under_torchrun
+
+    if under_torchrun():
+        from tuneassist.engine.distributed import run_rank
+
+        def as_rank(spec: RunSpec, on_event: Any = None, **kw: Any) -> dict[str, Any]:
+            return run_rank(spec, on_event=on_event if _rank() == 0 else None, **kw)
+
+        return as_rank
+    if spec.devices > 1:
+        return run_distributed
+    from tuneassist.engine.train import train
+
+    return train
+
+
 def _background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int:
     from tuneassist.cli.runs_cmd import launch_background
 
@@ -245,7 +282,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         spec.eval_every = args.eval_every or max(1, spec.steps // 25)
     if args.background:
         return _background(args, spec, "lr_find")
-    result = run_lr_find(spec, quiet=args.json)
+    result = run_lr_find(spec, quiet=args.json or _rank() != 0)
+    if _rank() != 0:
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -254,9 +293,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_lr_find(spec: RunSpec, quiet: bool = False) -> dict[str, Any]:
-    """Run the range test in this process and read it with the advisor."""
+    """Run the range test in the foreground and read it with the advisor."""
     from tuneassist.advisor.lr_range import suggest_lr
-    from tuneassist.engine.train import train
 
     lrs: list[float] = []
     losses: list[float | None] = []
@@ -273,7 +311,7 @@ def run_lr_find(spec: RunSpec, quiet: bool = False) -> dict[str, Any]:
             val_lrs.append(lrs[-1])
             val_losses.append(e["val_loss"])
 
-    end = train(spec, on_event=on_event)
+    end = train_fn(spec)(spec, on_event=on_event)
     clean = [math.nan if v is None else v for v in losses]
     suggestion = suggest_lr(
         lrs, clean, val_lrs or None, val_losses or None, diverged_at_lr=end.get("diverged_lr")
@@ -346,6 +384,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "final_div",
         )
         over = {k: base[k] for k in keep}
+        if args.devices is None:
+            args.devices = base["devices"]
         if args.wd is None:
             args.wd = over["weight_decay"]
     for k, v in TRAIN_DEFAULTS.items():
@@ -382,10 +422,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, **over)
     if args.background:
         return _background(args, spec, "train")
-
-    from tuneassist.engine.train import train
-
-    end = train(spec, on_event=Progress(args.json))
+    end = train_fn(spec)(spec, on_event=Progress(args.json))
+    if _rank() != 0:
+        return 0 if end["outcome"] == "finished" else 1
     summary = {
         "outcome": end["outcome"],
         "val_loss": end["val_loss"],

@@ -67,20 +67,39 @@ def serve_command(args: argparse.Namespace) -> str:
     return shlex.join(cmd)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_banner(host: str, port: int, server_name: str | None = None) -> list[str]:
+    """What `serve` prints before serving: where it listens and how to reach it safely.
+
+    Local-only (the default) is reached through an SSH tunnel; any other address is reachable by anyone
+    who can reach the port, and the served UI can start and cancel runs, so that gets a warning.
+    """
+    server_name = server_name or socket.gethostname()
+    url_host = f"[{host}]" if ":" in host else host
+    lines = [f"serving tuneassist at http://{url_host}:{port} (Ctrl-C stops serving; runs keep going)"]
+    if host in LOCAL_HOSTS:
+        lines.append(
+            f"from your machine: ssh -N -L {port}:{url_host}:{port} {server_name}   "
+            f"then open http://localhost:{port}"
+        )
+    else:
+        lines.append(
+            f"warning: bound to {host}, beyond localhost: anyone who can reach port {port} can drive your "
+            "runs; prefer the default 127.0.0.1 and an SSH tunnel"
+        )
+    return lines
+
+
 def serve(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise UserError(f"port {args.port} is not a TCP port; use 1-65535, e.g. --port {DEFAULT_PORT}")
     if importlib.util.find_spec("textual_serve") is None:
         raise UserError("textual-serve is not installed; pip install textual-serve")
     from textual_serve.server import Server
 
-    host, port = args.host, args.port
-    local = host in ("127.0.0.1", "localhost", "::1")
-    print(f"serving tuneassist at http://{host}:{port} (Ctrl-C stops serving; runs keep going)")
-    if local:
-        print(
-            "from your machine: ssh -N -L "
-            f"{port}:127.0.0.1:{port} {socket.gethostname()}   then open http://localhost:{port}"
-        )
-    else:
-        print("warning: bound beyond localhost: anyone who can reach this port can drive your runs")
-    Server(serve_command(args), host=host, port=port, title="tuneassist").serve()
+    for line in serve_banner(args.host, args.port):
+        print(line)
+    Server(serve_command(args), host=args.host, port=args.port, title="tuneassist").serve()
     return 0

@@ -7,8 +7,10 @@ cache key hashes the absolute path and every file's name, size and mtime, so any
 edited file makes the next load re-read the folder.
 
 Images in any format PIL reads are converted to RGB (grayscale is replicated, alpha is dropped, palette
-images go through RGBA) and resized to 32x32 if needed. Unreadable files are skipped and reported in one
-warning that counts them and names the first.
+images go through RGBA) and resized to 32x32, the input size of the models, if needed: mixed sizes are
+not refused, they are resized, with one warning that counts them and names the majority size and an
+image that differs from it (a stray full-size photo among thumbnails is then easy to find). Unreadable
+files are skipped and reported in one warning that counts them and names the first.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from tuneassist.errors import UserError
 
 SIZE = 32
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the cache also holds the image sizes seen (for the resize warning)
 _CHUNK = 256  # files per worker task: large enough to amortise IPC, small enough to balance load
 _POOL_MIN_FILES = 1024  # below this, decoding in-process beats starting workers
 
@@ -58,12 +60,13 @@ def _subdirs(d: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def _decode_one(path: str) -> tuple[np.ndarray, bool]:
-    """One image as 32x32x3 uint8 and whether it had to be resized. Raises on unreadable files."""
+def _decode_one(path: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image as 32x32x3 uint8 and its original (width, height). Raises on unreadable files."""
     from PIL import Image
 
     with Image.open(path) as im:
-        resized = im.size != (SIZE, SIZE)
+        size = (int(im.size[0]), int(im.size[1]))
+        resized = size != (SIZE, SIZE)
         if resized:
             im.draft("RGB", (SIZE, SIZE))  # JPEG: decode at reduced scale straight away (much faster)
         if im.mode == "P":
@@ -75,27 +78,30 @@ def _decode_one(path: str) -> tuple[np.ndarray, bool]:
         arr = np.asarray(im, dtype=np.uint8)
     if arr.shape != (SIZE, SIZE, 3):
         raise ValueError(f"decoded to shape {arr.shape}")
-    return arr, resized
+    return arr, size
 
 
-def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, int, tuple[str, str] | None]:
-    """Decode files: (images k,32,32,3, ok mask, number resized, first failure (path, reason) or None)."""
+Sizes = dict[tuple[int, int], list]  # (width, height) -> [count, first file of that size]
+
+
+def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, Sizes, tuple[str, str] | None]:
+    """Decode files: (images k,32,32,3, ok mask, original sizes seen, first failure (path, reason))."""
     out = np.zeros((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
-    n_resized = 0
+    sizes: Sizes = {}
     first_bad = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's per-file warnings (EXIF, bombs) would flood the terminal
         for i, p in enumerate(paths):
             try:
-                out[i], resized = _decode_one(p)
+                out[i], size = _decode_one(p)
             except Exception as e:  # any decoder failure means "unreadable": count it, keep going
                 if first_bad is None:
                     first_bad = (p, f"{type(e).__name__}: {e}".splitlines()[0])
                 continue
             ok[i] = True
-            n_resized += resized
-    return out, ok, n_resized, first_bad
+            sizes.setdefault(size, [0, p])[0] += 1
+    return out, ok, sizes, first_bad
 
 
 def _cpu_count() -> int:
@@ -123,8 +129,8 @@ def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
 
 def _decode_all(
     paths: list[str], processes: int | None, pool_min_files: int
-) -> tuple[np.ndarray, np.ndarray, int, int, tuple[str, str] | None]:
-    """Decode every file, in worker processes when there are many: (images, ok, resized, bad, first_bad)."""
+) -> tuple[np.ndarray, np.ndarray, Sizes, int, tuple[str, str] | None]:
+    """Decode every file, in worker processes when there are many: (images, ok, sizes, bad, first_bad)."""
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     procs = processes if processes is not None else min(_cpu_count(), 16)
     results = None
@@ -135,7 +141,11 @@ def _decode_all(
     images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, SIZE, SIZE, 3), np.uint8)
     ok = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
     first_bad = next((r[3] for r in results if r[3] is not None), None)
-    return images, ok, sum(r[2] for r in results), int((~ok).sum()), first_bad
+    sizes: Sizes = {}
+    for r in results:  # chunks are in file order, so the first file of each size stays the first
+        for size, (n, first) in r[2].items():
+            sizes.setdefault(size, [0, first])[0] += n
+    return images, ok, sizes, int((~ok).sum()), first_bad
 
 
 def _cache_name(root: Path, key: str) -> tuple[str, str]:
@@ -145,7 +155,24 @@ def _cache_name(root: Path, key: str) -> tuple[str, str]:
     return prefix, f"{prefix}{key[:20]}.pt"
 
 
-def _warn(root: Path, resized: int, bad: int, first_bad: str | None, first_reason: str | None) -> None:
+def _size_note(sizes: list[list]) -> str:
+    """'; all were 48x48' or '; sizes differ: most are 32x32, but e.g. FILE is 500x375'."""
+    if not sizes:
+        return ""
+    fmt = lambda w, h: f"{w}x{h}"  # noqa: E731
+    if len(sizes) == 1:
+        return f"; all were {fmt(sizes[0][0], sizes[0][1])}"
+    major = max(sizes, key=lambda s: s[2])
+    odd = next(s for s in sizes if s is not major)  # sizes are sorted by their first file
+    return (
+        f"; sizes differ: most are {fmt(major[0], major[1])}, but e.g. {odd[3]} is {fmt(odd[0], odd[1])} "
+        "(check that such files belong to the data set)"
+    )
+
+
+def _warn(
+    root: Path, resized: int, bad: int, first_bad: str | None, first_reason: str | None, sizes: list[list]
+) -> None:
     if bad:
         warnings.warn(
             f"skipped {bad} unreadable image file(s) in {root} (first: {first_bad}: {first_reason}); "
@@ -155,7 +182,8 @@ def _warn(root: Path, resized: int, bad: int, first_bad: str | None, first_reaso
         )
     if resized:
         warnings.warn(
-            f"resized {resized} image(s) in {root} that were not {SIZE}x{SIZE} to {SIZE}x{SIZE}",
+            f"resized {resized} image(s) in {root} that were not {SIZE}x{SIZE} to {SIZE}x{SIZE} (the input "
+            f"size of the models){_size_note(sizes)}",
             DataWarning,
             stacklevel=4,
         )
@@ -236,7 +264,8 @@ def _load_folder(
         cached = _decode_folder(root, classes, listings, processes, pool_min_files)
         cached["key"] = key
         _save_cache(cache_dir, cache_file, prefix, cached)
-    _warn(root, cached["resized"], cached["bad"], cached["first_bad"], cached["first_reason"])
+    c = cached
+    _warn(root, c["resized"], c["bad"], c["first_bad"], c["first_reason"], c["sizes"])
     counts = torch.bincount(cached["train_y"], minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
@@ -265,7 +294,7 @@ def _decode_folder(
             paths.extend(str(d / name) for name, _, _ in files)
             labels.extend([k] * len(files))
             splits.extend([s] * len(files))
-    images, ok, resized, bad, first_bad = _decode_all(paths, processes, pool_min_files)
+    images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files)
     lab = np.asarray(labels, dtype=np.int64)
     spl = np.asarray(splits, dtype=np.int64)
     out: dict = {"version": _CACHE_VERSION, "classes": list(classes)}
@@ -273,7 +302,9 @@ def _decode_folder(
         keep = ok & (spl == s)
         out[f"{name}_x"] = torch.from_numpy(images[keep]).permute(0, 3, 1, 2).contiguous()
         out[f"{name}_y"] = torch.from_numpy(lab[keep])
-    out["resized"] = int(resized)
+    out["resized"] = int(sum(n for size, (n, _) in sizes.items() if size != (SIZE, SIZE)))
+    # [width, height, count, first file] by first file: plain lists, so the cache loads weights_only
+    out["sizes"] = sorted(([w, h, n, first] for (w, h), (n, first) in sizes.items()), key=lambda s: s[3])
     out["bad"] = int(bad)
     out["first_bad"] = first_bad[0] if first_bad else None
     out["first_reason"] = first_bad[1] if first_bad else None

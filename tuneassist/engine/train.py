@@ -7,11 +7,12 @@ except every `spec.sync_every` steps, when the buffered losses are read back at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneassist.engine.data import Dataset, load_dataset
+from tuneassist.engine.distributed import (
+    any_rank,
+    broadcast_buffers,
+    mean_over_ranks,
+    rank_world,
+    sum_over_ranks,
+    wrap_model,
+)
 from tuneassist.engine.loader import DeviceLoader
 from tuneassist.engine.models import build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
@@ -31,6 +40,8 @@ from tuneassist.spec import RunSpec
 EventSink = Callable[[dict[str, Any]], None]
 CHECKPOINT_VERSION = 1
 SMOOTH_BETA = 0.98
+FAKE_OOM_ENV = "TUNEASSIST_FAKE_OOM_ABOVE"  # test hook shared with the probe: a device that fits N
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "CUDA error: out of memory")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,20 +110,96 @@ def _evaluate(model: nn.Module, loader: DeviceLoader, amp: Any) -> tuple[float, 
             correct += (out.argmax(1) == y).sum()
             n += y.numel()
     model.train()
-    if n == 0:
+    # Multi-device: every rank holds a shard; sum losses and counts over ranks (not a mean of means).
+    sums = sum_over_ranks(torch.stack([total, correct.double(), total.new_tensor(float(n))]))
+    total_sum, correct_sum, n_all = sums.tolist()
+    if n_all == 0:
         return math.nan, math.nan
-    return float(total.item() / n), float(correct.item() / n)
+    return total_sum / n_all, correct_sum / n_all
+
+
+class _WriteErrors:
+    """A file wrapper that keeps the OSError (ENOSPC, EROFS ...) torch's zip writer turns into an
+    opaque RuntimeError, so the user hears "No space left on device" rather than "unexpected pos"."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write-temp, fsync, rename: a crash mid-write never leaves a half checkpoint under `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write-temp, fsync, rename: a crash mid-write never leaves a half checkpoint under `path`.
+
+    A full disk or a read-only folder is a UserError naming the file and the fix; the temp file is
+    removed and the previous checkpoint stays intact.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    sink: _WriteErrors | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:  # private
+            sink = _WriteErrors(f)
+            torch.save(payload, sink)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        err = exc if isinstance(exc, OSError) else (sink.error if sink else None)
+        if err is None:
+            raise
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        fix = (
+            "free some disk space there"
+            if err.errno in (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
+            else f"make {path.parent} writable"
+        )
+        raise UserError(
+            f"cannot write checkpoint {path} ({err.strerror or err}); the run stopped: {fix}, then start "
+            "it again"
+        ) from None
+
+
+def _fake_oom_above() -> int | None:
+    """The test hook's N: training steps at a batch above N raise torch.OutOfMemoryError."""
+    raw = os.environ.get(FAKE_OOM_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        msg = f"{FAKE_OOM_ENV}={raw!r} must be an integer batch size (test hook); unset it"
+        raise UserError(msg) from None
+
+
+@contextlib.contextmanager
+def _oom_guard(spec: RunSpec, device: torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error into a UserError naming the batch size and a smaller one to try."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.OutOfMemoryError) and not any(m in str(exc) for m in _OOM_MARKERS):
+            raise
+        sim = f" (simulated by {FAKE_OOM_ENV})" if str(exc).startswith("simulated") else ""
+        if spec.batch_size == 1:
+            fix = f"{spec.model} does not fit even one image: free the device or use a smaller model"
+        else:
+            smaller = 1 << ((spec.batch_size // 2).bit_length() - 1)  # a power of two <= half
+            fix = (
+                f"use --batch-size {smaller} or less (the largest that fits: python -m "
+                f"tuneassist.engine.probe --model {spec.model} --data {spec.data} --device {device.type})"
+            )
+        raise UserError(f"out of memory on {device} at batch size {spec.batch_size}{sim}; {fix}") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -159,6 +246,14 @@ def train(
     torch.set_flush_denormal(True)
     device = resolve_device(spec.device)
     cuda = device.type == "cuda"
+    rank, world = rank_world()  # (0, 1) unless started as a rank of a multi-device run
+    if world > 1:
+        if spec.batch_size % world:
+            raise UserError(f"batch size {spec.batch_size} does not split evenly over {world} devices")
+        if cuda and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        raw_stop = stop
+        stop = lambda: any_rank(raw_stop(), device)  # noqa: E731 - every rank stops after the same step
     torch.manual_seed(spec.seed)
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -174,17 +269,23 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, spec)
     schedule = build_schedule(spec, total_steps)
-    run_model: nn.Module = torch.compile(model) if spec.compile else model  # type: ignore[assignment]
+    train_module = wrap_model(model, device) if world > 1 else model
+    run_model: nn.Module = torch.compile(train_module) if spec.compile else train_module  # type: ignore[assignment]
+    # Ranks evaluate their shard with the bare model: no DDP collectives in a loop of uneven length.
+    eval_model: nn.Module = run_model if world == 1 else (torch.compile(model) if spec.compile else model)  # type: ignore[assignment]
 
     use_bf16 = cuda and spec.bf16
 
     def amp() -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    loader_kw = dict(device=device, mean=ds.mean, std=ds.std, channels_last=channels_last)
-    train_loader = DeviceLoader(
-        ds.train_x, ds.train_y, spec.batch_size, train=True, augment=spec.augment, seed=spec.seed, **loader_kw
+    loader_kw = dict(
+        device=device, mean=ds.mean, std=ds.std, channels_last=channels_last, rank=rank, world_size=world
     )
+    train_loader = DeviceLoader(  # spec.batch_size is the total over all ranks
+        ds.train_x, ds.train_y, spec.batch_size // world, train=True, augment=spec.augment, seed=spec.seed,
+        **loader_kw,
+    )  # fmt: skip
     eval_bs = max(spec.batch_size, 256)
     val_loader = DeviceLoader(ds.val_x, ds.val_y, eval_bs, train=False, **loader_kw)
     if spec.eval_subset and spec.eval_subset < ds.val_y.numel():
@@ -194,6 +295,8 @@ def train(
         quick_val = val_loader
 
     monitor = DivergenceMonitor(spec.divergence_factor, strict=spec.is_range_test)
+    fake_oom = _fake_oom_above()
+    oom_guard = lambda: _oom_guard(spec, device)  # noqa: E731
     start_step = 0
     if resume:
         if ckpt_path is None:
@@ -225,7 +328,7 @@ def train(
     )
 
     def checkpoint(step: int) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or rank != 0:  # one writer; every rank loads it on resume
             return
         payload: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
@@ -246,7 +349,9 @@ def train(
 
     def do_eval(step: int, loader: DeviceLoader) -> None:
         nonlocal last_val
-        last_val = _evaluate(run_model, loader, amp)
+        with oom_guard():
+            broadcast_buffers(model)
+            last_val = _evaluate(eval_model, loader, amp)
         emit(
             {
                 "type": "eval",
@@ -273,7 +378,8 @@ def train(
         nonlocal window_start, train_time, diverged_at, diverged_lr
         if not pending:
             return False
-        losses = torch.stack([p[3] for p in pending]).float().tolist()
+        # Multi-device: the mean over ranks (the whole batch's loss), the same numbers on every rank.
+        losses = mean_over_ranks(torch.stack([p[3] for p in pending]).float()).tolist()
         now = time.perf_counter()
         elapsed = now - window_start
         train_time += elapsed
@@ -306,12 +412,15 @@ def train(
         for x, y in train_loader:
             lr, mom = schedule.lr(step), schedule.momentum(step)
             set_hyper(optimizer, lr, mom)
-            with amp():
-                out = run_model(x)
-                loss = F.cross_entropy(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with oom_guard():
+                with amp():
+                    out = run_model(x)
+                    loss = F.cross_entropy(out.float(), y)
+                if fake_oom is not None and spec.batch_size > fake_oom:  # activations alive, as in a real OOM
+                    raise torch.OutOfMemoryError(f"simulated: batch {spec.batch_size} > {FAKE_OOM_ENV}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             pending.append((step, lr, mom, loss.detach()))
             step += 1
             trained_images += spec.batch_size
@@ -345,7 +454,7 @@ def train(
         do_eval(step, quick_val if spec.is_range_test else val_loader)
         if spec.test and outcome == "finished" and not spec.is_range_test:
             test_loader = DeviceLoader(ds.test_x, ds.test_y, eval_bs, train=False, **loader_kw)
-            test_loss, test_acc = _evaluate(run_model, test_loader, amp)
+            test_loss, test_acc = _evaluate(eval_model, test_loader, amp)
         if outcome == "finished":
             checkpoint(step)
     end = {

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import tuneassist
 from tuneassist.errors import UserError
-from tuneassist.runs.store import METRIC_FIELDS, Store
+from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
 from tuneassist.spec import RunSpec
 
 GPU_ENV = "TUNEASSIST_VISIBLE_GPUS"  # the GPUs the first launcher saw, passed down to every worker
@@ -122,7 +122,7 @@ def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
         str(run_id),
     ]
     try:
-        with open(log, "ab") as out:
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             proc = subprocess.Popen(
                 cmd,
                 start_new_session=True,  # own session: the launcher's SIGHUP/Ctrl-C never reach it
@@ -163,7 +163,8 @@ def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int
         )
     if session_id is not None:
         store.get_session(session_id)
-    run_id = store.add_run(spec.to_dict(), kind=kind, session_id=session_id)
+    # A session's step launched from two windows at once: the second gets the first one's runs.
+    run_id = store.add_run(spec.to_dict(), kind=kind, session_id=session_id, reuse_active=True)
     store.run_dir(run_id)
     advance_queue(store)
     return run_id
@@ -182,14 +183,23 @@ def cancel_run(store: Store, run_id: int, wait: float = 0.0) -> str:
     return status
 
 
-def resume_run(store: Store, run_id: int) -> dict[str, Any]:
+def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str, Any]:
     """Queue a lost or cancelled run again; its worker continues from the last checkpoint.
 
+    A truncated checkpoint, or one that pickles anything but tensors, is refused here with the reason
+    (nothing is loaded); `from_start` sets it aside (checkpoint.pt.bad) and trains from step 0.
     Returns {'from_step': step the run continues from (0 without a checkpoint), 'status': now}.
     """
     store.refresh_lost([run_id])
     checkpoint = store.checkpoint_path(run_id)
-    has_checkpoint = checkpoint.exists()
+    has_checkpoint = checkpoint.exists() and not from_start
+    if has_checkpoint and store.get_run(run_id, refresh=False)["status"] in ("lost", "cancelled"):
+        problem = checkpoint_problem(checkpoint)
+        if problem:
+            raise UserError(
+                f"checkpoint {checkpoint} {problem}; it was not loaded: resume run {run_id} from step 0 "
+                f"with: tuneassist runs resume {run_id} --from-start"
+            )
 
     def fn(c: Any) -> int:
         row = c.execute("SELECT status, checkpoint_step FROM runs WHERE id = ?", (int(run_id),)).fetchone()
@@ -208,6 +218,8 @@ def resume_run(store: Store, run_id: int) -> dict[str, Any]:
         return int(step or 0) if has_checkpoint else 0
 
     from_step = store.write(fn)
+    if from_start and checkpoint.exists():  # never resumed from later: keep it only for inspection
+        os.replace(checkpoint, checkpoint.with_name(checkpoint.name + ".bad"))
     advance_queue(store)
     return {"from_step": from_step, "checkpoint": has_checkpoint, "status": store.get_run(run_id)["status"]}
 

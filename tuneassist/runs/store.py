@@ -12,10 +12,12 @@ import collections
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,24 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+_EXPECTED_COLUMNS: dict[tuple[str, ...], dict[str, set[str]]] = {}
+
+
+def _expected_columns() -> dict[str, set[str]]:
+    """Columns of every table after all migrations (built once, in memory, from MIGRATIONS itself)."""
+    key = tuple(MIGRATIONS)
+    if key not in _EXPECTED_COLUMNS:
+        con = sqlite3.connect(":memory:")
+        cols: dict[str, set[str]] = {}
+        try:
+            for migration in MIGRATIONS:
+                con.executescript(migration)
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                cols[table] = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        finally:
+            con.close()
+        _EXPECTED_COLUMNS[key] = cols
+    return _EXPECTED_COLUMNS[key]
 
 
 def heartbeat_timeout() -> float:
@@ -151,13 +171,19 @@ def _loads(text: str | None) -> Any:
 
 
 class Store:
-    """The workspace's database plus its per-run folders; safe to share between threads."""
+    """The workspace's database plus its per-run folders; safe to share between threads.
+
+    A workspace this process cannot write (a read-only mount, no write permission) still opens, read-only
+    (`read_only`): listing and watching runs work, and every change is refused with one line saying why.
+    """
 
     def __init__(self, workspace: str | os.PathLike[str] | None = None) -> None:
         self.workspace = resolve_workspace(workspace)
         self.db_path = self.workspace / DB_NAME
         self._lock = threading.RLock()
         self._con: sqlite3.Connection | None = None
+        self.read_only = False
+        self._lost_overlay: dict[int, str] = {}  # runs found lost that a read-only store cannot mark
         self._make_workspace()
         self._check_file()
         self._con = self._connect()
@@ -225,7 +251,12 @@ class Store:
         if app_id not in (0, APPLICATION_ID):
             raise self._damaged("is not a tuneassist database (it belongs to another program)")
 
+    def _writable(self) -> bool:
+        return os.access(self.workspace, os.W_OK) and os.access(self.db_path, os.W_OK)
+
     def _connect(self) -> sqlite3.Connection:
+        if not self._writable():
+            return self._connect_read_only()
         try:
             con = sqlite3.connect(
                 self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -249,6 +280,46 @@ class Store:
                 raise UserError(f"cannot open {self.db_path} ({e}); check its permissions") from None
             raise self._damaged(f"cannot be opened as a database ({e})") from None
         return con
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """Open the database for reading only (the workspace or the file is not writable here).
+
+        SQLite reads a WAL database read-only when its -shm file exists or can be created; otherwise the
+        file is opened as immutable, which is exact only while no -wal file holds unmerged changes, so
+        a non-empty -wal is refused rather than silently ignored.
+        """
+        self.read_only = True
+        uri = "file:" + urllib.parse.quote(str(self.db_path.resolve())) + "?mode=ro"
+        wal = self.db_path.with_name(DB_NAME + "-wal")
+
+        def open_(u: str) -> sqlite3.Connection:
+            con = sqlite3.connect(u, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                  check_same_thread=False)  # fmt: skip
+            con.row_factory = sqlite3.Row
+            try:
+                app_id = self._retry(lambda: con.execute("PRAGMA application_id").fetchone()[0])
+                if app_id != APPLICATION_ID:
+                    tables = [
+                        r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    ]
+                    raise self._foreign(tables) if tables else self._damaged("holds no tuneassist store")
+            except BaseException:
+                con.close()
+                raise
+            return con
+
+        try:
+            try:
+                return open_(uri)
+            except sqlite3.OperationalError:
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise UserError(
+                        f"{self.db_path} is read-only here and its latest changes are still in {wal.name}; "
+                        f"make {self.workspace} writable to read the runs"
+                    ) from None
+                return open_(uri + "&immutable=1")
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(f"cannot be opened as a database ({e})") from None
 
     @staticmethod
     def _set_wal(con: sqlite3.Connection) -> None:
@@ -284,12 +355,38 @@ class Store:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID:
                 return app_id, None
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_version" not in tables:
+                raise self._damaged("is damaged (its schema_version table is missing)")
             row = con.execute("SELECT version FROM schema_version").fetchone()
             return app_id, None if row is None else int(row[0])
 
-        if self._read(current) == (APPLICATION_ID, SCHEMA_VERSION):
+        app_id, version = self._read(current)
+        if app_id == APPLICATION_ID and version is not None and version > SCHEMA_VERSION:
+            raise UserError(
+                f"{self.db_path} was written by a newer tuneassist (schema v{version}; this one knows up "
+                f"to v{SCHEMA_VERSION}); upgrade tuneassist or pass another --workspace DIR"
+            )
+        if (app_id, version) == (APPLICATION_ID, SCHEMA_VERSION):
+            self._read(self._check_schema)
             return
+        if self.read_only:
+            raise UserError(
+                f"{self.db_path} needs an upgrade to schema v{SCHEMA_VERSION} but {self.workspace} is "
+                "read-only; make it writable once (this tuneassist then migrates it)"
+            )
         self._write(check_and_migrate)
+        self._read(self._check_schema)
+
+    def _check_schema(self, con: sqlite3.Connection) -> None:
+        """Refuse a store whose tables lack columns this version reads (a damaged file, or one from a
+        development build under the same schema number) instead of failing later mid-command."""
+        for table, expected in _expected_columns().items():
+            have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(expected - have)
+            if missing:
+                what = f"table {table} lacks {', '.join(missing)}" if have else f"table {table} is missing"
+                raise self._damaged(f"is damaged or from an incompatible tuneassist ({what})")
 
     def close(self) -> None:
         with self._lock:
@@ -325,6 +422,13 @@ class Store:
                 delay = min(delay * 2, 0.2)
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any], write: bool) -> Any:
+        if write and self.read_only:
+            raise UserError(
+                f"workspace {self.workspace} is read-only here: its runs can be listed but not started, "
+                "cancelled or resumed; make it writable (chmod u+w, or remount it read-write) or pass "
+                "another --workspace DIR"
+            )
+
         def attempt() -> Any:
             con = self._con
             if con is None:
@@ -467,17 +571,39 @@ class Store:
         )
 
     # ----------------------------------------------------------------- runs
-    def add_run(self, spec: dict[str, Any], kind: str = "train", session_id: int | None = None) -> int:
-        """Store a run as queued and return its id."""
-        return self._write(
-            lambda c: (
+    def add_run(
+        self,
+        spec: dict[str, Any],
+        kind: str = "train",
+        session_id: int | None = None,
+        reuse_active: bool = False,
+    ) -> int:
+        """Store a run as queued and return its id.
+
+        With reuse_active, a queued or running run of the same session, kind and spec is returned instead
+        of a new one, checked and inserted in one transaction: two windows launching the same checklist
+        step at once start its runs once.
+        """
+        text = json.dumps(spec)
+
+        def fn(c: sqlite3.Connection) -> int:
+            if reuse_active and session_id is not None:
+                row = c.execute(
+                    "SELECT id FROM runs WHERE session_id = ? AND kind = ? AND spec = ? "
+                    "AND status IN ('queued', 'running') ORDER BY id LIMIT 1",
+                    (session_id, kind, text),
+                ).fetchone()
+                if row is not None:
+                    return int(row[0])
+            return int(
                 c.execute(
                     "INSERT INTO runs (session_id, kind, spec, status, created) "
                     "VALUES (?, ?, ?, 'queued', ?)",
-                    (session_id, kind, json.dumps(spec), time.time()),
+                    (session_id, kind, text, time.time()),
                 ).lastrowid
             )
-        )
+
+        return self._write(fn)
 
     @staticmethod
     def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -496,7 +622,15 @@ class Store:
         row = self._read(lambda c: c.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone())
         if row is None:
             raise UserError(f"no run {run_id} in {self.workspace}; list runs with: tuneassist runs")
-        return self._run_dict(row)
+        return self._overlay(self._run_dict(row))
+
+    def _overlay(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Show a run found lost as lost even when this store could not record it (read-only, disk full)."""
+        why = self._lost_overlay.get(run["id"])
+        if why is not None and run["status"] == "running":
+            run["status"] = "lost"
+            run["error"] = why
+        return run
 
     def list_runs(
         self,
@@ -520,7 +654,7 @@ class Store:
             args.extend(statuses)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
-        return [self._run_dict(r) for r in rows]
+        return [self._overlay(self._run_dict(r)) for r in rows]
 
     def update_run(self, run_id: int, _only_if: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Set columns of one run (dicts are JSON-encoded); with _only_if, only when those columns match.
@@ -563,6 +697,10 @@ class Store:
                 dead[r["id"]] = (r["attempt"], f"{why} ({hint})")
         if not dead:
             return []
+        if self.read_only:
+            note = " (not recorded: the workspace is read-only)"
+            self._lost_overlay.update({i: why + note for i, (_, why) in dead.items()})
+            return list(dead)
 
         def mark(c: sqlite3.Connection) -> list[int]:
             lost = []
@@ -576,7 +714,11 @@ class Store:
                     lost.append(run_id)
             return lost
 
-        return self._write(mark)
+        try:
+            return self._write(mark)
+        except UserError as e:  # e.g. the disk is full: readers still see the run as lost
+            self._lost_overlay.update({i: f"{why} (not recorded: {e})" for i, (_, why) in dead.items()})
+            return list(dead)
 
     # ----------------------------------------------------------------- cancel / claims
     def request_cancel(self, run_id: int) -> str:
@@ -971,3 +1113,99 @@ def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
     if run["status"] == "queued":
         end = run["started"]
     return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
+
+
+# ----------------------------------------------------------------------------- checkpoints, torch-free
+_TORCH_DTYPE = re.compile(
+    r"(u?int\d*|float\d*(_\w+)?|bfloat16|half|double|bool|complex\d*|cfloat|cdouble|chalf|bcomplex32|"
+    r"bits\w+|q(u)?int\w+|long|short)"
+)
+_SAFE_BUILTINS = {"set", "frozenset", "bytearray", "complex", "slice"}
+
+
+def _safe_global(module: str, name: str) -> bool:
+    """Whether a pickle global is one a tensors-only checkpoint uses (torch's weights_only set, in kind)."""
+    if (module, name) in (("collections", "OrderedDict"), ("torch._tensor", "_rebuild_from_type_v2")):
+        return True
+    if module in ("builtins", "__builtin__"):  # pickle protocol 2 writes the Python 2 name
+        return name in _SAFE_BUILTINS
+    if module == "torch._utils":
+        return name.startswith("_rebuild_")
+    if module in ("torch", "torch.cuda"):
+        return (
+            name.endswith(("Storage", "Tensor"))
+            or name in ("Size", "device", "dtype")
+            or _TORCH_DTYPE.fullmatch(name) is not None
+        )
+    return False
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint must not be loaded (truncated, damaged, or pickling more than tensors), or None.
+
+    Torch-free, and it executes nothing: the zip archive's CRCs are checked and the pickle's opcodes are
+    only listed, never run. The UI and `runs resume` use it to refuse a bad checkpoint at once with a
+    clear reason; the worker's own load (torch.load weights_only=True) stays the real safety gate.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                return f"is damaged (bad checksum in {bad})"
+            pkls = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if len(pkls) != 1:
+                return "is not a PyTorch checkpoint (no data.pkl inside)"
+            data = zf.read(pkls[0])
+    except FileNotFoundError:
+        return "does not exist"
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
+        return "is truncated or damaged (not a complete archive; a write was cut short)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    # Walk the opcodes with a shadow stack (values kept for strings only), as pickletools.dis does, so
+    # STACK_GLOBAL's module and name are the real operands, not just the last strings seen.
+    mark = object()
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    strings = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING")
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                if not _safe_global(module, attr):
+                    return f"holds a pickled object ({module}.{attr}), not just tensors"
+            elif name == "STACK_GLOBAL":
+                module, attr = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                if not (isinstance(module, str) and isinstance(attr, str)):
+                    return "holds a pickled object (a global it names indirectly), not just tensors"
+                if not _safe_global(module, attr):
+                    return f"holds a pickled object ({module}.{attr}), not just tensors"
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1] if stack else None
+                continue
+            before, after = op.stack_before, op.stack_after
+            if pickletools.markobject in before or (name == "POP" and stack and stack[-1] is mark):
+                while stack and stack[-1] is not mark:
+                    stack.pop()
+                if stack:
+                    stack.pop()
+                n_pop = before.index(pickletools.markobject) if pickletools.markobject in before else 0
+            else:
+                n_pop = len(before)
+            top = stack[-1] if stack else None
+            del stack[max(0, len(stack) - n_pop) :]
+            if name in strings:
+                stack.append(arg)
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(int(arg)))
+            elif name == "DUP":
+                stack.extend([top, top])
+            else:
+                stack.extend(mark if x is pickletools.markobject else None for x in after)
+    except Exception as e:  # noqa: BLE001 - any parse failure means the pickle is damaged
+        return f"is damaged (unreadable pickle: {type(e).__name__})"
+    return None

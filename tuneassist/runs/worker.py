@@ -203,7 +203,10 @@ def run_worker(store: Store, run_id: int) -> int:
         checkpoint = store.run_dir(run_id) / "checkpoint.pt"
         resume = bool(run["resume"]) and checkpoint.exists()
         recorder = _Recorder(store, run, writer, resume, stop)
-        from tuneassist.engine.train import train  # torch loads here, after the claim
+        if spec.devices > 1:  # torchrun + DDP; rank 0's events come back to `recorder` in this process
+            from tuneassist.engine.ddp_launch import run_distributed as train
+        else:
+            from tuneassist.engine.train import train  # torch loads here, after the claim
 
         end = train(
             spec, on_event=recorder, should_stop=stop.is_set, checkpoint_path=checkpoint, resume=resume

@@ -178,11 +178,7 @@ class ChecklistScreen(LiveScreen):
             self.viewing = s.checklist.current_step or "final"
         cl = s.checklist
         states = s.steps()
-        self.query_one(StepSidebar).show(states, cl.current_step, self.narrow)
-        side = self.query_one(StepSidebar)
-        idx = STEPS.index(self.viewing)
-        if side.highlighted != idx:
-            side.highlighted = idx
+        self.query_one(StepSidebar).show(states, cl.current_step, self.narrow, STEPS.index(self.viewing))
         step = self.viewing
         runs = s.step_runs(step)
         curves = {k: self.tapp.live.curve(r) for k, r in runs.items()}
@@ -496,6 +492,10 @@ class ChecklistScreen(LiveScreen):
 
     # -- navigation ----------------------------------------------------------------------------
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        # Only the highlight as it is now: an event queued before the checklist moved on is stale.
+        now = event.option_list.highlighted_option
+        if now is None or now.id != event.option.id:
+            return
         if event.option.id and event.option.id != self.viewing:
             self.viewing = event.option.id
             self.metric = 0

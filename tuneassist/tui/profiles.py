@@ -153,7 +153,8 @@ class ProfilesScreen(LiveScreen):
         self.select_path = path
         self._listing = None
         self.message = Text(f"✓ saved {path}", style="green")
-        self.reload()
+        if self.ready:  # a screen still mounting shows it when it is ready
+            self.reload()
 
     @guarded
     def action_export(self) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from tuneassist.session import StepState
 
 
+SIDEBAR_WIDTH = 30
 SHORT_TITLES = {
     "lr_range": "LR range",
     "batch_size": "Batch size",
@@ -141,37 +142,50 @@ class PlotView(Widget):
 class StepSidebar(OptionList):
     """The five checklist steps with their state; narrow terminals show numbers and symbols only."""
 
-    DEFAULT_CSS = """
-    StepSidebar { width: 30; height: 1fr; border: none; padding: 0; }
-    StepSidebar.-narrow { width: 7; }
+    DEFAULT_CSS = f"""
+    StepSidebar {{ width: {SIDEBAR_WIDTH}; height: 1fr; border: none; padding: 0; }}
+    StepSidebar.-narrow {{ width: 7; }}
     """
 
     def __init__(self, *, id: str | None = None) -> None:  # noqa: A002
         super().__init__(id=id)
         self._key: tuple | None = None
 
-    def show(self, states: list[StepState], current: str | None, narrow: bool) -> None:
+    def show(self, states: list[StepState], current: str | None, narrow: bool, viewing: int) -> None:
+        """Update the steps in place: rebuilding the list would move the highlight and post a stale
+        `OptionHighlighted` that would drag the pane back to the step it just left."""
         key = (tuple((s.step, s.status, s.value_label) for s in states), current, narrow)
-        if key == self._key:
-            return
-        self._key = key
-        self.set_class(narrow, "-narrow")
-        highlighted = self.highlighted
-        self.clear_options()
-        for i, s in enumerate(states, 1):
-            sym, word, color = STEP_STATUS.get(s.status, ("?", s.status, ""))
-            t = Text(no_wrap=True, overflow="ellipsis")
-            t.append("›" if s.step == current else " ")
-            if narrow:
-                t.append(f"{i} ")
-                t.append(sym, style=color)
+        if key != self._key:
+            self._key = key
+            self.set_class(narrow, "-narrow")
+            prompts = [self._prompt(i, s, current, narrow) for i, s in enumerate(states, 1)]
+            if self.option_count == len(states):
+                for i, prompt in enumerate(prompts):
+                    self.replace_option_prompt_at_index(i, prompt)
             else:
-                t.append(f"{i} {SHORT_TITLES.get(s.step, s.title):<13}")
-                detail = s.value_label if s.status in ("done", "stale") and s.value_label else word
-                if s.status == "stale":
-                    detail = f"stale {detail}"
-                t.append(f"{sym} ", style=color)
-                t.append(detail, style=color)
-            self.add_option(Option(t, id=s.step))
-        if highlighted is not None:
-            self.highlighted = highlighted
+                self.clear_options()
+                self.add_options([Option(t, id=s.step) for t, s in zip(prompts, states, strict=True)])
+        if self.highlighted != viewing:
+            self.highlighted = viewing
+
+    @staticmethod
+    def _prompt(i: int, s: StepState, current: str | None, narrow: bool) -> Text:
+        sym, word, color = STEP_STATUS.get(s.status, ("?", s.status, ""))
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("›" if s.step == current else " ")
+        if narrow:
+            t.append(f"{i} ")
+            t.append(sym, style=color)
+            return t
+        t.append(f"{i} {SHORT_TITLES.get(s.step, s.title):<12} ")
+        detail = s.value_label if s.status in ("done", "stale") and s.value_label else word
+        if s.status == "stale":
+            detail = f"stale {detail}"
+        room = SIDEBAR_WIDTH - len(t) - 3  # the symbol, its space, and the scrollbar gutter
+        if len(detail) > room:  # one line per step: a wrapped value reads as another step
+            detail = detail.replace(" → ", "→")
+        if len(detail) > room:
+            detail = detail[: room - 1] + "…"
+        t.append(f"{sym} ", style=color)
+        t.append(detail, style=color)
+        return t
