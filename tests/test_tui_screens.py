@@ -543,3 +543,19 @@ def test_rerun_with_another_seed(seeded: tuple[Path, dict]) -> None:
     for r in runs:
         store.request_cancel(r["id"])
     store.close()
+
+
+def test_checklist_shows_the_devices_panel(
+    seeded: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_hardware import SMI_OUTPUT, fake_nvidia_smi
+
+    fake_nvidia_smi(tmp_path, monkeypatch, SMI_OUTPUT)
+    ws, _ = seeded
+
+    async def script(app: Any, pilot: Any) -> str:
+        await wait_for(pilot, lambda: "GPU 0 H200" in screen_text(app), 10, "the devices panel", app)
+        return screen_text(app)
+
+    text = run_app(ws, (100, 30), script)
+    assert "12.0/140.4 GiB · 87%" in text and "RAM " in text

@@ -21,6 +21,7 @@ from textual.widgets import DataTable, OptionList, Static
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candidate, Recommendation
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
+from tuneassist.hardware import panel_lines, read_devices
 from tuneassist.session import TuningSession
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
@@ -95,12 +96,18 @@ def _split_first(reason: str) -> tuple[str, str]:
     return reason[:i], reason[i:]
 
 
+DEVICE_SECONDS = 2.0  # how often the devices panel samples memory and load
+
+
 class ChecklistScreen(LiveScreen):
     """Sidebar of steps; the viewed step's explanation, candidates, plot and recommendation."""
 
     DEFAULT_CSS = """
     ChecklistScreen #body { height: 1fr; }
-    ChecklistScreen #steps { border-right: vkey $panel-lighten-2; }
+    ChecklistScreen #side { width: auto; height: 1fr; border-right: vkey $panel-lighten-2; }
+    ChecklistScreen #devices { width: 30; height: auto; padding: 0 1; color: $text-muted;
+                               border-top: solid $panel-lighten-2; }
+    ChecklistScreen.-narrow #devices { display: none; }
     ChecklistScreen #main { width: 1fr; height: 1fr; }
     ChecklistScreen #explain { height: auto; max-height: 4; padding: 0 1; border-top: solid $primary; }
     ChecklistScreen #cands { height: auto; max-height: 7; overflow-x: hidden; }
@@ -135,7 +142,9 @@ class ChecklistScreen(LiveScreen):
     def compose(self) -> ComposeResult:
         yield TopBar()
         with Horizontal(id="body"):
-            yield StepSidebar(id="steps")
+            with Vertical(id="side"):
+                yield StepSidebar(id="steps")
+                yield Static(id="devices")
             with Vertical(id="main"):
                 yield Static(id="explain")
                 yield DataTable(id="cands", cursor_type="row", zebra_stripes=False)
@@ -158,6 +167,23 @@ class ChecklistScreen(LiveScreen):
             t.add_column(label, key=key)
         t.focus()
         self.mark_ready()
+        self._sample_devices()
+        self.set_interval(DEVICE_SECONDS, self._sample_devices)
+
+    def _sample_devices(self) -> None:
+        """GPU memory and load for choosing a batch size; read off the UI thread (nvidia-smi is slow)."""
+        if self.app.screen is not self or self.narrow:
+            return
+        self.run_worker(self._read_devices, thread=True, exclusive=True, group="devices")
+
+    def _read_devices(self) -> None:
+        lines = panel_lines(read_devices())
+        self.app.call_from_thread(self._show_devices, lines)
+
+    def _show_devices(self, lines: list[str]) -> None:
+        box = self.query_one("#devices", Static)
+        box.border_title = "devices"
+        box.update("\n".join(lines))
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -403,7 +429,8 @@ class ChecklistScreen(LiveScreen):
                 axis = rec.detail.get("axis")
                 if at is not None and ((axis == "epoch") == by_epoch):
                     vlines.append(VLine(float(at), "decision", "yellow"))
-            empty = f"press r to launch {len(cands)} short runs" if not runs else "waiting for evaluations"
+            n, plural = len(cands), "s" if len(cands) != 1 else ""
+            empty = f"press r to launch {n} short run{plural}" if not runs else "waiting for evaluations"
             empty = wait or empty
             chart = Chart(series, vlines, xlabel="epoch" if by_epoch else "step", empty=empty)
             title = PLOT_TITLES[step].format(metric=metric + (" %" if metric == "val acc" else ""))
