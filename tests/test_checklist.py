@@ -312,3 +312,20 @@ def test_run_curves_from_engine_events() -> None:
     assert c.steps == [0, 1] and math.isnan(c.train_loss[1]) and c.eval_epochs == [1.0]
     assert c.outcome == "diverged" and c.diverged_lr == 0.2 and c.steps_per_epoch == 2
     assert c.eval_lrs() == [0.2]
+
+
+def test_expected_throughput_prefers_what_this_machine_measured(tmp_path: Path) -> None:
+    from tuneassist.runs.store import Store
+    from tuneassist.session import expected_throughput
+
+    store = Store(tmp_path / "ws")
+    small, source = expected_throughput(store, "simple3", on_gpu=False)
+    big, _ = expected_throughput(store, "resnet110", on_gpu=False)
+    assert source == "assumed for simple3 on the CPU" and small > 15 * big  # cost scales the guess
+    assert expected_throughput(store, "mynets:build", on_gpu=True)[0] > small  # a GPU is faster
+    for ips in (400.0, 500.0, 900.0):
+        rid = store.add_run({"model": "simple3"})
+        store.update_run(rid, images_per_s=ips, status="finished")
+    store.add_run({"model": "resnet20"})  # another model, never measured
+    assert expected_throughput(store, "simple3", on_gpu=False) == (500.0, "measured on 3 runs")
+    assert expected_throughput(store, "resnet20", on_gpu=False)[1].startswith("assumed")

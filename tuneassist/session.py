@@ -41,6 +41,42 @@ def estimate_train_size(data: str, val_fraction: float = 0.1) -> int | None:
     return max(1, n - round(n * val_fraction))
 
 
+# Forward multiply-accumulates per 32x32 image, in millions: training speed scales about inversely.
+MODEL_MMACS = {
+    "simple3": 12,
+    "resnet20": 41,
+    "resnet32": 69,
+    "resnet56": 125,
+    "resnet110": 253,
+    "densenet40": 270,
+}
+UNKNOWN_MMACS = 125  # a user's own net: assume ResNet-56's cost
+# Images/s x MMACs, calibrated on simple3 (~1,000 img/s) and resnet20 (~300) on 2 CPU cores with
+# channels_last; the GPU figure is the paper's target, ResNet-56 at 25k img/s (an epoch in 2 s).
+CPU_SPEED, GPU_SPEED, GPU_CAP = 12_500.0, 3_100_000.0, 60_000.0
+
+
+def expected_throughput(store: Store | None, model: str, on_gpu: bool) -> tuple[float, str]:
+    """Training images/s to base ETAs on, and where the figure comes from.
+
+    The median of this workspace's recent runs of the same model when there are any (the machine
+    measured itself); otherwise a guess from the model's cost, so a ResNet-110 session does not
+    promise a simple3's speed.
+    """
+    if store is not None:
+        try:
+            runs = [r for r in store.list_runs(refresh=False) if (r.get("spec") or {}).get("model") == model]
+        except (UserError, OSError):
+            runs = []
+        vals = [float(r["images_per_s"]) for r in runs[-8:] if r.get("images_per_s")]
+        if vals:
+            vals.sort()
+            return vals[len(vals) // 2], f"measured on {len(vals)} run{'s' if len(vals) > 1 else ''}"
+    cost = MODEL_MMACS.get(model, UNKNOWN_MMACS)
+    ips = min(GPU_CAP, GPU_SPEED / cost) if on_gpu else CPU_SPEED / cost
+    return ips, f"assumed for {model} on {'a GPU' if on_gpu else 'the CPU'}"
+
+
 def curves_from_store(store: Store, run_id: int) -> RunCurves:
     """Rebuild a run's curves (as the advisor reads them) from its stored metric rows."""
     run = store.get_run(run_id)

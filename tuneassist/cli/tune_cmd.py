@@ -83,9 +83,9 @@ def _say(quiet: bool, text: str) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from tuneassist.advisor.checklist import STEP_TITLES
-    from tuneassist.runs.launch import launch_run
+    from tuneassist.runs.launch import detect_gpus, launch_run
     from tuneassist.runs.store import Store
-    from tuneassist.session import TuningSession, estimate_train_size
+    from tuneassist.session import TuningSession, estimate_train_size, expected_throughput
 
     store = Store(getattr(args, "workspace", None))
     quiet = args.json
@@ -107,11 +107,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
             train_size=estimate_train_size(args.data),
             max_fit=probe["max_batch"] if probe else None,
         )
-        est = session.checklist.estimate_seconds()["total"]
+        ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
+        est = session.checklist.estimate_seconds(images_per_s=ips)["total"]
         _say(
             quiet,
             f"session {session.id}: {args.data} · {args.model} · budget {args.budget}; "
-            f"about {est / 60:.0f} min at 1,500 img/s. Ctrl-C stops waiting; the runs go on "
+            f"about {est / 60:.0f} min at {ips:,.0f} img/s ({source}). Ctrl-C stops waiting; the runs go on "
             f"(continue with: tuneassist tune --resume {session.id})",
         )
     cl = session.checklist

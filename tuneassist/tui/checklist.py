@@ -22,7 +22,8 @@ from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candid
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
 from tuneassist.hardware import panel_lines, read_devices
-from tuneassist.session import TuningSession
+from tuneassist.runs.launch import detect_gpus
+from tuneassist.session import TuningSession, expected_throughput
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
@@ -50,7 +51,6 @@ PLOT_TITLES = {
     "weight_decay": "{metric} vs step",
     "final": "{metric} vs epoch",
 }
-DEFAULT_IMAGES_PER_S = 1500.0
 
 
 def _finite(v: Any) -> float | None:
@@ -181,6 +181,9 @@ class ChecklistScreen(LiveScreen):
         self.app.call_from_thread(self._show_devices, lines)
 
     def _show_devices(self, lines: list[str]) -> None:
+        if lines == getattr(self, "_device_lines", None):
+            return  # nothing new: no redraw
+        self._device_lines = lines
         box = self.query_one("#devices", Static)
         box.border_title = "devices"
         box.update("\n".join(lines))
@@ -267,14 +270,17 @@ class ChecklistScreen(LiveScreen):
         return rec
 
     # -- drawing -------------------------------------------------------------------------------
-    def _images_per_s(self) -> float:
+    def _images_per_s(self) -> tuple[float, str]:
         s = self.session
         vals = [
             r["images_per_s"]
             for r in self.tapp.live.session_runs(s.id if s else None)
             if r.get("images_per_s") and r["status"] in ("finished", "running")
         ]
-        return float(statistics.median(vals)) if vals else DEFAULT_IMAGES_PER_S
+        if vals:
+            return float(statistics.median(vals)), "measured"
+        model = s.checklist.model if s else "simple3"
+        return expected_throughput(self.tapp.store, model, bool(detect_gpus()))
 
     def _show_explain(self, step: str) -> None:
         s = self.session
@@ -290,11 +296,10 @@ class ChecklistScreen(LiveScreen):
             text = cl.propose(step).explanation
         except UserError:
             text = cl._explain(step)
-        ips = self._images_per_s()
+        ips, source = self._images_per_s()
         est = cl.estimate_seconds(images_per_s=ips).get(step)
         if est and not s.step_runs(step):
-            measured = "measured" if ips != DEFAULT_IMAGES_PER_S else "assumed"
-            text += f" About {fmt_minutes(est)} at {ips:,.0f} img/s ({measured})."
+            text += f" About {fmt_minutes(est)} at {ips:,.0f} img/s ({source})."
         box.update(text)
 
     def _show_table(

@@ -14,7 +14,7 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import detect_gpus
-from tuneassist.session import TuningSession, estimate_train_size
+from tuneassist.session import TuningSession, estimate_train_size, expected_throughput
 from tuneassist.spec import BUILTIN_MODELS
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.fmt import fmt_minutes
@@ -165,11 +165,12 @@ class StartScreen(LiveScreen):
                 devices=f["devices"],
                 train_size=estimate_train_size(f["data"]),
             )
-            secs = cl.estimate_seconds()["total"]
+            ips, source = expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))
+            secs = cl.estimate_seconds(images_per_s=ips)["total"]
             box.update(
                 Text(
-                    f"About {fmt_minutes(secs)} of training for the whole checklist at 1,500 img/s "
-                    f"(TBS {cl.values['batch_size']}).",
+                    f"About {fmt_minutes(secs)} for the whole checklist at {ips:,.0f} img/s ({source}; "
+                    f"TBS {cl.values['batch_size']}).",
                     style="bold",
                 )
             )
