@@ -452,10 +452,8 @@ class Store:
                     raise UserError(f"cannot write {self.db_path} ({e}); check its permissions") from None
                 if "disk is full" in msg or "disk i/o" in msg:
                     raise UserError(f"cannot write {self.db_path} ({e}); free some disk space") from None
-                if isinstance(e, sqlite3.OperationalError) and not (
-                    "malformed" in msg or "not a database" in msg
-                ):
-                    raise
+                if not ("malformed" in msg or "not a database" in msg):
+                    raise  # a bug of ours (e.g. a bad binding) is not a damaged file: never say "move it"
                 raise self._damaged(f"is damaged ({e})") from None
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -479,9 +477,11 @@ class Store:
         """The run's folder (checkpoint.pt, worker.log), private to the user."""
         d = self.workspace / "runs" / str(int(run_id))
         if create and not d.exists():
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with contextlib.suppress(OSError):
-                d.chmod(0o700)
+            for folder in (d.parent, d):  # mkdir(parents=True) would leave runs/ at the umask's 0755
+                if not folder.exists():
+                    folder.mkdir(exist_ok=True, mode=0o700)
+                    with contextlib.suppress(OSError):
+                        folder.chmod(0o700)
         return d
 
     def checkpoint_path(self, run_id: int) -> Path:
