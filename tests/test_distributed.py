@@ -1,9 +1,9 @@
 """Multi-device runs on the CPU: torchrun, gloo, two ranks, the real engine and the real worker.
 
 Each torchrun launch costs a torch import in the agent and in every rank (about 15-20 s on two busy
-cores), so the default suite keeps two launches: the exactness check against a one-process run and
-one background run through the worker and the store. Cancel/resume, a crashing rank, divergence and
-the BatchNorm model's tolerance are marked slow.
+cores), so the default suite has one launch: a background run through the launcher, the worker and
+the store, checked step by step against a one-process run. Cancel/resume, a crashing rank, divergence
+and the BatchNorm model's tolerance are marked slow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,19 @@ NOBN = textwrap.dedent(
             nn.Flatten(), nn.Linear(512, num_classes),
         )
 
+    class CrashOnRank1(nn.Module):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.net = build(num_classes)
+
+        def forward(self, x):
+            import os
+            if os.environ.get("RANK") == "1":
+                raise ZeroDivisionError("rank one cannot train")
+            return self.net(x)
+
     def crash_on_rank1(num_classes: int = 10) -> nn.Module:
-        import os
-        if os.environ.get("RANK") == "1":
-            raise ZeroDivisionError("rank one cannot build this model")
-        return build(num_classes)
+        return CrashOnRank1(num_classes)
     """
 )
 
@@ -81,29 +90,44 @@ def _rel(a: list[float], b: list[float]) -> list[float]:
     return [abs(x - y) / abs(x) for x, y in zip(a, b, strict=True)]
 
 
-def test_two_ranks_reproduce_one_process_with_the_same_total_batch(models: str) -> None:
-    from tuneassist.engine.ddp_launch import run_distributed
-    from tuneassist.engine.train import train
-
-    spec = _spec(model=f"{models}:build", allow_import=True)
-    one_train, one_val, one_end = _curves(train, spec)
-    two_spec = _spec(model=f"{models}:build", allow_import=True, devices=2)
-    two_train, two_val, two_end = _curves(run_distributed, two_spec)
-    assert len(one_train) == 28 and len(one_val) == 4
-    # Same samples per step (split over the ranks), averaged gradients, summed validation: the
-    # curves agree to float summation order (measured: 3e-6 relative).
-    assert max(_rel(one_train, two_train)) < 1e-4
-    assert max(_rel(one_val, two_val)) < 1e-4
-    assert abs(one_end["test_loss"] - two_end["test_loss"]) / one_end["test_loss"] < 1e-4
-    assert one_end["val_acc"] == two_end["val_acc"] and two_end["outcome"] == "finished"
-    assert two_end["step"] == 28
-
-
 def test_batch_must_split_over_the_devices() -> None:
     with pytest.raises(UserError, match="does not split evenly over 2 devices"):
         _spec(batch_size=65, devices=2)
     with pytest.raises(UserError, match="names one GPU"):
         _spec(device="cuda:1", devices=2)
+
+
+# ----------------------------------------------------------------------------- packing candidates
+def test_small_candidates_pack_onto_gpus_and_others_get_a_gpu_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneassist.runs import launch
+
+    monkeypatch.setenv(launch.GPU_ENV, "0,1")  # the GPUs the scheduler believes in; nothing runs here
+    monkeypatch.delenv("TUNEASSIST_MAX_PER_DEVICE", raising=False)
+    monkeypatch.setattr(launch, "_gpu_mem_cache", 81559)  # an 80 GB H100, as nvidia-smi reports it
+    store = Store(tmp_path / "ws")
+    for _ in range(10):
+        store.add_run(_spec(device="cuda", model="resnet20", batch_size=512).to_dict())
+    assert launch.max_per_device(store) == 4
+    claims = store.claim_queued(launch.slots_for, launch.max_per_device(store))
+    assert sorted(slots[0] for _, slots, _ in claims) == ["cuda:0"] * 4 + ["cuda:1"] * 4
+    # A model of unknown size (or a multi-GPU run) wants a GPU alone: nothing more starts beside the
+    # small runs, and it waits for an empty GPU.
+    store.add_run(_spec(device="cuda", model="mynets:build", allow_import=True).to_dict())
+    assert launch.max_per_device(store) == 1
+    assert store.claim_queued(launch.slots_for, launch.max_per_device(store)) == []
+    monkeypatch.setenv("TUNEASSIST_MAX_PER_DEVICE", "6")  # an explicit limit always wins
+    assert launch.max_per_device(store) == 6
+    # Memory decides: resnet56 at 512 is estimated at 2048 + 9 * 512 MiB; 80% of 16 GiB holds one.
+    monkeypatch.setattr(launch, "_gpu_mem_cache", 16384)
+    assert launch.pack_limit(_spec(device="cuda", model="resnet56", batch_size=512).to_dict()) == 1
+    assert launch.pack_limit(_spec(device="cuda", model="resnet20", batch_size=128).to_dict()) == 4
+    assert launch.pack_limit(_spec(device="cuda", model="resnet20", devices=2).to_dict()) == 1
+    assert launch.pack_limit(_spec(device="cpu").to_dict()) == 1
+    monkeypatch.setattr(launch, "_gpu_mem_cache", 0)  # memory unknown: never pack
+    assert launch.pack_limit(_spec(device="cuda", model="simple3").to_dict()) == 1
+    store.close()
 
 
 # ----------------------------------------------------------------------------- through the worker
@@ -165,27 +189,34 @@ def _launch(ws: Path, spec: RunSpec) -> tuple[Store, int]:
     return store, launch_run(store, spec)
 
 
-def test_background_two_device_run_stores_one_curve_and_one_checkpoint(ws: Path) -> None:
-    spe = 4  # synthetic:300 -> 270 train images, total batch 64 (32 per rank)
-    spec = _spec(data="synthetic:300", steps=None, epochs=2, devices=2, checkpoint_every=1, sync_every=2,
-                 eval_every=None)  # fmt: skip
-    store, run_id = _launch(ws, spec)
+def test_background_two_device_run_reproduces_one_process_and_stores_one_curve(ws: Path, models: str) -> None:
+    """One torchrun launch through the real launcher, worker and store, compared with train() in here.
+
+    The model has no BatchNorm, so with the same total batch (split over the ranks), averaged gradients
+    and summed validation the curves must agree to float summation order (measured: 3e-6 relative).
+    """
+    from tuneassist.engine.train import load_checkpoint, train
+
+    spec = _spec(model=f"{models}:build", allow_import=True, checkpoint_every=1)
+    one_train, one_val, one_end = _curves(train, spec)
+    assert len(one_train) == 28 and len(one_val) == 4  # 7 steps per epoch: 461 train images // 64
+    store, run_id = _launch(ws, replace(spec, devices=2))
     _wait(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 120, "the run", store)
     run = store.get_run(run_id)
     assert run["status"] == "finished", run
-    assert run["info"]["steps_per_epoch"] == spe and run["outcome"]["step"] == 2 * spe
     rows = store.metrics(run_id)
-    assert [r["step"] for r in rows] == list(range(2 * spe))
-    assert all(r["train_loss"] is not None for r in rows)
-    assert [r["step"] for r in rows if r["val_loss"] is not None] == [spe - 1, 2 * spe - 1]
+    assert [r["step"] for r in rows] == list(range(28))
+    assert max(_rel(one_train, [r["train_loss"] for r in rows])) < 1e-4
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [6, 13, 20, 27]
+    assert max(_rel(one_val, [r["val_loss"] for r in rows if r["val_loss"] is not None])) < 1e-4
+    out = run["outcome"]
+    assert abs(out["test_loss"] - one_end["test_loss"]) / one_end["test_loss"] < 1e-4
+    assert out["val_acc"] == one_end["val_acc"] and out["step"] == 28
     log = store.log_path(run_id).read_text()
-    # Rank 0 alone reports: one start, one line per evaluation and checkpoint (after epoch 1 and at the end).
-    assert log.count("start: {") == 1 and log.count("eval after step") == 2, log
-    assert log.count("checkpoint at step") == 2, log
-    from tuneassist.engine.train import load_checkpoint
-
-    state = load_checkpoint(store.checkpoint_path(run_id))
-    assert state["step"] == 2 * spe and run["checkpoint_step"] == 2 * spe
+    # Rank 0 alone reports: one start, one line per evaluation and per checkpoint (3 epochs, the end).
+    assert log.count("start: {") == 1 and log.count("eval after step") == 4, log
+    assert log.count("checkpoint at step") == 4, log
+    assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 28 and run["checkpoint_step"] == 28
     assert not _ddp_pids(run["pid"])
 
 
@@ -194,7 +225,7 @@ def test_cancelled_two_device_run_checkpoints_stops_every_rank_and_resumes(ws: P
     from tuneassist.runs.launch import cancel_run, resume_run
 
     spe = 4
-    spec = _spec(data="synthetic:300", steps=None, epochs=40, devices=2, checkpoint_every=1, sync_every=2,
+    spec = _spec(data="synthetic:300", steps=None, epochs=15, devices=2, checkpoint_every=1, sync_every=2,
                  eval_every=None)  # fmt: skip
     store, run_id = _launch(ws, spec)
     _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
@@ -204,7 +235,7 @@ def test_cancelled_two_device_run_checkpoints_stops_every_rank_and_resumes(ws: P
     _wait(lambda: store.get_run(run_id)["status"] == "cancelled", 60, "the cancel", store)
     run = store.get_run(run_id)
     stopped_at = run["outcome"]["step"]
-    assert run["checkpoint_step"] == stopped_at < 40 * spe
+    assert run["checkpoint_step"] == stopped_at < 15 * spe
     _wait(lambda: not _ddp_pids(worker), 30, "the ranks to exit", store)
     assert [r["step"] for r in store.metrics(run_id)] == list(range(stopped_at))
     resume_run(store, run_id)
@@ -220,9 +251,9 @@ def test_a_crashing_rank_fails_the_run_with_its_error(models: str) -> None:
     from tuneassist.engine.ddp_launch import DistributedRunError, run_distributed
 
     t0 = time.monotonic()
-    with pytest.raises(DistributedRunError, match="rank 1: ZeroDivisionError: rank one cannot build"):
+    with pytest.raises(DistributedRunError, match="rank 1: ZeroDivisionError: rank one cannot train"):
         run_distributed(_spec(model=f"{models}:crash_on_rank1", allow_import=True, devices=2))
-    assert time.monotonic() - t0 < 90  # rank 0, waiting in DDP's first collective, was stopped
+    assert time.monotonic() - t0 < 90  # rank 0, waiting in the gradient all_reduce, was stopped
 
 
 @pytest.mark.slow
@@ -245,3 +276,20 @@ def test_two_ranks_with_batchnorm_track_one_process(models: str) -> None:
     rel = _rel(one_train, two_train)
     assert sum(rel) / len(rel) < 0.03 and max(rel) < 0.1
     assert max(_rel(one_val, two_val)) < 0.1
+
+
+@pytest.mark.slow
+def test_ranks_of_a_killed_worker_exit(ws: Path) -> None:
+    """Without their owner nobody would record the run, and a resumed attempt could find its checkpoint
+    overwritten: the ranks watch the worker and leave within a second of its death."""
+    spec = _spec(data="synthetic:300", steps=None, epochs=60, devices=2, checkpoint_every=1, sync_every=2,
+                 eval_every=None)  # fmt: skip
+    store, run_id = _launch(ws, spec)
+    _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
+    worker = store.get_run(run_id)["pid"]
+    assert len(_ddp_pids(worker)) == 3
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    _wait(lambda: not _ddp_pids(worker), 15, "the ranks to notice", store)
+    assert time.monotonic() - killed < 5
+    _wait(lambda: store.get_run(run_id)["status"] == "lost", 15, "the run to be lost", store)

@@ -17,6 +17,7 @@ SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
 OPTIMIZERS = ("sgd", "adam")
 BUILTIN_DATA = ("synthetic", "cifar10", "cifar100")
 BUILTIN_MODELS = ("simple3", "resnet20", "resnet32", "resnet56", "resnet110", "densenet40")
+MAX_THREADS = 1024  # torch overflows or crashes asked for far more CPU threads than any machine has
 
 
 @dataclass
@@ -137,6 +138,17 @@ class RunSpec:
             )
         if self.sync_every < 1:
             raise UserError(f"sync-every {self.sync_every} must be at least 1")
+        # Checked here because torch fails on them with an overflow (seed) or a crash (threads) mid-run.
+        if not (isinstance(self.seed, int) and -(2**63) <= self.seed < 2**63):
+            raise UserError(f"seed {self.seed} is out of range; use a whole number below 2^63, e.g. --seed 0")
+        if self.num_threads is not None and not (
+            isinstance(self.num_threads, int) and 1 <= self.num_threads <= MAX_THREADS
+        ):
+            raise UserError(
+                f"threads {self.num_threads} must be from 1 to {MAX_THREADS}; use about the number of cores"
+            )
+        if self.checkpoint_every < 0:
+            raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
         if ":" in self.model and not self.model.startswith(":"):
             mod, _, fn = self.model.partition(":")
             if (

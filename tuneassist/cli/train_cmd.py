@@ -159,6 +159,11 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     return spec
 
 
+def _times(devices: int | None) -> str:
+    """' x 4 devices (DDP)' for a multi-device run, else nothing."""
+    return f" x {devices} devices (DDP)" if devices and devices > 1 else ""
+
+
 class Progress:
     """Progress on stderr: a live status line on a terminal, one line per evaluation otherwise."""
 
@@ -186,7 +191,7 @@ class Progress:
             self.t0 = time.perf_counter()
             print(
                 f"{e['train_size']} train / {e['val_size']} val / {e['test_size']} test images, "
-                f"{e['num_classes']} classes, on {e['device']}: {self.total} steps "
+                f"{e['num_classes']} classes, on {e['device']}{_times(e.get('devices'))}: {self.total} steps "
                 f"({e['epochs']:.3g} epochs of {self.spe})",
                 file=sys.stderr,
             )

@@ -131,17 +131,19 @@ def run_rank(
                 f"rank {local_rank} of this node needs GPU {local_rank} but only "
                 f"{torch.cuda.device_count()} are visible; use --devices {torch.cuda.device_count()} or fewer"
             )
+        # The spec keeps "cuda" (a GPU index with devices > 1 is refused by validate()); train() takes
+        # the current device, this rank's own.
         torch.cuda.set_device(local_rank)
-        spec.device = f"cuda:{local_rank}"
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
     else:
         dist.init_process_group("gloo")
-    try:
-        return train(
-            spec, on_event=on_event, should_stop=should_stop, checkpoint_path=checkpoint_path, resume=resume
-        )
-    finally:
-        dist.destroy_process_group()
+    end = train(
+        spec, on_event=on_event, should_stop=should_stop, checkpoint_path=checkpoint_path, resume=resume
+    )
+    # Only after a clean end: leaving the group while a failed peer's collective is pending can hang,
+    # and a rank that raised exits (and torchrun stops the others) anyway.
+    dist.destroy_process_group()
+    return end
 
 
 class FifoSink:
@@ -162,9 +164,12 @@ class FifoSink:
 
 
 def _alive(pid: int) -> bool:
+    """False when `pid` is gone, a zombie (it still answers kill(0)) or stopped (SIGSTOP: its heartbeat
+    stops too, so the run will be declared lost and may be resumed elsewhere; ranks that trained on
+    could overwrite that attempt's checkpoint)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie still answers kill(0)
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X", "T")
     except FileNotFoundError:
         return False
     except OSError:
@@ -179,12 +184,15 @@ def _alive(pid: int) -> bool:
 
 
 def watch_parent(pid: int, interval: float = 0.5) -> None:
-    """Exit at once, writing nothing, when the run's owner dies: the run may be resumed elsewhere."""
+    """Exit at once, writing nothing, when the run's owner dies or is frozen: the run may be resumed
+    elsewhere, and only the owner's ranks may write its checkpoint."""
 
     def loop() -> None:
         while _alive(pid):
             time.sleep(interval)
-        print(f"tuneassist rank: owner process {pid} is gone; exiting", file=sys.stderr, flush=True)
+        print(
+            f"tuneassist rank: owner process {pid} is gone or stopped; exiting", file=sys.stderr, flush=True
+        )
         os._exit(1)
 
     threading.Thread(target=loop, name="watch-parent", daemon=True).start()

@@ -319,6 +319,7 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "epochs": total_steps / steps_per_epoch,
             "device": str(device),
+            "devices": world,
             "num_classes": ds.num_classes,
             "train_size": int(ds.train_y.numel()),
             "val_size": int(ds.val_y.numel()),

@@ -77,11 +77,62 @@ def slots_for(spec: dict[str, Any]) -> tuple[list[str], int]:
     return [device], 1
 
 
+PACK_MAX = 4  # runs sharing one GPU at most when packing on its own
+# Training memory per image in MiB (bf16 + channels_last): about twice what the layer shapes say the
+# saved activations take, to stay on the safe side. Models not listed (your own) never share a GPU.
+MIB_PER_IMAGE = {
+    "simple3": 0.5, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 17, "densenet40": 24,
+}  # fmt: skip
+RUN_BASE_MIB = 2048  # per process: CUDA context, cuDNN workspaces, the data set held on the GPU
+_gpu_mem_cache: int | None = None
+
+
+def gpu_memory_mib() -> int:
+    """Memory of the smallest visible GPU in MiB (nvidia-smi), 0 when unknown."""
+    global _gpu_mem_cache
+    if _gpu_mem_cache is None:
+        _gpu_mem_cache = 0
+        if shutil.which("nvidia-smi"):
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                    capture_output=True, text=True, timeout=10,
+                ).stdout  # fmt: skip
+                mem = {i.strip(): int(m) for i, m in (ln.split(",") for ln in out.splitlines() if "," in ln)}
+                sizes = [mem[g] for g in detect_gpus() if g in mem]
+                _gpu_mem_cache = min(sizes) if sizes else 0
+            except (OSError, ValueError, subprocess.SubprocessError):
+                _gpu_mem_cache = 0
+    return _gpu_mem_cache
+
+
+def pack_limit(spec: dict[str, Any]) -> int:
+    """How many runs like `spec` may share one GPU: 1 unless it is a one-GPU run of a built-in model
+    whose estimated memory fits PACK_MAX-fold (or fewer) into 80% of the GPU."""
+    if int(spec.get("devices") or 1) > 1 or spec.get("model") not in MIB_PER_IMAGE:
+        return 1
+    if not any(s.startswith("cuda") for s in slots_for(spec)[0]):
+        return 1  # the CPU: runs share its cores, packing gains nothing there
+    mem = gpu_memory_mib()
+    need = RUN_BASE_MIB + MIB_PER_IMAGE[str(spec["model"])] * int(spec.get("batch_size") or 128)
+    return max(1, min(PACK_MAX, int(0.8 * mem // need)))
+
+
+def auto_max_per_device(store: Store) -> int:
+    """The packing limit when nobody set one: the smallest pack_limit of the queued and running runs, so
+    several small-model candidates share a GPU while a big, unknown or multi-GPU run gets it alone."""
+    if not detect_gpus():
+        return 1
+    active = store.list_runs(status=["queued", "running"], refresh=False)
+    return min((pack_limit(r["spec"]) for r in active), default=1)
+
+
 def max_per_device(store: Store) -> int:
-    """How many runs may share one device: $TUNEASSIST_MAX_PER_DEVICE, else the store's setting, else 1."""
+    """How many runs may share one device: $TUNEASSIST_MAX_PER_DEVICE, else the store's setting, else
+    `auto_max_per_device` (1 on a machine without GPUs)."""
     raw = os.environ.get("TUNEASSIST_MAX_PER_DEVICE") or store.get_setting("max_per_device")
     if raw is None:
-        return 1
+        return auto_max_per_device(store)
     try:
         value = int(raw)
     except ValueError:
@@ -97,9 +148,14 @@ def _reap() -> None:
             _children.remove(p)
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(store: Store) -> dict[str, str]:
     env = dict(os.environ)
     env[GPU_ENV] = ",".join(detect_gpus())
+    # torch.compile's on-disk caches shared by the workspace's runs: the 2nd..Nth candidate with the
+    # same model, batch and dtype loads the compiled graphs instead of compiling again.
+    cache = store.workspace / "cache"
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
     # The worker must import this very package even when it is not installed.
     root = str(Path(tuneassist.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -130,7 +186,7 @@ def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
-                env=_worker_env(),
+                env=_worker_env(store),
             )
     except OSError as e:
         store.update_run(
