@@ -71,6 +71,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--batch-size stays the total, each device takes batch/N",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
+    p.add_argument("--no-channels-last", action="store_true", help="NCHW tensors (default: channels_last)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
@@ -147,6 +149,8 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
         device=args.device,
         devices=args.devices or 1,
         compile=args.compile,
+        bf16=not args.no_bf16,
+        channels_last=not args.no_channels_last,
         augment=not args.no_augment,
         num_threads=args.threads,
     )
