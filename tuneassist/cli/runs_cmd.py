@@ -188,7 +188,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         runs = store.list_runs(session=args.session, status=statuses, refresh=False)
     sessions = {s["id"]: s["name"] or str(s["id"]) for s in store.list_sessions()}
     if store.read_only:
-        print(f"note: {store.workspace} is read-only here; runs can be listed, not changed", file=sys.stderr)
+        note = f"note: {store.workspace} {store.read_only_why}; runs can be listed, not changed"
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps([run_summary(r, sessions) for r in runs], indent=1))
         return 0
@@ -431,6 +432,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_id(text: str) -> int:
+    """A run id as `tuneassist runs` lists them (SQLite cannot even look up ids of 2^63 and more)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id (a number from `tuneassist runs`)")
+    return v
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -468,21 +480,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
 
     w = sub.add_parser("watch", help="follow a run live; Ctrl-C stops watching, never the run")
-    w.add_argument("run_id", type=int, metavar="ID")
+    w.add_argument("run_id", type=_run_id, metavar="ID")
     w.add_argument("--interval", type=_positive, default=1.0, help="seconds between redraws (1)")
     w.add_argument("--no-plot", action="store_true", help="progress lines only, no terminal plot")
     _add_workspace(w)
     w.set_defaults(func=cmd_watch)
 
     c = sub.add_parser("cancel", help="stop a run gracefully (metrics and a checkpoint are kept)")
-    c.add_argument("run_id", type=int, metavar="ID")
+    c.add_argument("run_id", type=_run_id, metavar="ID")
     c.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for it to stop")
     c.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)")
     _add_workspace(c)
     c.set_defaults(func=cmd_cancel)
 
     r = sub.add_parser("resume", help="continue a lost or cancelled run from its last checkpoint")
-    r.add_argument("run_id", type=int, metavar="ID")
+    r.add_argument("run_id", type=_run_id, metavar="ID")
     r.add_argument(
         "--from-start",
         action="store_true",
@@ -492,7 +504,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("export", help="write a run's metrics as CSV or JSON lines")
-    e.add_argument("run_id", type=int, metavar="ID")
+    e.add_argument("run_id", type=_run_id, metavar="ID")
     e.add_argument("--format", choices=("csv", "jsonl"), required=True)
     e.add_argument("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)")
     _add_workspace(e)

@@ -183,7 +183,7 @@ def _fake_oom_above() -> int | None:
 
 
 @contextlib.contextmanager
-def _oom_guard(spec: RunSpec, device: torch.device) -> Iterator[None]:
+def _oom_guard(spec: RunSpec, device: torch.device, world: int = 1) -> Iterator[None]:
     """Turn an out-of-memory error into a UserError naming the batch size and a smaller one to try."""
     try:
         yield
@@ -199,7 +199,9 @@ def _oom_guard(spec: RunSpec, device: torch.device) -> Iterator[None]:
                 f"use --batch-size {smaller} or less (the largest that fits: python -m "
                 f"tuneassist.engine.probe --model {spec.model} --data {spec.data} --device {device.type})"
             )
-        raise UserError(f"out of memory on {device} at batch size {spec.batch_size}{sim}; {fix}") from None
+        per = f" ({spec.batch_size // world} per device)" if world > 1 else ""
+        msg = f"out of memory on {device} at batch size {spec.batch_size}{per}{sim}; {fix}"
+        raise UserError(msg) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -296,7 +298,7 @@ def train(
 
     monitor = DivergenceMonitor(spec.divergence_factor, strict=spec.is_range_test)
     fake_oom = _fake_oom_above()
-    oom_guard = lambda: _oom_guard(spec, device)  # noqa: E731
+    oom_guard = lambda: _oom_guard(spec, device, world)  # noqa: E731
     start_step = 0
     if resume:
         if ckpt_path is None:
@@ -417,8 +419,8 @@ def train(
                 with amp():
                     out = run_model(x)
                     loss = F.cross_entropy(out.float(), y)
-                if fake_oom is not None and spec.batch_size > fake_oom:  # activations alive, as in a real OOM
-                    raise torch.OutOfMemoryError(f"simulated: batch {spec.batch_size} > {FAKE_OOM_ENV}")
+                if fake_oom is not None and len(y) > fake_oom:  # this device's batch; activations alive
+                    raise torch.OutOfMemoryError(f"simulated: batch {len(y)} > {FAKE_OOM_ENV}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

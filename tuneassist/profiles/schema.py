@@ -536,6 +536,8 @@ def loads_profile(text: str, where: str = "profile") -> Profile:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML ({exc}); fix the syntax there") from exc
+    except RecursionError:  # tomllib recurses per nested array/table: a crafted file exhausts the stack
+        raise UserError(f"{where}: nested too deeply to be a profile; check the [ and {{ brackets") from None
     return profile_from_dict(raw, where)
 
 

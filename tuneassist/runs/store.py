@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import threading
@@ -183,11 +184,16 @@ class Store:
         self._lock = threading.RLock()
         self._con: sqlite3.Connection | None = None
         self.read_only = False
+        self.read_only_why = ""  # why read_only: "is read-only here" or "is on a full disk (...)"
         self._lost_overlay: dict[int, str] = {}  # runs found lost that a read-only store cannot mark
         self._make_workspace()
         self._check_file()
         self._con = self._connect()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:  # refused (newer, damaged): let go of the file at once
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- opening and migrating
     def _make_workspace(self) -> None:
@@ -276,12 +282,26 @@ class Store:
             con.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
             con.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
+            if self._disk_full(e):  # SQLite cannot even make its -shm file: read what is there
+                with contextlib.suppress(Exception):
+                    con.close()
+                return self._connect_read_only(full=True)
             if "unable to open" in str(e).lower():
                 raise UserError(f"cannot open {self.db_path} ({e}); check its permissions") from None
             raise self._damaged(f"cannot be opened as a database ({e})") from None
         return con
 
-    def _connect_read_only(self) -> sqlite3.Connection:
+    def _disk_full(self, e: BaseException) -> bool:
+        """Whether an SQLite error came from a full disk (not a damaged file: never say "move it aside")."""
+        msg = str(e).lower()
+        if "full" in msg:
+            return True
+        try:
+            return "i/o" in msg and shutil.disk_usage(self.workspace).free < 1 << 20
+        except OSError:
+            return False
+
+    def _connect_read_only(self, full: bool = False) -> sqlite3.Connection:
         """Open the database for reading only (the workspace or the file is not writable here).
 
         SQLite reads a WAL database read-only when its -shm file exists or can be created; otherwise the
@@ -289,6 +309,13 @@ class Store:
         a non-empty -wal is refused rather than silently ignored.
         """
         self.read_only = True
+        if full:
+            free = shutil.disk_usage(self.workspace).free
+            self.read_only_why = f"is on a full disk ({free // 1024} KiB free)"
+            fix = f"free some space on the disk holding {self.workspace}"
+        else:
+            self.read_only_why = "is read-only here"
+            fix = f"make {self.workspace} writable"
         uri = "file:" + urllib.parse.quote(str(self.db_path.resolve())) + "?mode=ro"
         wal = self.db_path.with_name(DB_NAME + "-wal")
 
@@ -314,8 +341,8 @@ class Store:
             except sqlite3.OperationalError:
                 if wal.exists() and wal.stat().st_size > 0:
                     raise UserError(
-                        f"{self.db_path} is read-only here and its latest changes are still in {wal.name}; "
-                        f"make {self.workspace} writable to read the runs"
+                        f"{self.db_path} {self.read_only_why} and its latest changes are still in "
+                        f"{wal.name}; {fix} to read the runs"
                     ) from None
                 return open_(uri + "&immutable=1")
         except sqlite3.DatabaseError as e:
@@ -423,10 +450,14 @@ class Store:
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any], write: bool) -> Any:
         if write and self.read_only:
+            fix = (
+                "free some space on it"
+                if "full" in self.read_only_why
+                else "make it writable (chmod u+w, or remount it read-write)"
+            )
             raise UserError(
-                f"workspace {self.workspace} is read-only here: its runs can be listed but not started, "
-                "cancelled or resumed; make it writable (chmod u+w, or remount it read-write) or pass "
-                "another --workspace DIR"
+                f"workspace {self.workspace} {self.read_only_why}: its runs can be listed but not started, "
+                f"cancelled or resumed; {fix} or pass another --workspace DIR"
             )
 
         def attempt() -> Any:
@@ -529,10 +560,14 @@ class Store:
         """A session by id or name; UserError when there is none."""
 
         def fn(c: sqlite3.Connection) -> sqlite3.Row | None:
-            if isinstance(session, int) or str(session).isdigit():
+            if (isinstance(session, int) or str(session).isdigit()) and 0 <= int(session) < 2**63:
                 row = c.execute("SELECT * FROM sessions WHERE id = ?", (int(session),)).fetchone()
                 if row is not None:
                     return row
+            try:
+                str(session).encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes from argv: no stored name can match
+                return None
             return c.execute(
                 "SELECT * FROM sessions WHERE name = ? ORDER BY id DESC LIMIT 1", (str(session),)
             ).fetchone()
@@ -619,7 +654,12 @@ class Store:
         """One run as a dict (spec/outcome/info decoded); UserError when there is none."""
         if refresh:
             self.refresh_lost([run_id])
-        row = self._read(lambda c: c.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone())
+        ok = -(2**63) <= int(run_id) < 2**63  # beyond SQLite's integers: no such run, not an overflow
+        row = (
+            self._read(lambda c: c.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone())
+            if ok
+            else None
+        )
         if row is None:
             raise UserError(f"no run {run_id} in {self.workspace}; list runs with: tuneassist runs")
         return self._overlay(self._run_dict(row))
@@ -698,7 +738,7 @@ class Store:
         if not dead:
             return []
         if self.read_only:
-            note = " (not recorded: the workspace is read-only)"
+            note = f" (not recorded: the workspace {self.read_only_why})"
             self._lost_overlay.update({i: why + note for i, (_, why) in dead.items()})
             return list(dead)
 
