@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 from tuneassist import __version__
@@ -69,7 +70,14 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Warnings the user should read (e.g. images resized) as one `warning:` line, not file:line + source."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not os.environ.get("TUNEASSIST_DEBUG"):
+        warnings.showwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     func = getattr(args, "func", None)

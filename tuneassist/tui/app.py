@@ -83,6 +83,13 @@ class TuneApp(App[None]):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_mount(self) -> None:
+        if self.store.read_only:  # a full disk or a read-only mount: runs show, nothing can change
+            self.notify(
+                f"The workspace {self.store.read_only_why}: runs are shown, but nothing can be started, "
+                "cancelled or saved until it is writable again.",
+                severity="warning",
+                timeout=30,
+            )
         self.poll_now()
         self.set_interval(self.poll_seconds, self.poll_now)
 
@@ -144,12 +151,13 @@ class TuneApp(App[None]):
 
     def session_line(self) -> str:
         s = self.session
+        ro = "READ-ONLY · " if self.store.read_only else ""
         if s is None:
-            return f"tuneassist  no session · workspace {self.store.workspace}"
+            return f"tuneassist  {ro}no session · workspace {self.store.workspace}"
         cl = s.checklist
         dev = f"{cl.devices}×GPU" if self.live and _has_gpu() else f"{cl.devices}×CPU"
         return (
-            f"tuneassist  session {s.id}: {cl.data} · {cl.model} · {dev} · TBS {cl.values['batch_size']} "
+            f"tuneassist  {ro}session {s.id}: {cl.data} · {cl.model} · {dev} · TBS {cl.values['batch_size']} "
             f"· {cl.budget}"
         )
 
