@@ -330,3 +330,22 @@ def test_expected_throughput_prefers_what_this_machine_measured(tmp_path: Path) 
     store.add_run({"model": "resnet20"})  # another model, never measured
     assert expected_throughput(store, "simple3", on_gpu=False) == (500.0, "measured on 3 runs")
     assert expected_throughput(store, "resnet20", on_gpu=False)[1].startswith("assumed")
+
+
+def test_two_session_objects_never_overwrite_each_other(tmp_path: Path) -> None:
+    """Two windows on one session, each holding its own copy: changes merge, none is lost or doubled."""
+    from tuneassist.runs.store import Store
+    from tuneassist.session import TuningSession
+
+    store = Store(tmp_path / "ws")
+    a = TuningSession.create(store, "synthetic:300", "simple3", budget="quick", train_size=270)
+    b = TuningSession(store, a.id)
+    a.override("lr_range", [0.01, 0.1])
+    b.override("batch_size", 32)  # b's copy predates a's change: it re-reads and applies it again
+    assert b.checklist.decisions["lr_range"].label == "0.01 → 0.1"
+    assert a.sync() is True and set(a.checklist.decisions) == {"lr_range", "batch_size"}
+    assert a.sync() is False  # nothing new since
+    a.override("batch_size", 32)  # the same decision again: recorded once
+    fresh = TuningSession(store, a.id)
+    assert [h for h in fresh.checklist.history if h.get("event") == "replaced"] == []
+    assert fresh.rev == a.rev and fresh.checklist.decisions["batch_size"].value == 32

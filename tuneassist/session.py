@@ -7,15 +7,24 @@ TUI, so a session started in one can be continued in the other. It never imports
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation, RunCurves
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import launch_run
 from tuneassist.runs.store import Store
+
+T = TypeVar("T")
+
+
+class SessionConflict(Exception):
+    """Another window saved the session after we read it: re-read, then apply the change again."""
+
 
 ENDED = ("finished", "diverged", "failed", "cancelled", "lost")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -118,12 +127,29 @@ class TuningSession:
     def __init__(self, store: Store, session_id: int) -> None:
         self.store = store
         self.id = session_id
-        row = store.get_session(session_id)
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the session as it is in the store now (another window or the CLI may have changed it)."""
+        row = self.store.get_session(self.id)
         state = row.get("state") or {}
         if "checklist" not in state:
-            raise UserError(f"session {session_id} holds no checklist; create a new one with tuneassist tune")
-        self.name = row.get("name") or f"session {session_id}"
+            raise UserError(f"session {self.id} holds no checklist; create a new one with tuneassist tune")
+        self.name = row.get("name") or f"session {self.id}"
         self.checklist = Checklist.from_dict(state["checklist"])
+        self.rev = int(state.get("rev") or 0)
+
+    def stored_rev(self) -> int:
+        """The revision in the store: cheap enough to ask on every UI poll."""
+        state = self.store.get_session(self.id).get("state") or {}
+        return int(state.get("rev") or 0)
+
+    def sync(self) -> bool:
+        """Reload when someone else saved since we read; True when the session changed."""
+        if self.stored_rev() == self.rev:
+            return False
+        self.reload()
+        return True
 
     @classmethod
     def create(
@@ -151,7 +177,39 @@ class TuningSession:
         return None
 
     def save(self) -> None:
-        self.store.update_session(self.id, state={"checklist": self.checklist.to_dict()})
+        """Write the checklist unless someone else saved since we read it (then SessionConflict).
+
+        Compare-and-swap on a revision number, in one write transaction: two windows (or a window
+        and `tune`) can never overwrite each other's decisions or detach each other's runs.
+        """
+        text = json.dumps({"checklist": self.checklist.to_dict(), "rev": self.rev + 1})
+
+        def swap(c: Any) -> bool:
+            row = c.execute("SELECT state FROM sessions WHERE id = ?", (self.id,)).fetchone()
+            current = json.loads(row[0] or "{}") if row else {}
+            if int(current.get("rev") or 0) != self.rev:
+                return False
+            c.execute("UPDATE sessions SET state = ? WHERE id = ?", (text, self.id))
+            return True
+
+        if not self.store.write(swap):
+            raise SessionConflict(f"session {self.id} was changed elsewhere")
+        self.rev += 1
+
+    def _change(self, fn: Callable[[], T]) -> T:
+        """Apply a change and save it; if another window saved first, re-read and apply it again.
+
+        Changes are safe to repeat: decisions are idempotent and launching reuses an identical
+        queued or running run.
+        """
+        for _ in range(10):
+            try:
+                result = fn()
+                self.save()
+                return result
+            except SessionConflict:
+                self.reload()
+        raise UserError(f"session {self.id} keeps changing in another window; try again")
 
     # -- runs of a step ------------------------------------------------------------------------
     def step_runs(self, step: str) -> dict[str, int]:
@@ -163,7 +221,13 @@ class TuningSession:
         step = step or cl.current_step
         if step is None:
             return []
+        return self._change(lambda: self._launch(step))
+
+    def _launch(self, step: str) -> list[int]:
+        cl = self.checklist
         prop = cl.propose(step)
+        if not prop.candidates:  # all started already (by another window too): those are the runs
+            return [r for r in self.step_runs(step).values() if self._active(r)]
         seed = self.seed_for(step)
         ids = []
         try:
@@ -172,9 +236,14 @@ class TuningSession:
                 run_id = launch_run(self.store, spec, kind=f"{step}:{cand.label}", session_id=self.id)
                 cl.attach_run(step, cand.key, str(run_id))
                 ids.append(run_id)
-        finally:
-            self.save()  # runs started before a failure stay attached
+        except UserError:
+            if ids:
+                self.save()  # runs started before a failure stay attached
+            raise
         return ids
+
+    def _active(self, run_id: int) -> bool:
+        return self.store.get_run(run_id, refresh=False)["status"] in ("queued", "running")
 
     def seed_for(self, step: str) -> int:
         """The seed of the step's runs: 0, or the seed of its latest re-run."""
@@ -191,6 +260,9 @@ class TuningSession:
         The previous runs stay in the store (and in the history); the step's decision, if any, stays
         until a new recommendation is accepted. A range test re-runs only its latest range.
         """
+        return self._change(lambda: self._rerun(step))
+
+    def _rerun(self, step: str) -> list[int]:
         cl = self.checklist
         active = [
             r
@@ -215,10 +287,13 @@ class TuningSession:
         elif step in cl.runs:
             cl.history.append({"event": "runs_superseded", "step": step, "runs": dict(cl.runs.pop(step))})
         cl.history.append({"event": "rerun", "step": step, "seed": seed})
-        return self.launch(step)
+        return self._launch(step)
 
     def set_candidates(self, step: str, values: list[Any], save: bool = True) -> None:
         """Replace the values a step tries (the user edited the proposal); forgets the step's runs."""
+        if save:
+            self._change(lambda: self.set_candidates(step, values, save=False))
+            return
         cl = self.checklist
         if step == "lr_range":
             # Keep the range as [low, high]: that is the form the checklist builds its range-test spec from.
@@ -229,8 +304,6 @@ class TuningSession:
             cl._forget_runs(step)
         else:
             cl.set_candidates(step, values)
-        if save:
-            self.save()
 
     def runs_ended(self, step: str) -> bool:
         runs = self.step_runs(step)
@@ -249,17 +322,19 @@ class TuningSession:
             return None
         curves = {k: curves_from_store(self.store, r) for k, r in self.step_runs(step).items()}
         rec = self.checklist.recommend(step, curves)
-        if rec.needs_more_runs:
-            self.save()  # the checklist added candidates (WD refinement, range retry)
+        if rec.needs_more_runs:  # the checklist added candidates (WD refinement, range retry)
+            try:
+                self.save()
+            except SessionConflict:
+                self.reload()
+                return self.recommend(step)
         return rec
 
     def accept(self, rec: Recommendation) -> None:
-        self.checklist.accept(rec)
-        self.save()
+        self._change(lambda: self.checklist.accept(rec))
 
     def override(self, step: str, value: Any, reason: str = "set by the user") -> None:
-        self.checklist.override(step, value, reason)
-        self.save()
+        self._change(lambda: self.checklist.override(step, value, reason))
 
     # -- display -------------------------------------------------------------------------------
     def steps(self) -> list[StepState]:

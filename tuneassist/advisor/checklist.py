@@ -798,6 +798,8 @@ class Checklist:
         self, step: str, value: Any, label: str, source: str, reason: str, run_ids: list[str]
     ) -> Decision:
         old = self.decisions.get(step)
+        if old is not None and not old.stale and old.value == _jsonable(value) and old.source == source:
+            return old  # the same decision again (a second window, a retried save): record it once
         changed = old is None or old.value != value
         if old is not None:
             self.history.append({"event": "replaced", **asdict(old)})

@@ -17,7 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tuneassist.advisor.checklist import STEP_TITLES, Checklist
+from tuneassist.advisor.checklist import STEP_TITLES
 from tuneassist.errors import UserError
 from tuneassist.profiles.schema import safe_filename
 from tuneassist.runs.store import Store
@@ -108,27 +108,25 @@ class TuneApp(App[None]):
         self.polls += 1
         for run in res.ended:
             self._toast_end(run)
-        if self.session is not None and (res.changed or res.ended):
-            self._reload_session()
+        synced = self._reload_session() if self.session is not None else False
         stack = self.screen_stack  # empty for a moment while a mode switch is under way
         screen = stack[-1] if stack else None
         if isinstance(screen, LiveScreen):
             try:
                 screen.on_poll(res)
+                if synced and not (res.changed or res.ended):
+                    screen.refresh_all()  # another window or `tune` changed the session, no run did
             except Exception:  # noqa: BLE001 - the next poll tries again; the UI stays up
                 log.exception("screen refresh failed")
 
-    def _reload_session(self) -> None:
-        """Pick up changes another process (the autopilot) made to the session's checklist."""
+    def _reload_session(self) -> bool:
+        """Pick up changes another window, the CLI or the autopilot saved to the session (in place:
+        dialogs and actions hold this session object and must see the new state)."""
         assert self.session is not None
         try:
-            row = self.store.get_session(self.session.id)
+            return self.session.sync()
         except UserError:
-            return
-        state = (row.get("state") or {}).get("checklist")
-        if state is not None and state != self.session.checklist.to_dict():
-            # In place: dialogs and actions hold this session object and must see the new state.
-            self.session.checklist = Checklist.from_dict(state)
+            return False
 
     def _toast_end(self, run: dict[str, Any]) -> None:
         from tuneassist.tui.fmt import run_kind
