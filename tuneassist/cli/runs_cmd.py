@@ -205,7 +205,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         epoch = (r["outcome"] or {}).get("epoch", r["last_epoch"])
         ep = "-" if epoch is None else f"{epoch:.2f}"
         if total:
-            ep += f"/{total:g}"
+            ep += f"/{total:.3g}"
         rows.append(
             [
                 str(r["id"]),
