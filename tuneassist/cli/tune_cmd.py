@@ -108,7 +108,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             max_fit=probe["max_batch"] if probe else None,
         )
         ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
-        est = session.checklist.estimate_seconds(images_per_s=ips)["total"]
+        secs = session.checklist.estimate_seconds(images_per_s=ips)
+        est = secs["total"] + (0 if args.no_baseline else secs.get("final", 0))  # + the baseline
         _say(
             quiet,
             f"session {session.id}: {args.data} · {args.model} · budget {args.budget}; "
