@@ -112,15 +112,20 @@ def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None
         return None
 
 
+def read_gpus() -> tuple[list[GpuState], str]:
+    """The GPUs now, and where the figures came from (NVML, else nvidia-smi, else why there are none)."""
+    gpus = _from_nvml()
+    if gpus is not None:
+        return gpus, "nvml"
+    gpus = _from_nvidia_smi()
+    if gpus is not None:
+        return gpus, "nvidia-smi"
+    return [], "no NVIDIA driver found"
+
+
 def read_devices() -> DeviceReport:
     """One sample of every device; slow only when it must run nvidia-smi (tens of ms)."""
-    gpus = _from_nvml()
-    source = "nvml"
-    if gpus is None:
-        gpus = _from_nvidia_smi()
-        source = "nvidia-smi"
-    if gpus is None:
-        gpus, source = [], "no NVIDIA driver found"
+    gpus, source = read_gpus()
     host = host_memory()
     return DeviceReport(gpus, source, *(host if host else (None, None)))
 

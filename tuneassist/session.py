@@ -140,9 +140,17 @@ class TuningSession:
         self.rev = int(state.get("rev") or 0)
 
     def stored_rev(self) -> int:
-        """The revision in the store: cheap enough to ask on every UI poll."""
-        state = self.store.get_session(self.id).get("state") or {}
-        return int(state.get("rev") or 0)
+        """The revision in the store, read in SQL without decoding the state: asked on every UI poll."""
+        row = self.store.read(
+            lambda c: c.execute(
+                "SELECT CASE WHEN json_valid(state) THEN json_extract(state, '$.rev') END "
+                "FROM sessions WHERE id = ?",
+                (self.id,),
+            ).fetchone()
+        )
+        if row is None:
+            self.store.get_session(self.id)  # the one-line "no session N" error
+        return int(row[0] or 0) if row else 0
 
     def sync(self) -> bool:
         """Reload when someone else saved since we read; True when the session changed."""

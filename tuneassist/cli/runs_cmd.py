@@ -15,7 +15,7 @@ from typing import Any
 
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
-from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed
+from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed, fmt_time
 from tuneassist.spec import RunSpec
 
 _ENDED_OK = ("finished", "cancelled", "diverged")
@@ -40,15 +40,6 @@ def open_store(args: argparse.Namespace) -> Store:
 def _ws_flag(args: argparse.Namespace) -> str:
     ws = getattr(args, "workspace", None)
     return f" --workspace {ws}" if ws else ""
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = int(max(0, seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _g(v: float | None) -> str:
@@ -219,7 +210,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 _g(r["best_val_loss"]),
                 _pct(r["best_val_acc"]),
                 "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
-                _fmt_time(elapsed(r)),
+                fmt_time(elapsed(r)),
             ]
         )
     print(_table(rows, header))
@@ -238,7 +229,7 @@ def describe_end(run: dict[str, Any], flag: str = "") -> str:
     parts = [f"run {rid} {status}"]
     if out:
         parts.append(
-            f"{out.get('epoch', 0):.3g} epochs ({out.get('step')} steps) in {_fmt_time(out.get('wall_time'))}"
+            f"{out.get('epoch', 0):.3g} epochs ({out.get('step')} steps) in {fmt_time(out.get('wall_time'))}"
         )
         if out.get("val_loss") is not None:
             parts.append(f"val loss {out['val_loss']:.4f}, val acc {_pct(out.get('val_acc'))}")
@@ -299,7 +290,7 @@ def _progress_line(run: dict[str, Any], curves: _Curves) -> str:
     eta = ""
     el = elapsed(run)
     if total and el and step:
-        eta = f"  ETA {_fmt_time(el / step * (total - step))}"
+        eta = f"  ETA {fmt_time(el / step * (total - step))}"
     done = (last["epoch"] or 0) + _eval_shift(run)  # epochs completed by the last step
     text = (
         f"run {run['id']} {run['status']}  epoch {done:.2f}/{_g(total_epochs(run))}  "
@@ -309,7 +300,7 @@ def _progress_line(run: dict[str, Any], curves: _Curves) -> str:
         text += f"  val loss {_g(val['val_loss'])}  val acc {_pct(val['val_acc'])}"
     if last["images_per_s"]:
         text += f"  {last['images_per_s']:,.0f} img/s"
-    return text + f"  {_fmt_time(el)}{eta}"
+    return text + f"  {fmt_time(el)}{eta}"
 
 
 def _plot(run: dict[str, Any], curves: _Curves) -> str:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import tuneassist
 from tuneassist.errors import UserError
+from tuneassist.hardware import read_gpus
 from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
 from tuneassist.spec import RunSpec
 
@@ -88,21 +89,12 @@ _gpu_mem_cache: int | None = None
 
 
 def gpu_memory_mib() -> int:
-    """Memory of the smallest visible GPU in MiB (nvidia-smi), 0 when unknown."""
+    """Memory of the smallest GPU this process may use, in MiB; 0 when unknown (then nothing packs)."""
     global _gpu_mem_cache
     if _gpu_mem_cache is None:
-        _gpu_mem_cache = 0
-        if shutil.which("nvidia-smi"):
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
-                    capture_output=True, text=True, timeout=10,
-                ).stdout  # fmt: skip
-                mem = {i.strip(): int(m) for i, m in (ln.split(",") for ln in out.splitlines() if "," in ln)}
-                sizes = [mem[g] for g in detect_gpus() if g in mem]
-                _gpu_mem_cache = min(sizes) if sizes else 0
-            except (OSError, ValueError, subprocess.SubprocessError):
-                _gpu_mem_cache = 0
+        mine = set(detect_gpus())
+        sizes = [g.total_bytes // 2**20 for g in read_gpus()[0] if str(g.index) in mine]
+        _gpu_mem_cache = min(sizes) if sizes else 0
     return _gpu_mem_cache
 
 

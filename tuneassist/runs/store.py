@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -105,24 +107,19 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-_EXPECTED_COLUMNS: dict[tuple[str, ...], dict[str, set[str]]] = {}
 
 
+@functools.cache
 def _expected_columns() -> dict[str, set[str]]:
     """Columns of every table after all migrations (built once, in memory, from MIGRATIONS itself)."""
-    key = tuple(MIGRATIONS)
-    if key not in _EXPECTED_COLUMNS:
-        con = sqlite3.connect(":memory:")
-        cols: dict[str, set[str]] = {}
-        try:
-            for migration in MIGRATIONS:
-                con.executescript(migration)
-            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-                cols[table] = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
-        finally:
-            con.close()
-        _EXPECTED_COLUMNS[key] = cols
-    return _EXPECTED_COLUMNS[key]
+    con = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS:
+            con.executescript(migration)
+        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
+        return {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in tables}
+    finally:
+        con.close()
 
 
 def heartbeat_timeout() -> float:
@@ -1153,6 +1150,16 @@ def elapsed(run: dict[str, Any], now: float | None = None) -> float | None:
     if run["status"] == "queued":
         end = run["started"]
     return float(run.get("wall_base") or 0.0) + max(0.0, end - run["started"])
+
+
+def fmt_time(seconds: float | None) -> str:
+    """A run's elapsed time or ETA as h:mm:ss (m:ss under an hour): one format for the CLI and the TUI."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(max(0, seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # ----------------------------------------------------------------------------- checkpoints, torch-free

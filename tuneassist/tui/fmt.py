@@ -13,7 +13,7 @@ from rich.text import Text
 
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
-from tuneassist.runs.store import elapsed
+from tuneassist.runs.store import elapsed, fmt_time  # noqa: F401 - fmt_time: the screens' clock
 
 RUN_STATUS = {
     "queued": ("◌", "queued", "bright_black"),
@@ -44,15 +44,6 @@ def run_status(status: str, cancel_requested: bool = False) -> Text:
 def step_status(status: str) -> Text:
     sym, word, color = STEP_STATUS.get(status, ("?", status, ""))
     return Text(f"{sym} {word}", style=color)
-
-
-def fmt_time(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = int(max(0, seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def fmt_minutes(seconds: float) -> str:
