@@ -48,6 +48,7 @@ step background_run 150 bash -c '
     id=$(tuneassist train --data synthetic:5000 --model resnet20 --device cuda --epochs 2 --background) &&
     for _ in $(seq 120); do tuneassist runs --json | grep -q "\"status\": \"running\"\|\"status\": \"queued\"" || break; sleep 1; done;
     tuneassist runs'
+step packing_memory 120 python benchmarks/gpu_memory.py --json "$OUT/gpu_memory.json"
 step torchrun_1 150 torchrun --standalone --nproc-per-node 1 -m tuneassist.cli.main train --device cuda \
     --data synthetic:5000 --model resnet20 --epochs 1 --batch-size 256
 echo "done: $SUMMARY"

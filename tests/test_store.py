@@ -476,7 +476,7 @@ def test_device_slots_and_pinning(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5" and spec.device == "cuda"
     with Store(tmp_path) as s:
         monkeypatch.delenv("TUNEASSIST_MAX_PER_DEVICE", raising=False)
-        assert launch.max_per_device(s) == 1
+        assert launch.max_per_device(s) is None  # nobody set one: packing by memory decides
         s.set_setting("max_per_device", "3")
         assert launch.max_per_device(s) == 3
         monkeypatch.setenv("TUNEASSIST_MAX_PER_DEVICE", "2")

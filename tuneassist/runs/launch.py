@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import tuneassist
 from tuneassist.errors import UserError
 from tuneassist.hardware import read_gpus
+from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
 from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
 from tuneassist.spec import RunSpec
 
@@ -78,13 +79,6 @@ def slots_for(spec: dict[str, Any]) -> tuple[list[str], int]:
     return [device], 1
 
 
-PACK_MAX = 4  # runs sharing one GPU at most when packing on its own
-# Training memory per image in MiB (bf16 + channels_last): about twice what the layer shapes say the
-# saved activations take, to stay on the safe side. Models not listed (your own) never share a GPU.
-MIB_PER_IMAGE = {
-    "simple3": 0.5, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 17, "densenet40": 24,
-}  # fmt: skip
-RUN_BASE_MIB = 2048  # per process: CUDA context, cuDNN workspaces, the data set held on the GPU
 _gpu_mem_cache: int | None = None
 
 
@@ -98,33 +92,12 @@ def gpu_memory_mib() -> int:
     return _gpu_mem_cache
 
 
-def pack_limit(spec: dict[str, Any]) -> int:
-    """How many runs like `spec` may share one GPU: 1 unless it is a one-GPU run of a built-in model
-    whose estimated memory fits PACK_MAX-fold (or fewer) into 80% of the GPU."""
-    if int(spec.get("devices") or 1) > 1 or spec.get("model") not in MIB_PER_IMAGE:
-        return 1
-    if not any(s.startswith("cuda") for s in slots_for(spec)[0]):
-        return 1  # the CPU: runs share its cores, packing gains nothing there
-    mem = gpu_memory_mib()
-    need = RUN_BASE_MIB + MIB_PER_IMAGE[str(spec["model"])] * int(spec.get("batch_size") or 128)
-    return max(1, min(PACK_MAX, int(0.8 * mem // need)))
-
-
-def auto_max_per_device(store: Store) -> int:
-    """The packing limit when nobody set one: the smallest pack_limit of the queued and running runs, so
-    several small-model candidates share a GPU while a big, unknown or multi-GPU run gets it alone."""
-    if not detect_gpus():
-        return 1
-    active = store.list_runs(status=["queued", "running"], refresh=False)
-    return min((pack_limit(r["spec"]) for r in active), default=1)
-
-
-def max_per_device(store: Store) -> int:
-    """How many runs may share one device: $TUNEASSIST_MAX_PER_DEVICE, else the store's setting, else
-    `auto_max_per_device` (1 on a machine without GPUs)."""
+def max_per_device(store: Store) -> int | None:
+    """A limit of runs per device set by hand: $TUNEASSIST_MAX_PER_DEVICE, else the store's setting;
+    None when nobody set one."""
     raw = os.environ.get("TUNEASSIST_MAX_PER_DEVICE") or store.get_setting("max_per_device")
     if raw is None:
-        return auto_max_per_device(store)
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -132,6 +105,15 @@ def max_per_device(store: Store) -> int:
     if value < 1:
         raise UserError(f"max runs per device {raw!r} must be a positive integer (TUNEASSIST_MAX_PER_DEVICE)")
     return value
+
+
+def placement(store: Store) -> Fits:
+    """Which runs may share a device: the limit set by hand, else packing.fits_by_memory per GPU (so
+    small-model candidates share a GPU while a big, unknown or multi-GPU run gets its GPUs alone)."""
+    limit = max_per_device(store)
+    if limit is not None:
+        return count_limit(limit)
+    return lambda slot, on_slot, spec: fits_by_memory(slot, on_slot, spec, gpu_memory_mib())
 
 
 def _reap() -> None:
@@ -196,7 +178,7 @@ def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
 
 def advance_queue(store: Store) -> list[int]:
     """Claim queued runs whose device is free and start their workers; returns the started run ids."""
-    claims = store.claim_queued(slots_for, max_per_device(store))
+    claims = store.claim_queued(slots_for, placement(store))
     return [run_id for run_id, _slots, attempt in claims if spawn_worker(store, run_id, attempt)]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneassist.errors import UserError
+from tuneassist.runs.packing import Fits, count_limit
 
 APPLICATION_ID = 0x54554E41  # "TUNA": marks a database as ours, so a foreign file is never touched
 DB_NAME = "tuneassist.db"
@@ -787,24 +788,27 @@ class Store:
     def claim_queued(
         self,
         slots_for: Callable[[dict[str, Any]], tuple[list[str], int]],
-        max_per_device: int,
+        fits: int | Fits,
         only: int | None = None,
     ) -> list[tuple[int, list[str], int]]:
-        """Move queued runs whose devices have free slots to running, in one transaction (race-free).
+        """Move queued runs whose devices have room to running, in one transaction (race-free).
 
-        slots_for(spec) gives (candidate slot keys, how many of them the run needs). Runs are taken
-        oldest first; a run that does not fit is skipped, so a busy GPU never blocks a CPU run.
-        Returns (run id, claimed slots, attempt) per claim.
+        slots_for(spec) gives (candidate slot keys, how many of them the run needs); fits(slot, specs of
+        the runs on it, spec) says whether the run may join that slot (an int: at most that many runs
+        per slot). Runs are taken oldest first; a run that does not fit is skipped, so a busy GPU never
+        blocks a CPU run. Returns (run id, claimed slots, attempt) per claim.
         """
         host = socket.gethostname()
+        if isinstance(fits, int):
+            fits = count_limit(fits)
 
         def fn(c: sqlite3.Connection) -> list[tuple[int, list[str], int]]:
-            used: dict[str, int] = {}
-            for (dev,) in c.execute(
-                "SELECT device FROM runs WHERE status = 'running' AND device IS NOT NULL"
+            on: dict[str, list[dict[str, Any]]] = {}
+            for dev, spec_text in c.execute(
+                "SELECT device, spec FROM runs WHERE status = 'running' AND device IS NOT NULL"
             ):
                 for slot in dev.split(","):
-                    used[slot] = used.get(slot, 0) + 1
+                    on.setdefault(slot, []).append(json.loads(spec_text))
             sql = "SELECT id, spec, attempt FROM runs WHERE status = 'queued'"
             args: tuple[Any, ...] = ()
             if only is not None:
@@ -812,14 +816,15 @@ class Store:
                 args = (only,)
             claims = []
             for run_id, spec_text, attempt in c.execute(sql + " ORDER BY id", args).fetchall():
-                candidates, need = slots_for(json.loads(spec_text))
-                free = [s for s in candidates if used.get(s, 0) < max_per_device]
+                spec = json.loads(spec_text)
+                candidates, need = slots_for(spec)
+                free = [s for s in candidates if fits(s, on.get(s, []), spec)]
                 if len(free) < need:
                     continue
                 # Prefer the least loaded slots so several GPUs share the queue evenly.
-                chosen = sorted(free, key=lambda s: (used.get(s, 0), candidates.index(s)))[:need]
+                chosen = sorted(free, key=lambda s: (len(on.get(s, [])), candidates.index(s)))[:need]
                 for s in chosen:
-                    used[s] = used.get(s, 0) + 1
+                    on.setdefault(s, []).append(spec)
                 now = time.time()
                 c.execute(
                     "UPDATE runs SET status = 'running', device = ?, host = ?, pid = NULL, heartbeat = ?, "

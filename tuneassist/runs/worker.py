@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 from tuneassist.errors import UserError
-from tuneassist.runs.launch import advance_queue, detect_gpus, max_per_device, slots_for
+from tuneassist.runs.launch import advance_queue, detect_gpus, placement, slots_for
 from tuneassist.runs.store import MetricWriter, Store, heartbeat_interval
 from tuneassist.spec import RunSpec
 
@@ -79,7 +79,7 @@ def _claim(store: Store, run_id: int) -> dict[str, Any] | None:
     run = store.get_run(run_id, refresh=False)
     if run["status"] == "queued":
         # Started by hand (or a launcher died between insert and claim): take a slot like a launcher would.
-        if not store.claim_queued(slots_for, max_per_device(store), only=run_id):
+        if not store.claim_queued(slots_for, placement(store), only=run_id):
             log.info("run %d stays queued: its device has no free slot", run_id)
             return None
         run = store.get_run(run_id, refresh=False)
