@@ -349,3 +349,23 @@ def test_two_session_objects_never_overwrite_each_other(tmp_path: Path) -> None:
     fresh = TuningSession(store, a.id)
     assert [h for h in fresh.checklist.history if h.get("event") == "replaced"] == []
     assert fresh.rev == a.rev and fresh.checklist.decisions["batch_size"].value == 32
+
+
+def test_step_timing_says_how_the_runs_shared_the_devices(tmp_path: Path) -> None:
+    from tuneassist.cli.tune_cmd import timing_text
+    from tuneassist.runs.store import Store
+    from tuneassist.session import TuningSession
+
+    store = Store(tmp_path / "ws")
+    s = TuningSession.create(store, "synthetic:300", "simple3", budget="quick", train_size=270)
+    assert s.step_timing("momentum") is None
+    ids = {}
+    for label, (start, end) in {"0.9": (100, 130), "0.95": (100, 140), "0.97": (130, 160)}.items():
+        ids[label] = store.add_run({"model": "simple3"})
+        store.update_run(ids[label], status="finished", started=start, ended=end)
+    ids["0.99"] = store.add_run({"model": "simple3"})  # still queued: not counted
+    s.checklist.runs["momentum"] = ids
+    t = s.step_timing("momentum")
+    # Two at once from 100 to 130; the third starts as the first ends (an end frees its slot first).
+    assert t == {"runs": 3, "wall_s": 60.0, "run_s": 100.0, "most_at_once": 2}
+    assert timing_text(t) == "3 runs in 1:00, up to 2 at once (their run times add up to 1:40)"

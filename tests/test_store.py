@@ -468,6 +468,16 @@ def test_device_slots_and_pinning(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     spec = RunSpec(device="cuda:1")
     worker._select_device(spec, ["cuda:5"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5" and spec.device == "cuda"
+    # A standby has torch loaded and sees the launcher's GPUs in order (2, 5): it names GPU 5 by index;
+    # a two-GPU run's ranks are new processes and still get the variable.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    spec = RunSpec(device="cuda:1")
+    worker._select_device(spec, ["cuda:5"], warm=True)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5" and spec.device == "cuda:1"
+    spec = RunSpec(device="cuda", devices=2, batch_size=128)
+    worker._select_device(spec, ["cuda:5", "cuda:2"], warm=True)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5,2" and spec.device == "cuda"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     monkeypatch.setenv(launch.GPU_ENV, "")
     assert launch.slots_for({"device": "auto"}) == (["cpu"], 1)
     assert launch.slots_for({"device": "cuda"}) == (["cuda"], 1)
@@ -489,3 +499,42 @@ def test_device_slots_and_pinning(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         with pytest.raises(UserError, match="needs 2 GPUs"):
             launch.launch_run(s, RunSpec(device="cuda", devices=2))
         assert s.list_runs() == []
+
+
+def test_standby_is_handed_one_run_in_the_claim_and_retires_atomically(tmp_path: Path) -> None:
+    # A stand-in standby: a live process whose command line names the worker module (as pid_alive checks).
+    fake = [sys.executable, "-c", "import time; time.sleep(60)", "tuneassist.runs.worker", "--standby"]
+    procs = [subprocess.Popen(fake), subprocess.Popen(fake)]
+    try:
+        with Store(tmp_path) as s:
+            a, b = (p.pid for p in procs)
+            assert not s.standby_registered() and s.register_standby(a)
+            assert not s.register_standby(b)  # one standby per workspace
+            assert s.standby_registered()
+            ids = [s.add_run({"model": "simple3"}, "train") for _ in range(4)]
+            handed: list[int] = []
+            # Still loading torch: it could not heartbeat yet, so it is handed nothing.
+            assert [c[0] for c in s.claim_queued(lambda spec: CPU, 1, handed=handed)] == [ids[0]]
+            assert handed == [] and s.get_run(ids[0], refresh=False)["pid"] is None
+            assert s.standby_ready(a) and not s.standby_ready(b)
+            ids = ids[1:]
+            claims = s.claim_queued(lambda spec: CPU, 3, handed=handed)
+            assert [c[0] for c in claims] == ids[:2] and handed == [ids[0]]
+            assert (
+                s.get_run(ids[0], refresh=False)["pid"] == a
+                and s.get_run(ids[1], refresh=False)["pid"] is None
+            )
+            assert s.handed_run(a) == ids[0] and s.handed_run(b) is None
+            assert not s.retire_standby(a)  # handed a run: it must run it, not leave
+            assert not s.standby_registered()
+            # A standby that died without retiring is cleared by the next registration or claim.
+            assert s.register_standby(b) and s.standby_ready(b)
+            procs[1].kill()
+            procs[1].wait()
+            assert not s.standby_registered() and s.register_standby(a)
+            assert s.retire_standby(a) and not s.standby_registered()
+            assert not s.standby_ready(a)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

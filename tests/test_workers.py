@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,10 +52,13 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     db = tmp_path / "ws" / "tuneassist.db"
     if db.exists():
         with Store(tmp_path / "ws") as store:
-            for run in store.list_runs(status="running", refresh=False):
-                if run["pid"]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(run["pid"], signal.SIGKILL)
+            pids = [r["pid"] for r in store.list_runs(status="running", refresh=False) if r["pid"]]
+            standby = store.get_setting("standby")
+            if standby:
+                pids.append(int(standby.rpartition(":")[2]))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str, store: Store | None = None) -> Any:
@@ -177,6 +181,10 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
     _check_complete_curve(store, second, 1, SPE)
     r1, r2 = store.get_run(first), store.get_run(second)
     assert r2["started"] >= r1["ended"] - 0.5  # the second waited for the CPU slot
+    # It ran in the standby worker that loaded torch while the first one trained (pid in both logs).
+    standby = (ws / "standby.log").read_text()
+    pid = re.search(r"pid (\d+)", store.log_path(second).read_text()).group(1)
+    assert f"standby {pid} ready" in standby, standby
     listing = _cli(env, "runs", "--workspace", str(ws), "--json")
     assert listing.returncode == 0, listing.stderr
     rows = json.loads(listing.stdout)

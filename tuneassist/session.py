@@ -319,6 +319,29 @@ class TuningSession:
             return False
         return all(self.store.get_run(r)["status"] in ENDED for r in runs.values())
 
+    def step_timing(self, step: str) -> dict[str, float] | None:
+        """How the step's ended runs shared the devices: wall time from the first start to the last end,
+        their own run times added up (what one after another would roughly have taken), most at once."""
+        spans = []
+        for rid in self.step_runs(step).values():
+            r = self.store.get_run(rid, refresh=False)
+            if r["started"] and r["ended"]:
+                spans.append((float(r["started"]), float(r["ended"])))
+        if not spans:
+            return None
+        edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+        most = now = 0
+        for _, d in edges:
+            now += d
+            most = max(most, now)
+        wall = max(b for _, b in spans) - min(a for a, _ in spans)
+        return {
+            "runs": len(spans),
+            "wall_s": wall,
+            "run_s": sum(b - a for a, b in spans),
+            "most_at_once": most,
+        }
+
     def failed_runs(self, step: str) -> list[dict[str, Any]]:
         runs = [self.store.get_run(r) for r in self.step_runs(step).values()]
         return [r for r in runs if r["status"] in ("failed", "lost", "cancelled")]

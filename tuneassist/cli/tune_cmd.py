@@ -76,6 +76,16 @@ class Waiter:
             time.sleep(1.0)
 
 
+def timing_text(t: dict[str, float]) -> str:
+    """'5 runs in 0:52, up to 4 at once (their run times add up to 2:40)'."""
+    from tuneassist.runs.store import fmt_time
+
+    return (
+        f"{t['runs']:.0f} runs in {fmt_time(t['wall_s'])}, up to {t['most_at_once']:.0f} at once "
+        f"(their run times add up to {fmt_time(t['run_s'])})"
+    )
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -127,6 +137,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 ids = session.launch(step)
                 _say(quiet, f"{title}: started runs {', '.join(map(str, ids))}")
             waiter.wait(list(session.step_runs(step).values()), title)
+            timing = session.step_timing(step)
+            if timing and timing["runs"] > 1:
+                _say(quiet, f"{title}: {timing_text(timing)}")
             failed = session.failed_runs(step)
             if failed and len(failed) == len(session.step_runs(step)):
                 why = failed[0].get("error") or failed[0]["status"]

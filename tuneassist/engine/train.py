@@ -258,6 +258,8 @@ def train(
         stop = lambda: any_rank(raw_stop(), device)  # noqa: E731 - every rank stops after the same step
     torch.manual_seed(spec.seed)
     if cuda:
+        if device.index is not None:  # kernels, cuDNN handles and the context on this GPU, not GPU 0
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -176,10 +176,47 @@ def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
     return proc.pid
 
 
+STANDBY_ENV = "TUNEASSIST_STANDBY"  # "0": no standby worker
+
+
+def standby_enabled() -> bool:
+    return os.environ.get(STANDBY_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
+
+
+def spawn_standby(store: Store) -> int:
+    """Pre-start a worker for the runs that wait for a slot, so that the next one to start finds Python,
+    torch and the engine loaded (seconds per run, every run of a sweep). Returns its pid (0: none).
+
+    Only when runs are queued and no standby is registered; the process registers itself and exits at
+    once when another won the race (see tuneassist.runs.worker.run_standby).
+    """
+    if not standby_enabled() or store.read_only or not store.has_queued() or store.standby_registered():
+        return 0
+    _reap()
+    env = _worker_env(store)
+    gpus = detect_gpus()
+    if gpus:  # the standby picks its GPU by index among these, after torch is loaded (not by env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    cmd = [sys.executable, "-m", "tuneassist.runs.worker", "--workspace", str(store.workspace), "--standby"]
+    try:
+        log = os.open(store.workspace / "standby.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log, "ab") as out:
+            proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, close_fds=True, env=env)  # fmt: skip
+    except OSError:
+        return 0  # an optimisation only: the runs start as usual without it
+    _children.append(proc)
+    return proc.pid
+
+
 def advance_queue(store: Store) -> list[int]:
-    """Claim queued runs whose device is free and start their workers; returns the started run ids."""
-    claims = store.claim_queued(slots_for, placement(store))
-    return [run_id for run_id, _slots, attempt in claims if spawn_worker(store, run_id, attempt)]
+    """Claim queued runs whose device is free and start them (the first one in the standby worker when
+    one waits); start a standby when runs still wait. Returns the started run ids."""
+    handed: list[int] = []
+    claims = store.claim_queued(slots_for, placement(store), handed=handed)
+    started = [rid for rid, _slots, attempt in claims if rid in handed or spawn_worker(store, rid, attempt)]
+    spawn_standby(store)
+    return started
 
 
 def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int | None = None) -> int:

@@ -790,6 +790,7 @@ class Store:
         slots_for: Callable[[dict[str, Any]], tuple[list[str], int]],
         fits: int | Fits,
         only: int | None = None,
+        handed: list[int] | None = None,
     ) -> list[tuple[int, list[str], int]]:
         """Move queued runs whose devices have room to running, in one transaction (race-free).
 
@@ -797,6 +798,10 @@ class Store:
         the runs on it, spec) says whether the run may join that slot (an int: at most that many runs
         per slot). Runs are taken oldest first; a run that does not fit is skipped, so a busy GPU never
         blocks a CPU run. Returns (run id, claimed slots, attempt) per claim.
+
+        With `handed` (a list), the first claim goes to the workspace's standby worker when one is
+        registered and alive on this machine: the run gets its pid and its id is appended to `handed`;
+        the standby is unregistered in the same transaction, so it can never be handed two runs.
         """
         host = socket.gethostname()
         if isinstance(fits, int):
@@ -833,12 +838,99 @@ class Store:
                     (",".join(chosen), host, now, now, run_id),
                 )
                 claims.append((run_id, chosen, attempt + 1))
+            if claims and handed is not None:
+                pid = self._live_standby(c, host)
+                if pid is not None:
+                    c.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, claims[0][0]))
+                    c.execute("DELETE FROM settings WHERE key = 'standby'")
+                    handed.append(claims[0][0])
             return claims
 
-        has_queued = self._read(
+        return self._write(fn) if self.has_queued() else []
+
+    def has_queued(self) -> bool:
+        return self._read(
             lambda c: c.execute("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1").fetchone() is not None
         )
-        return self._write(fn) if has_queued else []
+
+    # ----------------------------------------------------------------- the standby worker
+    # One pre-started worker per workspace (see tuneassist.runs.worker): registered in `settings` as
+    # 'host:pid:warming' while it loads torch, then 'host:pid'; only a ready one is handed a run, inside
+    # the claim's own transaction (a run handed to a loading standby could miss its heartbeats).
+    @staticmethod
+    def _standby(c: sqlite3.Connection, host: str, clean: bool = True) -> tuple[int, bool] | None:
+        """(pid, ready) of the live standby of this machine, or None."""
+        row = c.execute("SELECT value FROM settings WHERE key = 'standby'").fetchone()
+        if row is None:
+            return None
+        value = str(row[0])
+        ready = not value.endswith(":warming")
+        who, _, pid = value.removesuffix(":warming").rpartition(":")
+        if who == host and pid.isdigit() and pid_alive(int(pid)):
+            return int(pid), ready
+        if who == host and clean:  # it died without retiring
+            c.execute("DELETE FROM settings WHERE key = 'standby'")
+        return None
+
+    def _live_standby(self, c: sqlite3.Connection, host: str) -> int | None:
+        found = self._standby(c, host)
+        return found[0] if found and found[1] else None
+
+    def standby_registered(self) -> bool:
+        """Whether a live standby worker of this machine is loading or waiting for a run."""
+        return self._read(lambda c: self._standby(c, socket.gethostname(), clean=False) is not None)
+
+    def register_standby(self, pid: int) -> bool:
+        """Become the workspace's standby (still loading); False when a live one is registered already."""
+        host = socket.gethostname()
+
+        def fn(c: sqlite3.Connection) -> bool:
+            if self._standby(c, host) is not None:
+                return False
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES ('standby', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"{host}:{pid}:warming",),
+            )
+            return True
+
+        return self._write(fn)
+
+    def standby_ready(self, pid: int) -> bool:
+        """The standby has loaded torch: from now on it may be handed runs. False if it is not registered."""
+        me = f"{socket.gethostname()}:{pid}"
+        return self._write(
+            lambda c: (
+                c.execute(
+                    "UPDATE settings SET value = ? WHERE key = 'standby' AND value = ?", (me, me + ":warming")
+                ).rowcount
+                == 1
+            )
+        )
+
+    def retire_standby(self, pid: int) -> bool:
+        """Stop being the standby: True if still registered (now removed), False if a run was handed."""
+        me = f"{socket.gethostname()}:{pid}"
+
+        def fn(c: sqlite3.Connection) -> bool:
+            return (
+                c.execute(
+                    "DELETE FROM settings WHERE key = 'standby' AND value IN (?, ?)", (me, me + ":warming")
+                ).rowcount
+                == 1
+            )
+
+        return self._write(fn)
+
+    def handed_run(self, pid: int) -> int | None:
+        """The run handed to the standby with this pid on this machine, if any."""
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT id FROM runs WHERE status = 'running' AND pid = ? AND host = ? ORDER BY id LIMIT 1",
+                (pid, socket.gethostname()),
+            ).fetchone()
+        )
+        return None if row is None else int(row[0])
 
     # ----------------------------------------------------------------- metrics
     def metrics_since(

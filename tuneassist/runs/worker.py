@@ -97,13 +97,22 @@ def _claim(store: Store, run_id: int) -> dict[str, Any] | None:
     return store.get_run(run_id, refresh=False)
 
 
-def _select_device(spec: RunSpec, slots: list[str]) -> None:
-    """Pin the process to its claimed GPU(s) before torch is imported (only GPUs the launcher saw)."""
-    known = set(detect_gpus())
+def _select_device(spec: RunSpec, slots: list[str], warm: bool = False) -> None:
+    """Pin the run to its claimed GPU(s) (only GPUs the launcher saw).
+
+    A fresh worker sets CUDA_VISIBLE_DEVICES before torch is imported. A standby (`warm`) has torch
+    loaded already and sees every GPU of the launcher, in detect_gpus() order: it names its GPU by index
+    instead; a multi-GPU run's ranks are new processes, so they still get the variable.
+    """
+    gpus = detect_gpus()
     ids = [s[5:] for s in slots if s.startswith("cuda:")]
-    if ids and len(ids) == len(slots) and set(ids) <= known:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-        spec.device = "cuda"
+    if not ids or len(ids) != len(slots) or not set(ids) <= set(gpus):
+        return
+    if warm and len(ids) == 1 and spec.devices == 1:
+        spec.device = f"cuda:{gpus.index(ids[0])}"
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    spec.device = "cuda"
 
 
 class _Recorder:
@@ -177,8 +186,8 @@ class _Recorder:
         log.info("start: %s", {k: v for k, v in ev.items() if k != "type"})
 
 
-def run_worker(store: Store, run_id: int) -> int:
-    """Claim and train one run; returns the process exit code."""
+def run_worker(store: Store, run_id: int, warm: bool = False) -> int:
+    """Claim and train one run (`warm`: in a standby, torch already loaded); returns the exit code."""
     run = _claim(store, run_id)
     if run is None:
         return 0
@@ -199,7 +208,7 @@ def run_worker(store: Store, run_id: int) -> int:
     result: dict[str, Any]
     try:
         spec = RunSpec.from_dict(run["spec"])
-        _select_device(spec, (run["device"] or "").split(","))
+        _select_device(spec, (run["device"] or "").split(","), warm)
         checkpoint = store.run_dir(run_id) / "checkpoint.pt"
         resume = bool(run["resume"]) and checkpoint.exists()
         recorder = _Recorder(store, run, writer, resume, stop)
@@ -239,10 +248,73 @@ def run_worker(store: Store, run_id: int) -> int:
     return 0 if result["status"] != "failed" else 1
 
 
+STANDBY_GRACE_S = 10.0  # a standby leaves once no run has been queued for this long
+
+
+def _log_to(path: os.PathLike[str] | str) -> None:
+    """Send logging, and anything written to stdout/stderr (C libraries too), to `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def _warm_up() -> None:
+    """Load what a run loads before its first step: torch, the engine, and torch._dynamo, which
+    torch.optim imports on first use (3 s of the 3.4 s from claim to first step on 2 CPU cores).
+    One step of a tiny run on the CPU does it all and leaves CUDA untouched (the GPU is chosen later)."""
+    from tuneassist.engine.train import train
+
+    train(RunSpec(data="synthetic:64", model="simple3", batch_size=32, steps=1, device="cpu"))
+
+
+def run_standby(store: Store) -> int | None:
+    """Load torch and the engine, then wait to be handed a run (see Store.claim_queued's `handed`).
+
+    Registered first (so launchers start no second standby), ready only once loaded (so a run is never
+    handed to a process that cannot heartbeat yet). Returns the run handed over, or None when another
+    standby was registered first or nothing was queued for STANDBY_GRACE_S. Leaving is one transaction
+    with the hand-over, so a run handed at the last moment is still taken.
+    """
+    pid = os.getpid()
+    if not store.register_standby(pid):
+        return None
+    t0 = time.monotonic()
+    try:
+        _warm_up()
+    except Exception:
+        log.exception("standby %d could not load the engine; leaving", pid)
+        store.retire_standby(pid)
+        return None
+    if not store.standby_ready(pid):
+        return None
+    log.info("standby %d ready in %.1f s", pid, time.monotonic() - t0)
+    idle_since: float | None = None
+    while True:
+        run_id = store.handed_run(pid)
+        if run_id is not None:
+            return run_id
+        if store.has_queued():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > STANDBY_GRACE_S and store.retire_standby(pid):
+            log.info("standby %d: nothing queued; leaving", pid)
+            return None
+        time.sleep(0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuneassist.runs.worker", description=__doc__)
     parser.add_argument("--workspace", required=True, help="workspace directory holding the run store")
-    parser.add_argument("--run", required=True, type=int, help="id of the run to execute")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=int, help="id of the run to execute")
+    which.add_argument("--standby", action="store_true", help="load torch, then wait to be handed a run")
     args = parser.parse_args(argv)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not end the run
@@ -251,12 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    handler = logging.FileHandler(store.run_dir(args.run) / "worker.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    if args.standby:
+        _log_to(store.workspace / "standby.log")
+        try:
+            run_id = run_standby(store)
+        except Exception:
+            log.exception("standby failed")
+            run_id = None
+        if run_id is None:
+            store.close()
+            return 0
+        args.run = run_id
+    _log_to(store.run_dir(args.run) / "worker.log")
     code = 1
     try:
-        code = run_worker(store, args.run)
+        code = run_worker(store, args.run, warm=args.standby)
     except UserError as e:
         log.error("%s", e)
     finally:
