@@ -16,7 +16,7 @@ from tuneassist.profiles import load_profile, profile_to_runspec
 
 @pytest.mark.timeout(900)
 def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: Path) -> None:
-    env = {**os.environ, "TUNEASSIST_HOME": str(tmp_path / "ws")}
+    env = {**os.environ, "TUNEASSIST_HOME": str(tmp_path / "ws"), "TUNEASSIST_STANDBY": "1"}  # as for users
     r = subprocess.run(
         [
             sys.executable,
@@ -39,6 +39,8 @@ def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: 
         env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
+    # Every run trains on all the cores: no standby worker, which would only compete with them for CPU.
+    assert not (tmp_path / "ws" / "standby.log").exists()
     summary = json.loads(r.stdout)
     steps = {s["step"]: s for s in summary["steps"]}
     assert set(steps) == {"lr_range", "batch_size", "momentum", "weight_decay", "final"}

@@ -511,14 +511,9 @@ def test_standby_is_handed_one_run_in_the_claim_and_retires_atomically(tmp_path:
             assert not s.standby_registered() and s.register_standby(a)
             assert not s.register_standby(b)  # one standby per workspace
             assert s.standby_registered()
-            ids = [s.add_run({"model": "simple3"}, "train") for _ in range(4)]
+            ids = [s.add_run({"model": "simple3"}, "train") for _ in range(3)]
             handed: list[int] = []
-            # Still loading torch: it could not heartbeat yet, so it is handed nothing.
-            assert [c[0] for c in s.claim_queued(lambda spec: CPU, 1, handed=handed)] == [ids[0]]
-            assert handed == [] and s.get_run(ids[0], refresh=False)["pid"] is None
-            assert s.standby_ready(a) and not s.standby_ready(b)
-            ids = ids[1:]
-            claims = s.claim_queued(lambda spec: CPU, 3, handed=handed)
+            claims = s.claim_queued(lambda spec: CPU, 2, handed=handed)
             assert [c[0] for c in claims] == ids[:2] and handed == [ids[0]]
             assert (
                 s.get_run(ids[0], refresh=False)["pid"] == a
@@ -528,13 +523,50 @@ def test_standby_is_handed_one_run_in_the_claim_and_retires_atomically(tmp_path:
             assert not s.retire_standby(a)  # handed a run: it must run it, not leave
             assert not s.standby_registered()
             # A standby that died without retiring is cleared by the next registration or claim.
-            assert s.register_standby(b) and s.standby_ready(b)
+            assert s.register_standby(b)
             procs[1].kill()
             procs[1].wait()
             assert not s.standby_registered() and s.register_standby(a)
-            assert s.retire_standby(a) and not s.standby_registered()
-            assert not s.standby_ready(a)
+            assert s.retire_standby(a) and not s.standby_registered() and not s.retire_standby(a)
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_standby_starts_only_beside_runs_that_leave_a_core_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneassist.runs import launch
+
+    monkeypatch.setenv(launch.GPU_ENV, "")
+    monkeypatch.setattr(launch, "_cores", lambda: 4)
+    with Store(tmp_path) as s:
+        assert launch._spare_core(s)
+        _running(s, {"model": "simple3", "num_threads": 2})
+        assert launch._spare_core(s)
+        _running(s, {"model": "simple3", "num_threads": 1})
+        assert launch._spare_core(s)
+        _running(s, {"model": "simple3"})  # all the cores, the default
+        assert not launch._spare_core(s)
+    with Store(tmp_path / "gpu") as s:
+        run_id = s.add_run({"model": "resnet20"}, "train")
+        s.claim_queued(lambda spec: (["cuda:0"], 1), 4, only=run_id)
+        assert launch._spare_core(s)  # GPU runs leave the cores idle
+
+
+def test_a_run_handed_to_a_loading_standby_keeps_its_heartbeat(tmp_path: Path) -> None:
+    import threading
+
+    from tuneassist.runs.worker import _beat_while_loading
+
+    with Store(tmp_path) as s:
+        run_id, _ = _running(s)
+        s.update_run(run_id, pid=os.getpid(), heartbeat=time.time() - 100)  # handed to "us", long ago
+        loaded = threading.Event()
+        keeper = threading.Thread(target=_beat_while_loading, args=(s, os.getpid(), loaded))
+        keeper.start()
+        time.sleep(1.2)
+        loaded.set()
+        keeper.join()
+        assert time.time() - s.get_run(run_id, refresh=False)["heartbeat"] < 1.0

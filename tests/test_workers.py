@@ -129,6 +129,7 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     ws = tmp_path / "ws"
+    env["TUNEASSIST_STANDBY"] = "1"  # the default for users (off elsewhere in the suite)
 
     def train(epochs: int) -> str:
         return " ".join(

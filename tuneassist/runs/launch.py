@@ -183,14 +183,39 @@ def standby_enabled() -> bool:
     return os.environ.get(STANDBY_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
-def spawn_standby(store: Store) -> int:
-    """Pre-start a worker for the runs that wait for a slot, so that the next one to start finds Python,
-    torch and the engine loaded (seconds per run, every run of a sweep). Returns its pid (0: none).
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    Only when runs are queued and no standby is registered; the process registers itself and exits at
-    once when another won the race (see tuneassist.runs.worker.run_standby).
+
+def _spare_core(store: Store) -> bool:
+    """Whether a standby can load torch without slowing the runs: always beside GPU runs (they leave
+    the cores idle), and beside CPU runs only while their threads leave a core free. On a CPU that
+    training keeps busy, loading in advance costs the running run as much time as it saves the next."""
+    running = store.list_runs(status="running", refresh=False)
+    cores = _cores()
+    used = 0
+    for r in running:
+        spec = r["spec"]
+        if not str(r.get("device") or "").startswith("cpu"):
+            continue
+        used += int(spec.get("num_threads") or cores) * int(spec.get("devices") or 1)
+    return used < cores
+
+
+def spawn_standby(store: Store) -> int:
+    """Pre-start a worker for the next run, so that it finds Python, torch and the engine loaded
+    (seconds saved on every run of a sweep, and at each step of a checklist). Returns its pid (0: none).
+
+    Only while runs are queued or running and no standby is registered; the process registers itself and
+    exits at once when another won the race (see tuneassist.runs.worker.run_standby).
     """
-    if not standby_enabled() or store.read_only or not store.has_queued() or store.standby_registered():
+    if (
+        not standby_enabled()
+        or store.read_only
+        or not store.has_queued(or_running=True)
+        or store.standby_registered()
+        or not _spare_core(store)
+    ):
         return 0
     _reap()
     env = _worker_env(store)
@@ -211,7 +236,7 @@ def spawn_standby(store: Store) -> int:
 
 def advance_queue(store: Store) -> list[int]:
     """Claim queued runs whose device is free and start them (the first one in the standby worker when
-    one waits); start a standby when runs still wait. Returns the started run ids."""
+    one waits); start a standby while runs are queued or running. Returns the started run ids."""
     handed: list[int] = []
     claims = store.claim_queued(slots_for, placement(store), handed=handed)
     started = [rid for rid, _slots, attempt in claims if rid in handed or spawn_worker(store, rid, attempt)]

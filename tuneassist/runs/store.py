@@ -848,79 +848,54 @@ class Store:
 
         return self._write(fn) if self.has_queued() else []
 
-    def has_queued(self) -> bool:
-        return self._read(
-            lambda c: c.execute("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1").fetchone() is not None
-        )
+    def has_queued(self, or_running: bool = False) -> bool:
+        statuses = "('queued', 'running')" if or_running else "('queued')"
+        sql = f"SELECT 1 FROM runs WHERE status IN {statuses} LIMIT 1"
+        return self._read(lambda c: c.execute(sql).fetchone() is not None)
 
     # ----------------------------------------------------------------- the standby worker
-    # One pre-started worker per workspace (see tuneassist.runs.worker): registered in `settings` as
-    # 'host:pid:warming' while it loads torch, then 'host:pid'; only a ready one is handed a run, inside
-    # the claim's own transaction (a run handed to a loading standby could miss its heartbeats).
+    # One pre-started worker per workspace (see tuneassist.runs.worker), registered in `settings` as
+    # 'host:pid' and handed the next claimed run inside the claim's own transaction.
     @staticmethod
-    def _standby(c: sqlite3.Connection, host: str, clean: bool = True) -> tuple[int, bool] | None:
-        """(pid, ready) of the live standby of this machine, or None."""
+    def _live_standby(c: sqlite3.Connection, host: str, clean: bool = True) -> int | None:
         row = c.execute("SELECT value FROM settings WHERE key = 'standby'").fetchone()
         if row is None:
             return None
-        value = str(row[0])
-        ready = not value.endswith(":warming")
-        who, _, pid = value.removesuffix(":warming").rpartition(":")
+        who, _, pid = str(row[0]).rpartition(":")
         if who == host and pid.isdigit() and pid_alive(int(pid)):
-            return int(pid), ready
+            return int(pid)
         if who == host and clean:  # it died without retiring
             c.execute("DELETE FROM settings WHERE key = 'standby'")
         return None
 
-    def _live_standby(self, c: sqlite3.Connection, host: str) -> int | None:
-        found = self._standby(c, host)
-        return found[0] if found and found[1] else None
-
     def standby_registered(self) -> bool:
-        """Whether a live standby worker of this machine is loading or waiting for a run."""
-        return self._read(lambda c: self._standby(c, socket.gethostname(), clean=False) is not None)
+        """Whether a live standby worker of this machine waits for a run (or is still loading)."""
+        return self._read(lambda c: self._live_standby(c, socket.gethostname(), clean=False) is not None)
 
     def register_standby(self, pid: int) -> bool:
-        """Become the workspace's standby (still loading); False when a live one is registered already."""
+        """Become the workspace's standby; False when a live one is registered already."""
         host = socket.gethostname()
 
         def fn(c: sqlite3.Connection) -> bool:
-            if self._standby(c, host) is not None:
+            if self._live_standby(c, host) is not None:
                 return False
             c.execute(
                 "INSERT INTO settings (key, value) VALUES ('standby', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (f"{host}:{pid}:warming",),
+                (f"{host}:{pid}",),
             )
             return True
 
         return self._write(fn)
 
-    def standby_ready(self, pid: int) -> bool:
-        """The standby has loaded torch: from now on it may be handed runs. False if it is not registered."""
-        me = f"{socket.gethostname()}:{pid}"
-        return self._write(
-            lambda c: (
-                c.execute(
-                    "UPDATE settings SET value = ? WHERE key = 'standby' AND value = ?", (me, me + ":warming")
-                ).rowcount
-                == 1
-            )
-        )
-
     def retire_standby(self, pid: int) -> bool:
         """Stop being the standby: True if still registered (now removed), False if a run was handed."""
         me = f"{socket.gethostname()}:{pid}"
-
-        def fn(c: sqlite3.Connection) -> bool:
-            return (
-                c.execute(
-                    "DELETE FROM settings WHERE key = 'standby' AND value IN (?, ?)", (me, me + ":warming")
-                ).rowcount
-                == 1
+        return self._write(
+            lambda c: (
+                c.execute("DELETE FROM settings WHERE key = 'standby' AND value = ?", (me,)).rowcount == 1
             )
-
-        return self._write(fn)
+        )
 
     def handed_run(self, pid: int) -> int | None:
         """The run handed to the standby with this pid on this machine, if any."""

@@ -248,7 +248,10 @@ def run_worker(store: Store, run_id: int, warm: bool = False) -> int:
     return 0 if result["status"] != "failed" else 1
 
 
-STANDBY_GRACE_S = 10.0  # a standby leaves once no run has been queued for this long
+# A standby leaves once no run has been queued or running for this long: enough for `tune`, or a quick
+# user, to read a step's result and launch the next one.
+STANDBY_GRACE_S = 30.0
+STANDBY_MAX_WAIT_S = 600.0  # and after this long anyway (runs queued for a GPU that never frees up)
 
 
 def _log_to(path: os.PathLike[str] | str) -> None:
@@ -273,40 +276,64 @@ def _warm_up() -> None:
     train(RunSpec(data="synthetic:64", model="simple3", batch_size=32, steps=1, device="cpu"))
 
 
+def _beat_while_loading(store: Store, pid: int, loaded: threading.Event) -> None:
+    """A run handed over while the standby still loads must not look lost: heartbeat it until then."""
+    while not loaded.wait(0.5):
+        try:
+            run_id = store.handed_run(pid)
+            if run_id is not None:
+                store.update_run(run_id, _only_if={"status": "running", "pid": pid}, heartbeat=time.time())
+        except Exception:
+            log.exception("heartbeat while loading failed; retrying")
+
+
 def run_standby(store: Store) -> int | None:
     """Load torch and the engine, then wait to be handed a run (see Store.claim_queued's `handed`).
 
-    Registered first (so launchers start no second standby), ready only once loaded (so a run is never
-    handed to a process that cannot heartbeat yet). Returns the run handed over, or None when another
-    standby was registered first or nothing was queued for STANDBY_GRACE_S. Leaving is one transaction
-    with the hand-over, so a run handed at the last moment is still taken.
+    Registered first, so launchers start no second standby and a run may be handed over while it still
+    loads (it is further along than a fresh worker; a thread heartbeats the run meanwhile). Returns the
+    run handed over, or None when another standby was registered first or no run was queued or running
+    for STANDBY_GRACE_S. Leaving is one transaction with the hand-over, so a run handed at the last
+    moment is still taken.
     """
     pid = os.getpid()
     if not store.register_standby(pid):
         return None
     t0 = time.monotonic()
+    loaded = threading.Event()
+    keeper = threading.Thread(target=_beat_while_loading, args=(store, pid, loaded), daemon=True)
+    keeper.start()
     try:
         _warm_up()
     except Exception:
-        log.exception("standby %d could not load the engine; leaving", pid)
-        store.retire_standby(pid)
-        return None
-    if not store.standby_ready(pid):
-        return None
-    log.info("standby %d ready in %.1f s", pid, time.monotonic() - t0)
+        log.exception("standby %d could not load the engine", pid)
+        if store.retire_standby(pid):
+            return None  # else a run was handed meanwhile: run it, it fails with the reason in its log
+    finally:
+        loaded.set()
+        keeper.join()
+    ready = time.monotonic()
+    log.info("standby %d ready in %.1f s", pid, ready - t0)
     idle_since: float | None = None
+    checked = 0.0
     while True:
         run_id = store.handed_run(pid)
         if run_id is not None:
             return run_id
-        if store.has_queued():
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since > STANDBY_GRACE_S and store.retire_standby(pid):
-            log.info("standby %d: nothing queued; leaving", pid)
+        now = time.monotonic()
+        if now - checked >= 1.0:  # a dead worker's run counts as lost, not running: refresh
+            checked = now
+            active = store.db_path.exists() and bool(store.list_runs(status=["queued", "running"]))
+            idle_since = None if active else (idle_since or now)
+        why = ""
+        if idle_since is not None and now - idle_since > STANDBY_GRACE_S:
+            why = "no run is queued or running"
+        elif now - ready > STANDBY_MAX_WAIT_S:
+            why = f"not needed for {STANDBY_MAX_WAIT_S / 60:.0f} min"
+        if why and store.retire_standby(pid):
+            log.info("standby %d: %s; leaving", pid, why)
             return None
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
