@@ -44,10 +44,13 @@ step lr_find 150 tuneassist lr-find --data synthetic --model resnet56 --device c
 step probe 150 python -m tuneassist.engine.probe --model resnet56 --data synthetic --device cuda --json
 step oom_injected 120 env TUNEASSIST_FAKE_OOM_ABOVE=256 python -m tuneassist.engine.probe \
     --model resnet20 --data synthetic --device cuda --json
-step background_run 150 bash -c '
-    id=$(tuneassist train --data synthetic:5000 --model resnet20 --device cuda --epochs 2 --background) &&
-    for _ in $(seq 120); do tuneassist runs --json | grep -q "\"status\": \"running\"\|\"status\": \"queued\"" || break; sleep 1; done;
-    tuneassist runs'
+# Two background runs, one GPU slot: the second is handed to the standby worker (torch loaded while the
+# first trained; it picks its GPU by index, not by CUDA_VISIBLE_DEVICES).
+step background_runs 180 env TUNEASSIST_MAX_PER_DEVICE=1 bash -c '
+    for lr in 0.1 0.2; do tuneassist train --data synthetic:5000 --model resnet20 --device cuda --epochs 2 \
+        --lr $lr --background || exit 1; done;
+    for _ in $(seq 150); do tuneassist runs --json | grep -q "\"status\": \"running\"\|\"status\": \"queued\"" || break; sleep 1; done;
+    tuneassist runs; cat "$TUNEASSIST_HOME/standby.log"; grep -h "on cuda\|start:" "$TUNEASSIST_HOME"/runs/*/worker.log'
 step packing_memory 120 python benchmarks/gpu_memory.py --json "$OUT/gpu_memory.json"
 step torchrun_1 150 torchrun --standalone --nproc-per-node 1 -m tuneassist.cli.main train --device cuda \
     --data synthetic:5000 --model resnet20 --epochs 1 --batch-size 256
