@@ -352,9 +352,8 @@ def test_two_session_objects_never_overwrite_each_other(tmp_path: Path) -> None:
 
 
 def test_step_timing_says_how_the_runs_shared_the_devices(tmp_path: Path) -> None:
-    from tuneassist.cli.tune_cmd import timing_text
     from tuneassist.runs.store import Store
-    from tuneassist.session import TuningSession
+    from tuneassist.session import TuningSession, sharing_text
 
     store = Store(tmp_path / "ws")
     s = TuningSession.create(store, "synthetic:300", "simple3", budget="quick", train_size=270)
@@ -368,4 +367,4 @@ def test_step_timing_says_how_the_runs_shared_the_devices(tmp_path: Path) -> Non
     t = s.step_timing("momentum")
     # Two at once from 100 to 130; the third starts as the first ends (an end frees its slot first).
     assert t == {"runs": 3, "wall_s": 60.0, "run_s": 100.0, "most_at_once": 2}
-    assert timing_text(t) == "3 runs in 1:00, up to 2 at once (their run times add up to 1:40)"
+    assert sharing_text(t) == "3 runs in 1:00, up to 2 at once (their run times add up to 1:40)"

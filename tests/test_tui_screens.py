@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,7 @@ def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Pa
 
     before, after = run_app(ws, (100, 30), script)
     assert "★" in before and "[a] accept" in before and "decision" in before
+    assert re.search(r"Recommendation · \d+ runs in \d+:\d\d, up to \d+ at once", before), before
     assert "4 · Weight decay" in after  # moved on to the next step
     s = TuningSession(Store(ws), ids["session"])
     assert s.checklist.decisions["momentum"].source == "recommended"

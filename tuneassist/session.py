@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation, RunCurves
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import launch_run
-from tuneassist.runs.store import Store
+from tuneassist.runs.store import Store, fmt_time
 
 T = TypeVar("T")
 
@@ -84,6 +84,30 @@ def expected_throughput(store: Store | None, model: str, on_gpu: bool) -> tuple[
     cost = MODEL_MMACS.get(model, UNKNOWN_MMACS)
     ips = min(GPU_CAP, GPU_SPEED / cost) if on_gpu else CPU_SPEED / cost
     return ips, f"assumed for {model} on {'a GPU' if on_gpu else 'the CPU'}"
+
+
+def sharing(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """How runs shared the devices: wall time from the first start to the last end, their own run times
+    added up (what one after another would roughly have taken), and the most at once. Ended runs only."""
+    spans = [(float(r["started"]), float(r["ended"])) for r in runs if r.get("started") and r.get("ended")]
+    if not spans:
+        return None
+    # An end before a start at the same moment: a run that ends frees its slot for the next.
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    wall = max(b for _, b in spans) - min(a for a, _ in spans)
+    return {"runs": len(spans), "wall_s": wall, "run_s": sum(b - a for a, b in spans), "most_at_once": most}
+
+
+def sharing_text(t: dict[str, float]) -> str:
+    """'5 runs in 0:52, up to 4 at once (their run times add up to 2:40)'."""
+    return (
+        f"{t['runs']:.0f} runs in {fmt_time(t['wall_s'])}, up to {t['most_at_once']:.0f} at once "
+        f"(their run times add up to {fmt_time(t['run_s'])})"
+    )
 
 
 def curves_from_store(store: Store, run_id: int) -> RunCurves:
@@ -320,27 +344,8 @@ class TuningSession:
         return all(self.store.get_run(r)["status"] in ENDED for r in runs.values())
 
     def step_timing(self, step: str) -> dict[str, float] | None:
-        """How the step's ended runs shared the devices: wall time from the first start to the last end,
-        their own run times added up (what one after another would roughly have taken), most at once."""
-        spans = []
-        for rid in self.step_runs(step).values():
-            r = self.store.get_run(rid, refresh=False)
-            if r["started"] and r["ended"]:
-                spans.append((float(r["started"]), float(r["ended"])))
-        if not spans:
-            return None
-        edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
-        most = now = 0
-        for _, d in edges:
-            now += d
-            most = max(most, now)
-        wall = max(b for _, b in spans) - min(a for a, _ in spans)
-        return {
-            "runs": len(spans),
-            "wall_s": wall,
-            "run_s": sum(b - a for a, b in spans),
-            "most_at_once": most,
-        }
+        """How the step's ended runs shared the devices (see `sharing`)."""
+        return sharing([self.store.get_run(r, refresh=False) for r in self.step_runs(step).values()])
 
     def failed_runs(self, step: str) -> list[dict[str, Any]]:
         runs = [self.store.get_run(r) for r in self.step_runs(step).values()]

@@ -76,16 +76,6 @@ class Waiter:
             time.sleep(1.0)
 
 
-def timing_text(t: dict[str, float]) -> str:
-    """'5 runs in 0:52, up to 4 at once (their run times add up to 2:40)'."""
-    from tuneassist.runs.store import fmt_time
-
-    return (
-        f"{t['runs']:.0f} runs in {fmt_time(t['wall_s'])}, up to {t['most_at_once']:.0f} at once "
-        f"(their run times add up to {fmt_time(t['run_s'])})"
-    )
-
-
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -95,7 +85,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tuneassist.advisor.checklist import STEP_TITLES
     from tuneassist.runs.launch import detect_gpus, launch_run
     from tuneassist.runs.store import Store
-    from tuneassist.session import TuningSession, estimate_train_size, expected_throughput
+    from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, sharing_text
 
     store = Store(getattr(args, "workspace", None))
     quiet = args.json
@@ -139,7 +129,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             waiter.wait(list(session.step_runs(step).values()), title)
             timing = session.step_timing(step)
             if timing and timing["runs"] > 1:
-                _say(quiet, f"{title}: {timing_text(timing)}")
+                _say(quiet, f"{title}: {sharing_text(timing)}")
             failed = session.failed_runs(step)
             if failed and len(failed) == len(session.step_runs(step)):
                 why = failed[0].get("error") or failed[0]["status"]

@@ -23,7 +23,7 @@ from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
 from tuneassist.hardware import panel_lines, read_devices
 from tuneassist.runs.launch import detect_gpus
-from tuneassist.session import TuningSession, expected_throughput
+from tuneassist.session import TuningSession, expected_throughput, sharing, sharing_text
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
@@ -447,13 +447,14 @@ class ChecklistScreen(LiveScreen):
         assert s is not None
         cl = s.checklist
         box = self.query_one("#rec", Static)
-        box.border_title = "Recommendation"
         t = Text()
         current = cl.current_step
         decision = cl.decisions.get(step)
         live = self.tapp.live
         rows = [live.run(r) or {} for r in runs.values()]
         active = [r for r in rows if r.get("status") in ("queued", "running")]
+        shared = sharing(rows) if len(rows) > 1 and not active and not self.narrow else None
+        box.border_title = "Recommendation" + (f" · {sharing_text(shared)}" if shared else "")
         try:
             pending = cl.propose(step).candidates
         except UserError:
