@@ -45,6 +45,7 @@ def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: 
     steps = {s["step"]: s for s in summary["steps"]}
     assert set(steps) == {"lr_range", "batch_size", "momentum", "weight_decay", "final"}
     assert all(s["chosen"] and s["why"] for s in steps.values()), steps
+    assert summary["timing"]["momentum"]["runs"] == len(steps["momentum"]["candidates"].split(", "))
     profile = load_profile(summary["profile"])
     assert profile.name == "auto" and profile.model == "simple3"
     assert 0 < profile.lr_min < profile.lr_max

@@ -42,3 +42,21 @@ def test_gpu_benchmark_quick_mode_runs_every_setting_on_the_cpu(tmp_path: Path) 
     if torch.cuda.is_available():
         pytest.skip("CUDA is present: the benchmark would run for real instead of skipping")
     assert plain.returncode == 0 and plain.stdout.count("\n") == 1 and "skipped" in plain.stdout, plain
+
+
+def test_checklist_benchmark_finds_the_image_folder_in_an_archive(tmp_path: Path) -> None:
+    import tarfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from checklist_time import _folder
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    src = tmp_path / "src" / "cifar"
+    for split in ("train", "test"):
+        (src / split / "cat").mkdir(parents=True)
+        (src / split / "cat" / "0.jpg").write_bytes(b"x")
+    archive = tmp_path / "c.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(src, arcname="cifar")
+    assert _folder(archive, tmp_path / "out") == f"folder:{tmp_path / 'out' / 'cifar'}"

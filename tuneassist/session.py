@@ -104,6 +104,8 @@ def sharing(runs: list[dict[str, Any]]) -> dict[str, float] | None:
 
 def sharing_text(t: dict[str, float]) -> str:
     """'5 runs in 0:52, up to 4 at once (their run times add up to 2:40)'."""
+    if t["runs"] == 1:
+        return f"1 run in {fmt_time(t['wall_s'])}"
     return (
         f"{t['runs']:.0f} runs in {fmt_time(t['wall_s'])}, up to {t['most_at_once']:.0f} at once "
         f"(their run times add up to {fmt_time(t['run_s'])})"

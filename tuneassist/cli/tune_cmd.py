@@ -177,6 +177,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         "steps": cl.summary(),
         "final": {k: final.get(k) for k in ("test_acc", "val_acc", "test_loss", "val_loss")},
         "baseline": baseline,
+        "timing": {step: session.step_timing(step) for step in STEP_TITLES},  # how each step's runs ran
     }
     if args.json:
         print(json.dumps(summary, default=str))
