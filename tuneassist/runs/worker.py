@@ -356,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             run_id = run_standby(store)
         except Exception:
             log.exception("standby failed")
-            run_id = None
+            # Leave, unless a run was handed over meanwhile: that one is ours to run (or to fail) now.
+            try:
+                run_id = None if store.retire_standby(os.getpid()) else store.handed_run(os.getpid())
+            except Exception:
+                run_id = None  # the store itself fails: a handed run shows `lost`, with resume
         if run_id is None:
             store.close()
             return 0
