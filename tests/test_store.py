@@ -540,7 +540,7 @@ def test_a_standby_starts_only_beside_runs_that_leave_a_core_free(
     from tuneassist.runs import launch
 
     monkeypatch.setenv(launch.GPU_ENV, "")
-    monkeypatch.setattr(launch, "_cores", lambda: 4)
+    monkeypatch.setattr(launch, "cpu_cores", lambda: 4)
     with Store(tmp_path) as s:
         assert launch._spare_core(s)
         _running(s, {"model": "simple3", "num_threads": 2})

@@ -7,6 +7,7 @@ reader fails soft: a panel that cannot read a device says so instead of raising.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -97,6 +98,14 @@ def _from_nvidia_smi() -> list[GpuState] | None:
     if res.returncode != 0:
         return None
     return parse_nvidia_smi(res.stdout)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tuneassist.errors import UserError
+from tuneassist.hardware import cpu_cores
 
 SIZE = 32
 _CACHE_VERSION = 2  # 2: the cache also holds the image sizes seen (for the resize warning)
@@ -104,13 +105,6 @@ def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, Sizes, tupl
     return out, ok, sizes, first_bad
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
     """Decode chunks in `procs` worker processes; None if workers cannot be started here."""
     methods = multiprocessing.get_all_start_methods()
@@ -132,7 +126,7 @@ def _decode_all(
 ) -> tuple[np.ndarray, np.ndarray, Sizes, int, tuple[str, str] | None]:
     """Decode every file, in worker processes when there are many: (images, ok, sizes, bad, first_bad)."""
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    procs = processes if processes is not None else min(_cpu_count(), 16)
+    procs = processes if processes is not None else min(cpu_cores(), 16)
     results = None
     if procs >= 2 and len(paths) >= pool_min_files and len(chunks) >= 2:
         results = _decode_in_pool(chunks, min(procs, len(chunks)))

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import tuneassist
 from tuneassist.errors import UserError
-from tuneassist.hardware import read_gpus
+from tuneassist.hardware import cpu_cores, read_gpus
 from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
 from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
 from tuneassist.spec import RunSpec
@@ -183,16 +183,12 @@ def standby_enabled() -> bool:
     return os.environ.get(STANDBY_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _spare_core(store: Store) -> bool:
     """Whether a standby can load torch without slowing the runs: always beside GPU runs (they leave
     the cores idle), and beside CPU runs only while their threads leave a core free. On a CPU that
     training keeps busy, loading in advance costs the running run as much time as it saves the next."""
     running = store.list_runs(status="running", refresh=False)
-    cores = _cores()
+    cores = cpu_cores()
     used = 0
     for r in running:
         spec = r["spec"]
