@@ -138,30 +138,23 @@ def _worker_env(store: Store) -> dict[str, str]:
     return env
 
 
+def _start_detached(store: Store, args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`python -m tuneassist.runs.worker --workspace W ARGS` in its own session (the launcher's SIGHUP
+    and Ctrl-C never reach it), output appended to `log`; raises OSError when it cannot start."""
+    _reap()
+    cmd = [sys.executable, "-m", "tuneassist.runs.worker", "--workspace", str(store.workspace), *args]
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, close_fds=True, env=env)  # fmt: skip
+    _children.append(proc)
+    return proc
+
+
 def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
     """Start the detached worker for a claimed run; returns its pid (the run is marked failed on error)."""
-    _reap()
     log = store.run_dir(run_id) / "worker.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneassist.runs.worker",
-        "--workspace",
-        str(store.workspace),
-        "--run",
-        str(run_id),
-    ]
     try:
-        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                start_new_session=True,  # own session: the launcher's SIGHUP/Ctrl-C never reach it
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                env=_worker_env(store),
-            )
+        proc = _start_detached(store, ["--run", str(run_id)], log, _worker_env(store))
     except OSError as e:
         store.update_run(
             run_id,
@@ -171,7 +164,6 @@ def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
             error=f"could not start the worker process ({e}); check that {sys.executable} runs",
         )
         return 0
-    _children.append(proc)
     store.update_run(run_id, _only_if={"status": "running", "attempt": attempt, "pid": None}, pid=proc.pid)
     return proc.pid
 
@@ -213,21 +205,14 @@ def spawn_standby(store: Store) -> int:
         or not _spare_core(store)
     ):
         return 0
-    _reap()
     env = _worker_env(store)
     gpus = detect_gpus()
     if gpus:  # the standby picks its GPU by index among these, after torch is loaded (not by env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    cmd = [sys.executable, "-m", "tuneassist.runs.worker", "--workspace", str(store.workspace), "--standby"]
     try:
-        log = os.open(store.workspace / "standby.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(log, "ab") as out:
-            proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, close_fds=True, env=env)  # fmt: skip
+        return _start_detached(store, ["--standby"], store.workspace / "standby.log", env).pid
     except OSError:
         return 0  # an optimisation only: the runs start as usual without it
-    _children.append(proc)
-    return proc.pid
 
 
 def advance_queue(store: Store) -> list[int]:
