@@ -11,6 +11,7 @@ max_momentum = momentum_max, base_momentum = momentum_min.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from tuneassist.errors import UserError
@@ -52,7 +53,42 @@ def total_steps(profile: Profile, spe: int) -> int:
     return max(1, round(profile.epochs * spe))
 
 
+def one_line(text: str) -> str:
+    """`text` with every character that is not printable (newlines, ESC, line and paragraph separators,
+    bidi overrides) escaped: safe inside a `#` comment of Python or YAML, which ends at a line break."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _docstring_body(text: str) -> str:
+    """`text` as the inside of a plain (not raw) triple-quoted Python string whose value is `text`:
+    backslashes and quotes escaped, so nothing in it can close the string; non-printable characters
+    escaped too, except the newlines the template itself writes between lines."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif c == '"':
+            out.append('\\"')
+        elif c == "\n" or c.isprintable():
+            out.append(c)
+        else:
+            out.append(ascii(c)[1:-1])
+    return "".join(out)
+
+
+def _lit(v: Any) -> str:
+    """A number or bool as a Python literal (a profile's numbers are validated; never text here)."""
+    if not isinstance(v, bool | int | float):
+        raise TypeError(f"{type(v).__name__} where the export writes a number")
+    return repr(v)
+
+
 def _header(profile: Profile) -> str:
+    """One line describing the profile; every free-text value in it is escaped to printable text."""
+    return one_line(_header_text(profile))
+
+
+def _header_text(profile: Profile) -> str:
     acc = ""
     if profile.expected_accuracy is not None:
         acc = f" Expected test accuracy: {profile.expected_accuracy:g}%"
@@ -77,8 +113,9 @@ IMPORT_TORCH = "import " + "torch"
 def export_pytorch(profile: Profile) -> str:
     """A short runnable script: SGD + OneCycleLR with the profile's schedule (prints it when run)."""
     spe, origin = steps_per_epoch(profile)
+    origin = one_line(origin)
     spe_line = (
-        f"STEPS_PER_EPOCH = {spe}  # {origin}; use len(train_loader) (drop_last=True) for yours"
+        f"STEPS_PER_EPOCH = {_lit(spe)}  # {origin}; use len(train_loader) (drop_last=True) for yours"
         if spe is not None
         else f"STEPS_PER_EPOCH = None  # {origin}: set it to len(train_loader) (drop_last=True)"
     )
@@ -92,7 +129,9 @@ def export_pytorch(profile: Profile) -> str:
         if profile.wd_exclude_bn_bias
         else "    params = model.parameters()\n"
     )
-    return f'''"""{_header(profile)}
+    # Every value from the profile enters the script as a literal: numbers through repr() of a float,
+    # int or bool, text only inside the (escaped) docstring or a one-line comment.
+    return f'''"""{_docstring_body(_header(profile))}
 
 Reproduces the profile's 1cycle schedule with torch.optim.SGD and OneCycleLR. Call scheduler.step()
 after every optimizer.step() (once per batch, not per epoch). Run this file to print the schedule.
@@ -100,16 +139,16 @@ after every optimizer.step() (once per batch, not per epoch). Run this file to p
 
 {IMPORT_TORCH}
 
-MAX_LR = {profile.lr_max!r}
-DIV_FACTOR = {profile.lr_max / profile.lr_min!r}  # first LR = MAX_LR / DIV_FACTOR = lr_min
-FINAL_DIV_FACTOR = {profile.final_div!r}  # last LR = lr_min / FINAL_DIV_FACTOR
-PCT_START = {profile.rise_fraction!r}  # fraction of the steps rising (as many falling, then the anneal)
-MOMENTUM_MAX = {profile.momentum_max!r}
-MOMENTUM_MIN = {profile.momentum_min!r}
-WEIGHT_DECAY = {profile.weight_decay!r}
-NESTEROV = {profile.nesterov!r}
-BATCH_SIZE = {profile.batch_size}  # total over {profile.devices} device(s)
-EPOCHS = {profile.epochs!r}
+MAX_LR = {_lit(profile.lr_max)}
+DIV_FACTOR = {_lit(profile.lr_max / profile.lr_min)}  # first LR = MAX_LR / DIV_FACTOR = lr_min
+FINAL_DIV_FACTOR = {_lit(profile.final_div)}  # last LR = lr_min / FINAL_DIV_FACTOR
+PCT_START = {_lit(profile.rise_fraction)}  # fraction of the steps rising (as many falling, then anneal)
+MOMENTUM_MAX = {_lit(profile.momentum_max)}
+MOMENTUM_MIN = {_lit(profile.momentum_min)}
+WEIGHT_DECAY = {_lit(profile.weight_decay)}
+NESTEROV = {_lit(profile.nesterov)}
+BATCH_SIZE = {_lit(profile.batch_size)}  # total over {_lit(profile.devices)} device(s)
+EPOCHS = {_lit(profile.epochs)}
 {spe_line}
 
 
@@ -137,7 +176,7 @@ def make_optimizer(model, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS):
 
 
 if __name__ == "__main__":
-    model = torch.nn.Linear(1, 1)  # stand-in: use your {profile.model}
+    model = torch.nn.Linear(1, 1)  # stand-in: use your {one_line(profile.model)}
     optimizer, scheduler = make_optimizer(model, STEPS_PER_EPOCH or 100)
     total = scheduler.total_steps
     for step in range(total):
@@ -150,11 +189,13 @@ if __name__ == "__main__":
 
 
 def _yaml_scalar(v: Any) -> str:
+    """A YAML scalar: true/false, a number, else a JSON string (JSON is YAML; ASCII-only, so no line
+    break of any kind, not even U+2028, can end the value)."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int | float):
+    if isinstance(v, int | float) and math.isfinite(v):
         return repr(v)
-    return json.dumps(str(v))
+    return json.dumps(str(v), ensure_ascii=True)
 
 
 def export_lightning(profile: Profile) -> str:
@@ -169,14 +210,14 @@ def export_lightning(profile: Profile) -> str:
     sched = onecycle_kwargs(profile, steps)
     lines = [
         f"# {_header(profile)}",
-        f"# total_steps = {profile.epochs:g} epochs x {spe} steps per epoch ({origin}).",
+        f"# total_steps = {profile.epochs:g} epochs x {spe} steps per epoch ({one_line(origin)}).",
         "# LightningCLI steps a scheduler once per *epoch* by default; 1cycle must step every batch.",
         "# Return it with interval 'step': subclass LightningCLI and override",
         "#   configure_optimizers(lightning_module, optimizer, lr_scheduler) to return",
         '#   {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}',
         "trainer:",
         f"  max_epochs: {_yaml_scalar(profile.epochs)}",
-        f"  devices: {profile.devices}",
+        f"  devices: {_yaml_scalar(int(profile.devices))}",
         "optimizer:",
         "  class_path: torch.optim.SGD",
         "  init_args:",
@@ -190,7 +231,9 @@ def export_lightning(profile: Profile) -> str:
     ]
     lines += [f"    {k}: {_yaml_scalar(v)}" for k, v in sched.items()]
     per_device = profile.batch_size // profile.devices
-    lines.append(f"# Batch size per device for your DataModule: {per_device} (TBS {profile.batch_size}).")
+    lines.append(
+        f"# Batch size per device for your DataModule: {_lit(per_device)} (TBS {_lit(profile.batch_size)})."
+    )
     return "\n".join(lines) + "\n"
 
 
