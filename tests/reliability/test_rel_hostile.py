@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from relkit import run_main, subprocess_env
+from relkit import cli, one_line_error, run_main, subprocess_env, wait_for
 
 from tuneassist.profiles.schema import dumps_toml
 
@@ -121,3 +122,82 @@ def test_profile_export_emits_profile_text_only_as_literals(
     # JSON: the values come back exactly.
     code, out, _ = run_main(capsys, "profile", "export", str(hostile_path), "--format", "json")
     assert code == 0 and json.loads(out)["accuracy"]["expected_source"] == evil + yaml_keys + "\\"
+
+
+# -- 2. a planted run folder, planted symlinks, a workspace others can write -----------------------------
+
+
+def test_planted_run_folder_and_symlinks_never_redirect_a_run(tmp_path: Path, ws: Path) -> None:
+    """The issue's reproduction: runs/1 made before the store, its checkpoint temp file and log
+    symlinked to the victim's files; a real background run must touch neither."""
+    from tuneassist.runs.store import Store
+
+    victim1, victim2 = tmp_path / "victim1", tmp_path / "victim2"
+    victim1.write_text("precious 1\n")
+    victim2.write_text("precious 2\n")
+    planted = ws / "runs" / "1"
+    planted.mkdir(parents=True)
+    (planted / "checkpoint.pt.tmp").symlink_to(victim1)
+    (planted / "worker.log").symlink_to(victim2)
+    env = subprocess_env(TUNEASSIST_HOME=str(ws), TUNEASSIST_STANDBY="0")
+    r = cli("train", "--data", "synthetic:300", "--epochs", "1", "--background", "--device", "cpu", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "moved it aside" in r.stderr and r.stderr.count("\n") == 1, r.stderr  # one warning line
+    with Store(ws) as store:
+        run = wait_for(lambda: store.get_run(1)["status"] not in ("queued", "running") and store.get_run(1),
+                       120, "the run to end", store)  # fmt: skip
+        assert run["status"] == "finished", run
+    assert victim1.read_text() == "precious 1\n" and victim2.read_text() == "precious 2\n"
+    fresh = ws / "runs" / "1"
+    assert not fresh.is_symlink() and (fresh / "worker.log").is_file()
+    assert not (fresh / "worker.log").is_symlink() and (fresh / "checkpoint.pt").is_file()
+    (aside,) = (ws / "runs").glob("1.stale-*")  # the planted folder, kept for inspection
+    assert (aside / "worker.log").is_symlink()
+
+
+def test_run_files_are_never_opened_through_a_symlink(tmp_path: Path, ws: Path) -> None:
+    """Links planted inside a run's own folder: the checkpoint replaces its temp link instead of
+    writing through it; the log refuses to open (ELOOP) rather than append to the target."""
+    import errno
+
+    import torch
+
+    from tuneassist.engine.train import _save_checkpoint
+    from tuneassist.fsafe import open_new
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt.tmp").symlink_to(victim)
+    _save_checkpoint(run_dir / "checkpoint.pt", {"w": torch.zeros(2)})
+    assert victim.read_text() == "precious\n"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["w"].shape == (2,)
+    (run_dir / "worker.log").symlink_to(victim)
+    with pytest.raises(OSError) as exc:
+        open_new(run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    assert exc.value.errno == errno.ELOOP and victim.read_text() == "precious\n"
+
+
+def test_workspace_others_can_write_is_refused_naming_the_fix(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneassist.runs.store import Store
+
+    Store(ws).close()
+    os.chmod(ws, 0o777)
+    for argv in (["runs"], ["train", "--data", "synthetic:300", "--epochs", "1", "--background"]):
+        code, _, err = run_main(capsys, *argv)
+        one_line_error(code, err, f"workspace {ws} is writable by other users", f"chmod go-w {ws}")
+    os.chmod(ws, 0o700)
+    (ws / "runs").mkdir(mode=0o700, exist_ok=True)
+    os.chmod(ws / "runs", 0o757)
+    code, _, err = run_main(capsys, "runs")
+    one_line_error(code, err, f"run folder {ws / 'runs'} is writable by other users", "chmod go-w")
+    os.chmod(ws / "runs", 0o700)
+    if os.geteuid() == 0:  # a workspace that belongs to someone else
+        os.chown(ws, 12345, -1)
+        code, _, err = run_main(capsys, "runs")
+        one_line_error(code, err, f"workspace {ws} is owned by another user (uid 12345)", "--workspace DIR")
+        os.chown(ws, 0, -1)
+    assert run_main(capsys, "runs")[0] == 0

@@ -35,6 +35,7 @@ from tuneassist.engine.models import build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.schedules import build_schedule
 from tuneassist.errors import UserError
+from tuneassist.fsafe import open_new
 from tuneassist.spec import RunSpec
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -146,8 +147,11 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     sink: _WriteErrors | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:  # private
+        path.parent.mkdir(exist_ok=True, mode=0o700)  # a removed run folder comes back private
+        # A fresh private file, never a planted symlink: O_EXCL does not follow one (a leftover is removed).
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with os.fdopen(open_new(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
             sink = _WriteErrors(f)
             torch.save(payload, sink)
             f.flush()

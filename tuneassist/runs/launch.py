@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import tuneassist
 from tuneassist.errors import UserError
+from tuneassist.fsafe import open_new
 from tuneassist.hardware import cpu_cores, read_gpus
 from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
 from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
@@ -143,7 +144,7 @@ def _start_detached(store: Store, args: list[str], log: Path, env: dict[str, str
     and Ctrl-C never reach it), output appended to `log`; raises OSError when it cannot start."""
     _reap()
     cmd = [sys.executable, "-m", "tuneassist.runs.worker", "--workspace", str(store.workspace), *args]
-    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+    with os.fdopen(open_new(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as out:  # no symlinks
         proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, close_fds=True, env=env)  # fmt: skip
     _children.append(proc)

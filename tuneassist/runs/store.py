@@ -21,11 +21,13 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tuneassist.errors import UserError
+from tuneassist.fsafe import untrusted_dir
 from tuneassist.runs.packing import Fits, count_limit
 
 APPLICATION_ID = 0x54554E41  # "TUNA": marks a database as ours, so a foreign file is never touched
@@ -208,6 +210,8 @@ class Store:
                 raise UserError(msg) from None
             with contextlib.suppress(OSError):
                 ws.chmod(0o700)  # mkdir's mode is masked by the umask
+        self._check_trusted(ws, "workspace")
+        self._check_trusted(ws / "runs", "run folder")
         if not self.db_path.exists():
             try:
                 fd = os.open(self.db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -217,6 +221,18 @@ class Store:
             except OSError as e:
                 msg = f"cannot create {self.db_path} ({e.strerror}); pass a writable --workspace DIR"
                 raise UserError(msg) from None
+
+    @staticmethod
+    def _check_trusted(folder: Path, what: str) -> None:
+        """Refuse a folder others could plant files or links in: runs would write through them."""
+        problem = untrusted_dir(folder)
+        if problem is None:
+            return
+        if problem.startswith("is owned"):
+            fix = "use a workspace of your own: pass --workspace DIR or set TUNEASSIST_HOME"
+        else:
+            fix = f"make it private with: chmod go-w {folder}"
+        raise UserError(f"{what} {folder} {problem}, who could plant files or links in it; {fix}")
 
     def _damaged(self, why: str) -> UserError:
         p = self.db_path
@@ -513,6 +529,36 @@ class Store:
                         folder.chmod(0o700)
         return d
 
+    def _new_run_dir(self, run_id: int) -> Path:
+        """Create the folder of a run just inserted, fresh (never reuse one that was already there: it
+        may hold links planted by someone else, or files of another store's run with the same id, which
+        is moved aside as runs/N.stale-TIME with a warning)."""
+        runs = self.workspace / "runs"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(runs, 0o700)
+            with contextlib.suppress(OSError):
+                os.chmod(runs, 0o700)  # mkdir's mode is masked by the umask
+        self._check_trusted(runs, "run folder")
+        d = runs / str(int(run_id))
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            aside = runs / f"{int(run_id)}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+            n = 1
+            while os.path.lexists(aside):
+                n += 1
+                aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
+            os.rename(d, aside)
+            warnings.warn(
+                f"{d} existed before run {run_id} was created (left by another store, or planted); "
+                f"moved it aside to {aside}",
+                stacklevel=2,
+            )
+            os.mkdir(d, 0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(d, 0o700)
+        return d
+
     def checkpoint_path(self, run_id: int) -> Path:
         return self.run_dir(run_id, create=False) / "checkpoint.pt"
 
@@ -619,7 +665,7 @@ class Store:
         """
         text = json.dumps(spec)
 
-        def fn(c: sqlite3.Connection) -> int:
+        def fn(c: sqlite3.Connection) -> tuple[int, bool]:
             if reuse_active and session_id is not None:
                 row = c.execute(
                     "SELECT id FROM runs WHERE session_id = ? AND kind = ? AND spec = ? "
@@ -627,16 +673,27 @@ class Store:
                     (session_id, kind, text),
                 ).fetchone()
                 if row is not None:
-                    return int(row[0])
-            return int(
-                c.execute(
-                    "INSERT INTO runs (session_id, kind, spec, status, created) "
-                    "VALUES (?, ?, ?, 'queued', ?)",
-                    (session_id, kind, text, time.time()),
-                ).lastrowid
-            )
+                    return int(row[0]), False
+            rid = c.execute(
+                "INSERT INTO runs (session_id, kind, spec, status, created) VALUES (?, ?, ?, 'queued', ?)",
+                (session_id, kind, text, time.time()),
+            ).lastrowid
+            return int(rid), True
 
-        return self._write(fn)
+        run_id, inserted = self._write(fn)
+        if inserted:
+            try:
+                self._new_run_dir(run_id)
+            except BaseException as e:
+                self._write(lambda c: c.execute("DELETE FROM runs WHERE id = ?", (run_id,)))
+                if isinstance(e, OSError):
+                    folder = self.workspace / "runs" / str(run_id)
+                    raise UserError(
+                        f"cannot create the run folder {folder} ({e.strerror}); "
+                        f"make {self.workspace} writable"
+                    ) from None
+                raise
+        return run_id
 
     @staticmethod
     def _run_dict(row: sqlite3.Row) -> dict[str, Any]:

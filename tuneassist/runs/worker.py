@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 from tuneassist.errors import UserError
+from tuneassist.fsafe import open_new
 from tuneassist.runs.launch import advance_queue, detect_gpus, placement, slots_for
 from tuneassist.runs.store import MetricWriter, Store, heartbeat_interval
 from tuneassist.spec import RunSpec
@@ -256,7 +257,7 @@ STANDBY_MAX_WAIT_S = 600.0  # and after this long anyway (runs queued for a GPU 
 
 def _log_to(path: os.PathLike[str] | str) -> None:
     """Send logging, and anything written to stdout/stderr (C libraries too), to `path`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_new(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # never through a planted symlink
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
