@@ -201,3 +201,57 @@ def test_workspace_others_can_write_is_refused_naming_the_fix(
         one_line_error(code, err, f"workspace {ws} is owned by another user (uid 12345)", "--workspace DIR")
         os.chown(ws, 0, -1)
     assert run_main(capsys, "runs")[0] == 0
+
+
+# -- 3. exports never write over the store or a run's files ---------------------------------------------
+
+
+def test_exports_refuse_the_store_its_wal_and_run_files(
+    tmp_path: Path, ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relkit import tiny_spec
+
+    from tuneassist.runs.store import MetricWriter, Store
+
+    with Store(ws) as store:
+        run_id = store.add_run(tiny_spec(), "train")
+        w = MetricWriter(store, run_id, background=False)
+        for step in range(5):
+            w.add_train(step, train_loss=1.0)
+        w.close()
+        (store.run_dir(run_id) / "checkpoint.pt").write_bytes(b"ckpt")
+        before = store.metrics(run_id)
+        db = store.db_path
+        os.link(db, tmp_path / "db-hardlink")
+        (tmp_path / "db-symlink").symlink_to(db)
+        targets = [
+            db,  # the reproduction: -o $TUNEASSIST_HOME/tuneassist.db
+            Path(str(db) + "-wal"),
+            Path(str(db) + "-shm"),
+            ws / "runs" / str(run_id) / "checkpoint.pt",
+            ws / "runs" / str(run_id) / "new.csv",
+            ws / "runs" / ".." / "tuneassist.db",
+            tmp_path / "db-hardlink",
+            tmp_path / "db-symlink",
+        ]
+        sizes = {p: p.stat().st_size for p in [db, ws / "runs" / str(run_id) / "checkpoint.pt"]}
+        profile = tmp_path / "p.toml"
+        profile.write_text(dumps_toml(_profile()))
+        for target in targets:
+            for argv in (
+                ["runs", "export", str(run_id), "--format", "csv", "-o", str(target)],
+                ["profile", "export", str(profile), "--format", "json", "-o", str(target)],
+            ):
+                code, _, err = run_main(capsys, *argv)
+                one_line_error(code, err, "run store", str(target))
+        assert {p: p.stat().st_size for p in sizes} == sizes
+        assert store.metrics(run_id) == before and store.get_run(run_id)["status"] == "queued"
+        assert not (ws / "runs" / str(run_id) / "new.csv").exists()
+        # Elsewhere: a temp file renamed over the target, so a file hard-linked to it keeps its text.
+        out, other = tmp_path / "out.csv", tmp_path / "other"
+        other.write_text("precious\n")
+        os.link(other, out)
+        code, _, err = run_main(capsys, "runs", "export", str(run_id), "--format", "csv", "-o", str(out))
+        assert code == 0, err
+        assert other.read_text() == "precious\n" and out.read_text().startswith("run_id,step")
+        assert not list(tmp_path.glob(".*.tmp"))

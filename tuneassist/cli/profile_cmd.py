@@ -101,9 +101,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     p = find_profile(args.name, profile_dirs(getattr(args, "workspace", None)))
     text = _export(p, args.format)
     if args.output:
+        from tuneassist.fsafe import write_file
+        from tuneassist.runs.store import check_export_target
+
         out = Path(args.output)
+        check_export_target(getattr(args, "workspace", None), out)
         try:
-            out.write_text(text)
+            write_file(out, lambda f: f.write(text))
         except OSError as exc:
             raise UserError(f"cannot write {out}: {exc.strerror}; choose another --output path") from exc
         print(f"wrote {out}")

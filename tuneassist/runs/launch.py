@@ -20,10 +20,10 @@ from typing import Any, TextIO
 
 import tuneassist
 from tuneassist.errors import UserError
-from tuneassist.fsafe import open_new
+from tuneassist.fsafe import open_new, write_file
 from tuneassist.hardware import cpu_cores, read_gpus
 from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
-from tuneassist.runs.store import METRIC_FIELDS, Store, checkpoint_problem
+from tuneassist.runs.store import METRIC_FIELDS, Store, check_export_target, checkpoint_problem
 from tuneassist.spec import RunSpec
 
 GPU_ENV = "TUNEASSIST_VISIBLE_GPUS"  # the GPUs the first launcher saw, passed down to every worker
@@ -321,9 +321,9 @@ def export_run(
         write(sys.stdout)
     elif isinstance(out, str | os.PathLike):
         path = Path(out)
+        check_export_target(store.workspace, path)
         try:
-            with open(path, "w", newline="") as f:
-                write(f)
+            write_file(path, write)  # a temp file and a rename: never half a file, never through a link
         except OSError as e:
             raise UserError(f"cannot write {path} ({e.strerror}); choose another --output FILE") from None
     else:

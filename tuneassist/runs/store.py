@@ -162,6 +162,17 @@ def resolve_workspace(workspace: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir("tuneassist"))
 
 
+def check_export_target(workspace: str | os.PathLike[str] | None, target: str | os.PathLike[str]) -> None:
+    """Refuse an export path that is the workspace's store (or its -wal/-shm/-journal) or lies in its
+    run folders, by resolved path and by inode (a hard link); one UserError naming it."""
+    from tuneassist.fsafe import check_not_protected
+
+    ws = resolve_workspace(workspace)
+    db = ws / DB_NAME
+    files = [db, *(db.with_name(db.name + sfx) for sfx in ("-wal", "-shm", "-journal"))]
+    check_not_protected(Path(target), files, [ws / "runs"], "part of the workspace's run store")
+
+
 def _is_busy(exc: BaseException) -> bool:
     msg = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("database is locked" in msg or "busy" in msg)

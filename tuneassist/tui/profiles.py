@@ -13,6 +13,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuneassist.errors import UserError
+from tuneassist.fsafe import write_file
 from tuneassist.profiles import (
     EXTENSIONS,
     FORMATS,
@@ -24,6 +25,7 @@ from tuneassist.profiles import (
 )
 from tuneassist.profiles.schema import safe_filename
 from tuneassist.runs.launch import launch_run
+from tuneassist.runs.store import check_export_target
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.dialogs import ChoiceDialog, ConfirmDialog, InputDialog
 from tuneassist.tui.live import PollResult
@@ -173,9 +175,10 @@ class ProfilesScreen(LiveScreen):
             def write(text: str) -> Path:
                 path = Path(text.strip() or default).expanduser()
                 content = export_profile(profile, fmt)
+                check_export_target(self.tapp.store.workspace, path)  # never over the store or a run
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(content, encoding="utf-8")
+                    write_file(path, lambda f: f.write(content))
                 except OSError as exc:
                     raise UserError(f"cannot write {path} ({exc.strerror}); choose another file") from None
                 return path
