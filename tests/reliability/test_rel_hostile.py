@@ -255,3 +255,45 @@ def test_exports_refuse_the_store_its_wal_and_run_files(
         assert code == 0, err
         assert other.read_text() == "precious\n" and out.read_text().startswith("run_id,step")
         assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- 5. lr-find shows its failure advice -----------------------------------------------------------------
+
+
+def test_lr_find_that_finds_no_range_prints_the_advice(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(
+        capsys, "lr-find", "--data", "synthetic:300", "--steps", "5", "--device", "cpu", "--threads", "1"
+    )
+    assert code == 0, err
+    assert "No LR range suggested" in out and "Confidence: low." in out
+    assert "Next: tuneassist lr-find --data synthetic:300 --model simple3" in out
+    assert "Traceback" not in err and "unexpected" not in err
+
+
+# -- 6. a missing checkpoint is refused like a damaged one ----------------------------------------------
+
+
+def test_resume_with_a_missing_checkpoint_is_refused_and_keeps_the_curve(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relkit import SPE, tiny_spec
+
+    from tuneassist.runs.launch import cancel_run, launch_run
+    from tuneassist.runs.store import Store
+    from tuneassist.spec import RunSpec
+
+    with Store(ws) as store:
+        run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=40)))
+        wait_for(
+            lambda: (store.get_run(run_id)["checkpoint_step"] or 0) >= 2 * SPE, 120, "2 checkpoints", store
+        )
+        assert cancel_run(store, run_id, wait=60) == "cancelled"
+        run = store.get_run(run_id)
+        rows = store.metrics(run_id)
+        assert run["checkpoint_step"] and len(rows) > run["checkpoint_step"] // 4 > 0
+        store.checkpoint_path(run_id).unlink()
+        code, out, err = run_main(capsys, "runs", "resume", str(run_id))
+        one_line_error(code, err, "is missing", f"step {run['checkpoint_step']}", "--from-start")
+        after = store.get_run(run_id)
+        assert after["status"] == "cancelled" and after["checkpoint_step"] == run["checkpoint_step"]
+        assert store.metrics(run_id) == rows

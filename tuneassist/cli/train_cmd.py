@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -358,10 +359,16 @@ def render_lr_find(result: dict[str, Any]) -> str:
     if s.get("advice"):
         lines.append(f"Note: {s['advice']}")
     lines.append(f"Confidence: {s['confidence']}.")
-    lines.append(
-        f"Next: tuneassist train --data {result['spec']['data']} --model {result['spec']['model']} "
-        f"--schedule onecycle --lr {s['min_lr']:.3g}:{s['max_lr']:.3g} --momentum 0.95:0.85"
-    )
+    data, model = shlex.quote(str(result["spec"]["data"])), shlex.quote(str(result["spec"]["model"]))
+    if s.get("min_lr") is None or s.get("max_lr") is None:  # no range: the failure's advice is the news
+        retry = s.get("retry_range")
+        lr = f" --lr {retry[0]:.3g}:{retry[1]:.3g}" if retry else ""
+        lines.append(f"Next: tuneassist lr-find --data {data} --model {model}{lr} (see the note above)")
+    else:
+        lines.append(
+            f"Next: tuneassist train --data {data} --model {model} "
+            f"--schedule onecycle --lr {s['min_lr']:.3g}:{s['max_lr']:.3g} --momentum 0.95:0.85"
+        )
     return "\n".join(lines)
 
 

@@ -267,7 +267,16 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
     store.refresh_lost([run_id])
     checkpoint = store.checkpoint_path(run_id)
     has_checkpoint = checkpoint.exists() and not from_start
-    if has_checkpoint and store.get_run(run_id, refresh=False)["status"] in ("lost", "cancelled"):
+    run = store.get_run(run_id, refresh=False)
+    stopped = run["status"] in ("lost", "cancelled")
+    if stopped and not from_start and not has_checkpoint and run["checkpoint_step"]:
+        # The store says it was saved: resuming from step 0 would silently replace the curve so far.
+        raise UserError(
+            f"checkpoint {checkpoint} is missing (the store recorded one at step {run['checkpoint_step']}); "
+            f"nothing was changed: put it back, or resume run {run_id} from step 0 (the curve restarts): "
+            f"tuneassist runs resume {run_id} --from-start"
+        )
+    if has_checkpoint and stopped:
         problem = checkpoint_problem(checkpoint)
         if problem:
             raise UserError(
