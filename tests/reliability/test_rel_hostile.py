@@ -297,3 +297,33 @@ def test_resume_with_a_missing_checkpoint_is_refused_and_keeps_the_curve(
         after = store.get_run(run_id)
         assert after["status"] == "cancelled" and after["checkpoint_step"] == run["checkpoint_step"]
         assert store.metrics(run_id) == rows
+
+
+# -- 7. profiles are read only from regular files, at most 1 MiB ---------------------------------------
+
+
+def test_profile_reads_refuse_devices_fifos_and_huge_files(tmp_path: Path, ws: Path) -> None:
+    """Each in a real subprocess with a timeout: /dev/zero used to grow to gigabytes, a FIFO to hang."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.toml"
+    with open(huge, "w") as f:  # valid TOML all the way: a comment line after line
+        f.write(dumps_toml(_profile()))
+        f.write(("# " + "x" * 1000 + "\n") * 1100)
+    env = subprocess_env(TUNEASSIST_HOME=str(ws))
+    cases = {
+        "/dev/zero": "is a device or socket, not a regular file",
+        str(fifo): "is a FIFO, not a regular file",
+        str(huge): "larger than 1 MiB",
+    }
+    for path, needle in cases.items():
+        for argv in (
+            ["profile", "show", path],
+            ["profile", "export", path],
+            ["train", "--profile", path, "--device", "cpu"],
+        ):
+            r = cli(*argv, env=env, timeout=60)
+            one_line_error(
+                r.returncode, r.stderr, f"profile {path} {needle}" if "MiB" not in needle else needle
+            )
+    assert fifo.exists() and not list(ws.glob("runs/*"))

@@ -85,7 +85,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     p = find_profile(args.name, profile_dirs(getattr(args, "workspace", None)))
     if p.path is not None:
         print(f"# {p.path}")
-        print(Path(p.path).read_text(), end="")
+        from tuneassist.profiles.schema import read_profile_text
+
+        try:  # read as it was checked: a regular file, at most 1 MiB
+            text = read_profile_text(p.path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"profile {p.path} cannot be read again ({exc}); check the file") from None
+        print(text, end="")
     else:
         print(_export(p, "json"))
     if p.needs_import:

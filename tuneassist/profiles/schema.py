@@ -44,6 +44,7 @@ import difflib
 import json
 import math
 import os
+import stat
 import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -541,11 +542,44 @@ def loads_profile(text: str, where: str = "profile") -> Profile:
     return profile_from_dict(raw, where)
 
 
+MAX_PROFILE_BYTES = 1 << 20  # 1 MiB: a profile is a few hundred bytes, a provenance a few KiB
+
+
+def read_profile_text(path: str | os.PathLike[str]) -> str:
+    """A profile file's text: only from a regular file (never a device, FIFO or socket, which could
+    block or stream forever) and at most MAX_PROFILE_BYTES. Raises OSError/UnicodeDecodeError/UserError."""
+    p = Path(path)
+    # O_NONBLOCK: opening a FIFO for reading does not wait for a writer; it is refused just below.
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", str(p))
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            raise UserError(f"profile {p} is {kind}, not a regular file; give a .toml file")
+        chunks, size = [], 0
+        while size <= MAX_PROFILE_BYTES:
+            chunk = os.read(fd, min(1 << 16, MAX_PROFILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_PROFILE_BYTES:
+            raise UserError(
+                f"profile {p} is larger than {MAX_PROFILE_BYTES >> 20} MiB, too large to be a profile; "
+                "give the .toml file tuneassist saved"
+            )
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8")
+
+
 def load_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a profile file. Reading never runs code from it."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_profile_text(p)
     except FileNotFoundError as exc:
         raise UserError(
             f"profile file {p} not found; check the path or run `tuneassist profile list`"
