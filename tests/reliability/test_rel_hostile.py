@@ -327,3 +327,42 @@ def test_profile_reads_refuse_devices_fifos_and_huge_files(tmp_path: Path, ws: P
                 r.returncode, r.stderr, f"profile {path} {needle}" if "MiB" not in needle else needle
             )
     assert fifo.exists() and not list(ws.glob("runs/*"))
+
+
+# -- 8. no escape code from a file, a store or an argument reaches the terminal ----------------------------
+
+_ESC = "\x1b[2J\x1b]0;owned\x07\u202e\x9b"
+
+
+def test_terminal_escapes_in_names_paths_and_errors_are_shown_escaped(
+    tmp_path: Path, ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relkit import tiny_spec
+
+    from tuneassist.runs.store import Store
+
+    (ws / "profiles").mkdir(parents=True)
+    (ws / "profiles" / "esc.toml").write_text(
+        dumps_toml(_profile(name="evil" + _ESC, data="folder:/d" + _ESC, notes=_ESC))
+    )
+    (ws / "profiles" / "broken.toml").write_text(f'name = "x"\n# {_ESC}\n')
+    with Store(ws) as store:
+        run_id = store.add_run(tiny_spec(), "train")
+        store.update_run(run_id, status="failed", error="boom" + _ESC, started=1.0, ended=2.0)
+        store.write(
+            lambda c: c.execute("UPDATE runs SET spec = json_set(spec, '$.data', ?)", ("folder:/d" + _ESC,))
+        )
+    bad_path = str(tmp_path / "x\x01.toml")
+    for argv in (
+        ["profile", "list"],
+        ["profile", "show", "esc"],
+        ["profile", "show", bad_path],
+        ["profile", "export", "esc", "-o", str(tmp_path / ("o" + _ESC))],
+        ["runs"],
+        ["runs", "watch", str(run_id)],
+        ["--workspace", str(ws / ("w" + _ESC)), "runs", "--bogus" + _ESC],
+    ):
+        code, out, err = run_main(capsys, *argv)
+        for ch in ("\x1b", "\x07", "\x01", "\u202e", "\x9b"):
+            assert ch not in out + err, (argv, out, err)
+        assert any(e in out + err for e in ("\\x1b[2J", "\\u001b[2J", "\\x01")), (argv, out, err)

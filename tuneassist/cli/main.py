@@ -14,14 +14,14 @@ import warnings
 from collections.abc import Sequence
 
 from tuneassist import __version__
-from tuneassist.errors import UserError
+from tuneassist.errors import UserError, printable
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem and where to look for the fix."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+        self.exit(2, f"error: {printable(message)}; see `{printable(self.prog)} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
     """Warnings the user should read (e.g. images resized) as one `warning:` line, not file:line + source."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(default(args) or 0)
         return int(func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TUNEASSIST_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (TUNEASSIST_DEBUG=1 shows the traceback)",
+            f"error: unexpected {type(exc).__name__}: {printable(exc)} "
+            "(TUNEASSIST_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

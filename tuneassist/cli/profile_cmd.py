@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tuneassist.errors import UserError
+from tuneassist.errors import UserError, printable
 
 
 def profile_dirs(workspace: str | None) -> list[Path | None]:
@@ -60,13 +60,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'name':<30} {'model':<10} {'data':<12} {'LR':<12} {'M':<10} {'WD':<8} {'TBS':>5} {'ep':>4}  acc")
     for e in entries:
         if e.profile is None:
-            print(f"{e.name:<30} broken: {e.error}")
+            print(f"{printable(e.name):<30} broken: {printable(e.error)}")
             continue
         p = e.profile
         acc = p.measured_accuracy if p.measured_accuracy is not None else p.expected_accuracy
         accs = "" if acc is None else f"{acc:.1f}%" + ("" if p.measured_accuracy is not None else " (paper)")
         print(
-            f"{p.name[:30]:<30} {p.model:<10} {p.data[:12]:<12} {f'{p.lr_min:g}-{p.lr_max:g}':<12} "
+            f"{printable(p.name)[:30]:<30} {printable(p.model):<10} {printable(p.data)[:12]:<12} "
+            f"{f'{p.lr_min:g}-{p.lr_max:g}':<12} "
             f"{f'{p.momentum_max:g}-{p.momentum_min:g}':<10} {p.weight_decay:<8g} {p.batch_size:>5} "
             f"{p.epochs:>4}  {accs}{'  (shadowed)' if e.shadowed else ''}"
         )
@@ -84,14 +85,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     p = find_profile(args.name, profile_dirs(getattr(args, "workspace", None)))
     if p.path is not None:
-        print(f"# {p.path}")
+        print(f"# {printable(p.path)}")
         from tuneassist.profiles.schema import read_profile_text
 
         try:  # read as it was checked: a regular file, at most 1 MiB
             text = read_profile_text(p.path)
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"profile {p.path} cannot be read again ({exc}); check the file") from None
-        print(text, end="")
+        print(printable(text, keep="\n\t"), end="")
     else:
         print(_export(p, "json"))
     if p.needs_import:
@@ -116,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             write_file(out, lambda f: f.write(text))
         except OSError as exc:
             raise UserError(f"cannot write {out}: {exc.strerror}; choose another --output path") from exc
-        print(f"wrote {out}")
+        print(f"wrote {printable(out)}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from tuneassist.errors import UserError
+from tuneassist.errors import UserError, printable
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
 from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed, fmt_time
 from tuneassist.spec import RunSpec
@@ -200,12 +200,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append(
             [
                 str(r["id"]),
-                sessions.get(r["session_id"], "-") if r["session_id"] is not None else "-",
+                printable(sessions.get(r["session_id"], "-") if r["session_id"] is not None else "-"),
                 r["status"],
-                r["kind"],
-                str(r["spec"].get("model")),
-                str(r["spec"].get("data")),
-                hyperparameters(r["spec"]),
+                printable(r["kind"]),
+                printable(r["spec"].get("model")),
+                printable(r["spec"].get("data")),
+                printable(hyperparameters(r["spec"])),
                 ep,
                 _g(r["best_val_loss"]),
                 _pct(r["best_val_acc"]),
@@ -216,7 +216,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(_table(rows, header))
     bad = [r for r in runs if r["status"] in ("failed", "lost") and r["error"]]
     for r in bad[-3:]:
-        print(f"run {r['id']} {r['status']}: {r['error']}")
+        print(f"run {r['id']} {r['status']}: {printable(r['error'])}")
     return 0
 
 
@@ -225,7 +225,7 @@ def describe_end(run: dict[str, Any], flag: str = "") -> str:
     rid, status, out = run["id"], run["status"], run.get("outcome") or {}
     if status in ("failed", "lost"):
         hint = f"; resume it with: tuneassist runs resume {rid}{flag}" if status == "lost" else ""
-        return f"run {rid} {status}: {run['error']}{hint}"
+        return f"run {rid} {status}: {printable(run['error'])}{hint}"
     parts = [f"run {rid} {status}"]
     if out:
         parts.append(
