@@ -366,3 +366,31 @@ def test_terminal_escapes_in_names_paths_and_errors_are_shown_escaped(
         for ch in ("\x1b", "\x07", "\x01", "\u202e", "\x9b"):
             assert ch not in out + err, (argv, out, err)
         assert any(e in out + err for e in ("\\x1b[2J", "\\u001b[2J", "\\x01")), (argv, out, err)
+
+
+# -- 9. the assistant without a terminal exits at once ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["stdin /dev/null, stdout a pipe", "stdout not a tty", "TERM=dumb"])
+def test_tui_without_a_terminal_exits_2_in_one_line(how: str, ws: Path) -> None:
+    import pty
+
+    env = subprocess_env(TUNEASSIST_HOME=str(ws))
+    env.pop("TEXTUAL_DRIVER", None)
+    master, slave = pty.openpty()
+    try:
+        if how.startswith("stdin"):  # cron / nohup: `tuneassist </dev/null >log`
+            kw: dict[str, object] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE}
+            argv: list[str] = []
+        elif how == "stdout not a tty":  # `tuneassist tui | tee log`
+            kw, argv = {"stdin": slave, "stdout": subprocess.PIPE}, ["tui"]
+        else:  # a real terminal that cannot draw
+            env["TERM"] = "dumb"
+            kw, argv = {"stdin": slave, "stdout": slave}, []
+        r = subprocess.run([sys.executable, "-m", "tuneassist.cli.main", *argv], stderr=subprocess.PIPE,
+                           text=True, env=env, timeout=60, **kw)  # type: ignore[call-overload]  # fmt: skip
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.stderr.strip() == "error: the assistant needs a terminal; use `tuneassist tune` or `runs`"
+    assert r.returncode == 2

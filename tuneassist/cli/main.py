@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
         if name == "tui_cmd":  # no command: open the assistant
-            parser.set_defaults(default_func=module.open_tui)
+            parser.set_defaults(default_func=module.open_tui_here)
     return parser
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shlex
 import socket
 import sys
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_workspace(p)
     p.add_argument("--session", default=None, metavar="ID", help="open this session (id or name)")
-    p.set_defaults(func=open_tui)
+    p.set_defaults(func=open_tui_here)
 
     s = subparsers.add_parser(
         "serve",
@@ -38,6 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.set_defaults(func=serve)
+
+
+NO_TERMINAL = "the assistant needs a terminal; use `tuneassist tune` or `runs`"
+
+
+def check_terminal() -> None:
+    """From cron, nohup or a pipe (stdin or stdout not a terminal) or with TERM=dumb, the app would hang
+    drawing escape codes into a log: refuse in one line instead. A Textual driver chosen in the
+    environment (textual-serve's web driver) draws elsewhere, so it needs none."""
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return
+    streams = (sys.stdin, sys.stdout)
+    tty = all(s is not None and hasattr(s, "isatty") and s.isatty() for s in streams)
+    if not tty or os.environ.get("TERM", "") == "dumb":
+        raise UserError(NO_TERMINAL)
+
+
+def open_tui_here(args: argparse.Namespace) -> int:
+    """`tuneassist` / `tuneassist tui` from the command line: the app, once a terminal is there."""
+    check_terminal()
+    return open_tui(args)
 
 
 def open_tui(args: argparse.Namespace) -> int:
