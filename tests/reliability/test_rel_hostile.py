@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,55 @@ def test_tui_without_a_terminal_exits_2_in_one_line(how: str, ws: Path) -> None:
         os.close(slave)
     assert r.stderr.strip() == "error: the assistant needs a terminal; use `tuneassist tune` or `runs`"
     assert r.returncode == 2
+
+
+# -- also wrong: careless paths and signals, each one line and exit 2 (or 143) ---------------------------
+
+
+def test_careless_paths_end_in_one_line_exit_2(tmp_path: Path, ws: Path) -> None:
+    from relkit import tiny_spec
+
+    from tuneassist.runs.store import Store
+
+    with Store(ws) as store:
+        run_id = store.add_run(tiny_spec(), "train")
+    env = subprocess_env(TUNEASSIST_HOME=str(ws))
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "tuneassist.cli.main", "runs", "export", str(run_id),
+                            "--format", "csv"], stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                           timeout=60)  # fmt: skip
+    one_line_error(r.returncode, r.stderr, "No space left on device", "free some disk space")
+    r = cli("train", "--data", "folder:" + "a" * 300, "--epochs", "1", "--device", "cpu", env=env)
+    one_line_error(r.returncode, r.stderr, "File name too long", "shorter")
+    r = cli("runs", env=subprocess_env(TUNEASSIST_HOME="~nosuchuser/ws"))
+    one_line_error(r.returncode, r.stderr, "no user 'nosuchuser'", "full path")
+    (tmp_path / "dirdb" / "tuneassist.db").mkdir(parents=True)
+    r = cli("runs", env=subprocess_env(TUNEASSIST_HOME=str(tmp_path / "dirdb")))
+    one_line_error(r.returncode, r.stderr, "tuneassist.db is a folder, not a database", "mv ")
+    r = cli("runs", "watch", "--", "-1", env=env)
+    one_line_error(r.returncode, r.stderr, "'-1' is not a run id")
+    # A relative TUNEASSIST_HOME is the folder it names from here, and listing does not create it.
+    r = subprocess.run([sys.executable, "-m", "tuneassist.cli.main", "runs"], capture_output=True, text=True,
+                       env=subprocess_env(TUNEASSIST_HOME="rel"), cwd=tmp_path, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and f"no runs in {tmp_path / 'rel'};" in r.stdout, r
+    assert not (tmp_path / "rel").exists()
+
+
+def test_sigterm_to_foreground_train_is_one_line_and_exit_143(ws: Path) -> None:
+    import select
+    import signal
+
+    cmd = [sys.executable, "-m", "tuneassist.cli.main", "train", "--data", "synthetic:300", "--epochs", "100",
+           "--device", "cpu", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(TUNEASSIST_HOME=str(ws)))  # fmt: skip
+    try:
+        ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 120)  # training has begun
+        assert ready, "no output from train"
+        time.sleep(1.0)  # in the training loop, not halfway through printing its first line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err

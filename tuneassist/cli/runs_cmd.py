@@ -169,6 +169,17 @@ def launch_background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int
 
 # ----------------------------------------------------------------------------- commands
 def cmd_list(args: argparse.Namespace) -> int:
+    from tuneassist.runs.store import DB_NAME, resolve_workspace
+
+    ws = resolve_workspace(getattr(args, "workspace", None))
+    if not (ws / DB_NAME).exists() and not (ws.exists() and not ws.is_dir()):
+        # Listing reads: it never makes a workspace (a typo in --workspace leaves no folder behind).
+        print(
+            "[]"
+            if args.json
+            else f"no runs in {printable(ws)}; start one with: tuneassist train --background"
+        )
+        return 0
     store = open_store(args)
     statuses = None
     if args.status:
@@ -186,7 +197,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if not runs:
         what = "matching runs" if (statuses or args.session) else "runs"
-        print(f"no {what} in {store.workspace}; start one with: tuneassist train --background")
+        print(f"no {what} in {printable(store.workspace)}; start one with: tuneassist train --background")
         return 0
     header = ["ID", "SESSION", "STATUS", "KIND", "MODEL", "DATA", "HYPERPARAMETERS", "EPOCH",
               "BEST VAL LOSS", "BEST VAL ACC", "IMG/S", "ELAPSED"]  # fmt: skip

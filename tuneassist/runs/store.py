@@ -153,10 +153,10 @@ def _env_float(name: str, default: float) -> float:
 def resolve_workspace(workspace: str | os.PathLike[str] | None = None) -> Path:
     """Explicit argument, then $TUNEASSIST_HOME, then the platform's user data dir."""
     if workspace:
-        return Path(workspace).expanduser()
+        return _absolute(workspace, "--workspace")
     env = os.environ.get("TUNEASSIST_HOME")
     if env:
-        return Path(env).expanduser()
+        return _absolute(env, "TUNEASSIST_HOME")
     import platformdirs
 
     return Path(platformdirs.user_data_dir("tuneassist"))
@@ -171,6 +171,19 @@ def check_export_target(workspace: str | os.PathLike[str] | None, target: str | 
     db = ws / DB_NAME
     files = [db, *(db.with_name(db.name + sfx) for sfx in ("-wal", "-shm", "-journal"))]
     check_not_protected(Path(target), files, [ws / "runs"], "part of the workspace's run store")
+
+
+def _absolute(raw: str | os.PathLike[str], source: str) -> Path:
+    """`~` expanded and made absolute: the same workspace whichever folder a command (or the detached
+    worker it starts) runs from."""
+    try:
+        p = Path(raw).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        user = str(raw).split(os.sep, 1)[0]
+        raise UserError(
+            f"{source} {str(raw)!r}: no user {user[1:]!r} to expand {user} for; give a full path"
+        ) from None
+    return Path(os.path.abspath(p))
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -264,6 +277,8 @@ class Store:
                 return  # brand new (or a placeholder we created): nothing to lose
             with open(self.db_path, "rb") as f:
                 header = f.read(100)
+        except IsADirectoryError:
+            raise self._damaged("is a folder, not a database") from None
         except OSError as e:
             raise UserError(f"cannot read {self.db_path} ({e.strerror}); check its permissions") from None
         if not header.startswith(_SQLITE_MAGIC[: len(header)]) or len(header) < len(_SQLITE_MAGIC):
