@@ -117,7 +117,10 @@ class RunSpec:
         if self.steps is None and not (self.epochs > 0):
             raise UserError(f"epochs {self.epochs} must be positive, e.g. --epochs 3")
         if not (0.0 < self.val_fraction < 1.0):
-            raise UserError(f"validation fraction {self.val_fraction} must be between 0 and 1, e.g. 0.1")
+            raise UserError(
+                f"validation fraction {self.val_fraction:g} must be above 0 and below 1 (the share of the "
+                "training images held out for validation), e.g. --val-fraction 0.1"
+            )
         if not (0.0 < self.rise_fraction <= 0.5):
             raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in (0, 0.5]")
         if self.final_div < 1:

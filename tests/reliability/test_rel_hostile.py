@@ -447,3 +447,36 @@ def test_sigterm_to_foreground_train_is_one_line_and_exit_143(ws: Path) -> None:
         proc.kill()
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err
+
+
+def test_validation_split_is_stratified_and_a_useless_one_is_named(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tuneassist.engine.data import DataWarning, load_dataset, split_validation
+
+    y = torch.tensor([0] * 990 + [1] * 10)
+    x = torch.zeros(1000, 3, 2, 2, dtype=torch.uint8)
+    for seed in range(5):  # every class gives its share, whatever the seed
+        _, ty, _, vy = split_validation(x, y, 0.1, seed=seed)
+        assert (int((vy == 0).sum()), int((vy == 1).sum())) == (99, 1) and len(ty) == 900
+    rng = np.random.default_rng(0)
+
+    def folder(name: str, n_train: dict[str, int]) -> str:
+        for split, counts in (("train", n_train), ("test", dict.fromkeys(n_train, 2))):
+            for cls, n in counts.items():
+                (tmp_path / name / split / cls).mkdir(parents=True)
+                for i in range(n):
+                    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                    Image.fromarray(img).save(tmp_path / name / split / cls / f"{i}.png")
+        return f"folder:{tmp_path / name}"
+
+    skewed = folder("skewed", {"common": 40, "rare": 1})  # the 10,000 : 1, scaled down
+    with pytest.warns(DataWarning) as rec:
+        load_dataset(skewed, data_dir=tmp_path / "cache", val_fraction=0.1)
+    (msg,) = [str(w.message) for w in rec]
+    assert "has no image of 1 of 2 classes (e.g. 'rare')" in msg and "--val-fraction" in msg
+    small = folder("small", {"a": 20, "b": 20})
+    with pytest.warns(DataWarning, match=r"has only 4 images, too few .* raise --val-fraction \(now 0.1\)"):
+        load_dataset(small, data_dir=tmp_path / "cache", val_fraction=0.1)

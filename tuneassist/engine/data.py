@@ -8,6 +8,7 @@ decisions read it, while the test split is kept for the final report.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +94,13 @@ def channel_stats(x: torch.Tensor, max_images: int = 16384) -> tuple[tuple[float
 def split_validation(
     x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hold out round(val_fraction * N) random images (seeded, not stratified).
+    """Hold out round(val_fraction * N) random images (seeded), stratified by class: each class gives
+    its share (largest remainders round, ties broken by the seed), so a rare class is not left out by
+    chance and a dominant one does not fill the split alone.
 
     Returns (train_x, train_y, val_x, val_y).
 
-    Both parts keep the original relative order, so the split is a pure function of (N, fraction, seed).
+    Both parts keep the original relative order, so the split is a pure function of (labels, fraction, seed).
     """
     if not (0.0 <= val_fraction < 1.0):
         raise UserError(f"validation fraction {val_fraction} must be in [0, 1), e.g. 0.1")
@@ -106,13 +109,52 @@ def split_validation(
     if val_fraction > 0 and n_val == 0:
         n_val = 1
     if n - n_val < 1:
-        raise UserError(f"only {n} training images: too few to hold out a validation split; add images")
+        raise UserError(
+            f"only {n} training images: too few to hold out --val-fraction {val_fraction:g} for validation; "
+            "lower --val-fraction or add images"
+        )
     g = torch.Generator().manual_seed(int(seed))
     is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[torch.randperm(n, generator=g)[:n_val]] = True
+    if n_val:
+        labels, counts = torch.unique(y, return_counts=True)
+        quota = [int(c) * n_val // n for c in counts.tolist()]
+        rem = [int(c) * n_val % n for c in counts.tolist()]
+        tie = torch.randperm(len(quota), generator=g).tolist()
+        for i in sorted(range(len(quota)), key=lambda i: (-rem[i], tie[i]))[: n_val - sum(quota)]:
+            quota[i] += 1
+        for label, k in zip(labels.tolist(), quota, strict=True):
+            if k:
+                idx = (y == label).nonzero().squeeze(1)
+                is_val[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
     val_idx = is_val.nonzero().squeeze(1)
     train_idx = (~is_val).nonzero().squeeze(1)
     return x.index_select(0, train_idx), y[train_idx], x.index_select(0, val_idx), y[val_idx]
+
+
+MIN_VAL_IMAGES = 100  # below this, a validation accuracy moves by a point or more per image
+
+
+def _warn_weak_validation(name: str, classes: list[str], val_y: torch.Tensor, val_fraction: float) -> None:
+    """The tuning decisions read the validation split: say when it cannot support them."""
+    if val_fraction <= 0:
+        return
+    present = set(val_y.tolist())
+    missing = [c for i, c in enumerate(classes) if i not in present]
+    if missing:
+        warnings.warn(
+            f"{name}: the validation split ({len(val_y)} images) has no image of {len(missing)} of "
+            f"{len(classes)} classes (e.g. {missing[0]!r}), so tuning cannot see how they do; add images of "
+            "those classes or raise --val-fraction",
+            DataWarning,
+            stacklevel=3,
+        )
+    elif len(val_y) < MIN_VAL_IMAGES:
+        warnings.warn(
+            f"{name}: the validation split has only {len(val_y)} images, too few for the tuning decisions "
+            f"that read it; raise --val-fraction (now {val_fraction:g}) or add images",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -171,6 +213,8 @@ def load_dataset(
         classes, tx, ty, sx, sy = folder.load_folder(arg, root)
         name = f"folder:{arg}"
     train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
+    if kind != "synthetic":  # synthetic data is for trying things out: small on purpose
+        _warn_weak_validation(name, list(classes), val_y, val_fraction)
     mean, std = channel_stats(train_x)
     return Dataset(
         name=name,
