@@ -140,3 +140,25 @@ def test_without_train_curve_and_without_current_values() -> None:
 def test_mismatched_lengths() -> None:
     with pytest.raises(ValueError):
         diagnose([1, 2], [1.0], [1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0])
+
+
+def test_a_run_near_chance_is_not_learning_never_a_good_fit() -> None:
+    """The TUI's case: 12.2% val accuracy on 10 classes (val loss 2.21 near ln 10) read as good_fit."""
+    val = 2.21 + jitter(0.003)
+    acc = 0.122 + jitter(0.002)
+    flat_train = 2.2 + 0.01 * np.random.default_rng(3).standard_normal(len(STEPS))
+    d = diagnose(STEPS, flat_train, VSTEPS, val, acc, num_classes=10)
+    assert d.kind == "not_learning" and "near chance" in d.explanation and not d.change
+    assert diagnose(STEPS, flat_train, VSTEPS, val, acc).kind != "not_learning"  # without the class count
+    # No accuracy: a val loss at ln(classes) says the same.
+    assert diagnose(STEPS, flat_train, VSTEPS, 2.30 + jitter(0.003), num_classes=10).kind == "not_learning"
+    # Well above chance, the usual reading applies.
+    assert diagnose(STEPS, flat_train, VSTEPS, val, acc + 0.5, num_classes=10).kind != "not_learning"
+
+
+def test_the_remedy_comes_with_its_change_for_a_refinement_run() -> None:
+    val = 2.3 * np.exp(-VSTEPS / 600) + 0.5 + jitter(0.005)
+    assert diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT).change == {"lr_max": 2.0}
+    over = np.where(VSTEPS <= 400, 2.3 * np.exp(-VSTEPS / 100) + 1.0, 1.0 + 0.5 * ((VSTEPS - 400) / 600) ** 2)
+    d = diagnose(STEPS, train_curve(), VSTEPS, over + jitter(0.005), current={**CURRENT, "weight_decay": 0})
+    assert d.kind == "overfitting" and d.change == {"weight_decay": 1e-5}  # from 0: the value to add

@@ -134,6 +134,7 @@ def drive(cl: Checklist, store: dict[str, list[dict]], launched: list[str], flat
         rec = cl.recommend(prop.step, curves)
         json.dumps(rec.to_dict())
         if rec.needs_more_runs:
+            cl.add_candidates(prop.step, rec.add)
             continue
         assert rec.ok, rec.reason
         cl.accept(rec)
@@ -146,12 +147,14 @@ def test_quick_budget_fits_ten_minutes_on_cpu() -> None:
     est = cl.estimate_seconds(images_per_s=1500.0, overhead_s=5.0)
     assert est["total"] < 600, est
     runs = sum(len(cl.candidate_list(s)) for s in STEPS) + 1  # + the WD refinement
-    assert runs <= 14
+    assert runs <= 15
     spec = cl.final_spec()
     assert spec.epochs == BUDGETS["quick"].final_epochs and spec.test and spec.schedule == "onecycle"
     base = cl.baseline_spec()
     assert (base.schedule, base.lr_max, base.momentum_max, base.weight_decay) == ("constant", 0.01, 0.9, 0.0)
-    assert base.epochs == spec.epochs and base.batch_size == spec.batch_size
+    assert base.epochs == spec.epochs and base.batch_size == 128  # the start batch, never a tuned one
+    cl.values["batch_size"] = 256  # a tuned TBS does not move the baseline
+    assert cl.baseline_spec().batch_size == 128 and cl.lr_only_spec().batch_size == 128
 
 
 def test_paper_budget_uses_the_paper_epochs() -> None:
@@ -159,7 +162,8 @@ def test_paper_budget_uses_the_paper_epochs() -> None:
     assert Checklist(data="cifar10", model="densenet40", budget="paper").final_spec().epochs == 100
     cl = Checklist(data="cifar10", model="resnet20", budget="quick")
     assert cl.final_spec().epochs == 2  # capped by images: 120k / 45k
-    assert cl.values["batch_size"] == 512 and cl.short_epochs() == pytest.approx(0.33)  # 15k / 45k
+    assert cl.values["batch_size"] == 128 and cl.short_epochs() == pytest.approx(0.33)  # 15k / 45k
+    assert Checklist(data="cifar10", model="resnet56", start_batch=512).values["batch_size"] == 512
 
 
 def test_full_checklist_finds_the_known_optimum() -> None:
@@ -167,7 +171,7 @@ def test_full_checklist_finds_the_known_optimum() -> None:
     store: dict[str, list[dict]] = {}
     launched: list[str] = []
     drive(cl, store, launched)
-    assert cl.done and len(launched) == 13
+    assert cl.done and len(launched) == 16  # 1 + 3 TBS + 5 momentum + 3+1 WD + tuned, LR-only, baseline
     d = cl.decisions
     assert 0.2 <= d["lr_range"].value["lr_max"] <= 0.8 and d["lr_range"].value["tbs"] == 128
     assert d["batch_size"].value == 256
@@ -188,7 +192,8 @@ def test_full_checklist_finds_the_known_optimum() -> None:
     text = cl.summary_text()
     assert "LR range test" in text and "Weight decay" in text and "1e-3" in text
     prov = cl.provenance()
-    assert prov["session"] == "s1" and len(prov["runs"]) == 13 and len(prov["decisions"]) == 5
+    assert prov["session"] == "s1" and len(prov["runs"]) == 16 and len(prov["decisions"]) == 5
+    assert cl.final["variant"] == "final" and set(cl.final["compare"]) == {"final", "lr_only", "baseline"}
 
 
 def test_state_survives_a_json_round_trip_mid_session() -> None:
@@ -216,7 +221,7 @@ def test_changing_an_earlier_value_marks_later_decisions_stale() -> None:
     assert cl.current_step == "batch_size" and not cl.done
     assert "batch_size" not in cl.runs  # the old runs no longer fit: they are re-proposed
     prop = cl.propose()
-    assert {c.spec.lr_max for c in prop.candidates} == {0.5, 1.0}  # TBS 128 and 256, linear scaling
+    assert {c.spec.lr_max for c in prop.candidates} == {0.25, 0.5, 1.0}  # TBS 64, 128, 256: linear scaling
     assert any(h["event"] == "stale" for h in cl.history)
     # Re-deciding with the same value keeps later decisions as they are.
     cl2 = Checklist(data="synthetic", model="simple3", budget="quick")
@@ -233,6 +238,8 @@ def test_range_test_that_cannot_be_read_is_retried() -> None:
     store.update(events)
     rec = cl.recommend("lr_range", {k: store[r] for k, r in cl.runs["lr_range"].items()})
     assert rec.needs_more_runs and not rec.ok and "flat" in rec.detail["failure"]
+    assert cl.propose().candidates == []  # recommend() is pure: it asks, the caller adds
+    cl.add_candidates("lr_range", rec.add)
     prop2 = cl.propose()
     assert [c.key for c in prop2.candidates] == ["range2"]
     assert prop2.candidates[0].spec.lr_max > prop.candidates[0].spec.lr_max
@@ -368,3 +375,80 @@ def test_step_timing_says_how_the_runs_shared_the_devices(tmp_path: Path) -> Non
     # Two at once from 100 to 130; the third starts as the first ends (an end frees its slot first).
     assert t == {"runs": 3, "wall_s": 60.0, "run_s": 100.0, "most_at_once": 2}
     assert sharing_text(t) == "3 runs in 1:00, up to 2 at once (their run times add up to 1:40)"
+
+
+def _final_events(val_acc: float, test_acc: float, falling: bool = False) -> list[dict]:
+    """A final-length run: evaluations (still falling steadily when `falling`) and its end."""
+    evals = [
+        {
+            "type": "eval",
+            "step": s,
+            "epoch": s / 70,
+            "val_loss": (2.0 - s / 500) if falling else 1.0 + 1 / s,
+            "val_acc": val_acc,
+        }
+        for s in range(70, 701, 70)
+    ]
+    end = {"type": "end", "outcome": "finished", "epoch": 10.0, "val_loss": 1.0}
+    return [{"type": "start", "num_classes": 10}, *evals, {**end, "val_acc": val_acc, "test_acc": test_acc}]
+
+
+def _tuned(**kw) -> Checklist:
+    cl = Checklist(data="synthetic", model="simple3", budget="quick", **kw)
+    cl.override("lr_range", (0.03, 0.3))
+    cl.override("batch_size", 256)
+    cl.override("momentum", (0.9, 0.9))
+    cl.override("weight_decay", 1e-2)
+    return cl
+
+
+def test_final_step_judges_the_profile_against_what_the_user_would_have_run() -> None:
+    """Beside the tuned run: the LR-only profile (every later step at its start value) and the untuned
+    baseline at the user's batch; the profile keeps the tuned variant that validates best."""
+    cl = _tuned()
+    keys = [c.key for c in cl.propose("final").candidates]
+    assert keys == ["final", "lr_only", "baseline"]
+    specs = {c.key: c.spec for c in cl.propose("final").candidates}
+    assert (specs["lr_only"].batch_size, specs["lr_only"].weight_decay, specs["lr_only"].momentum_max) == (
+        128,
+        1e-3,
+        0.95,
+    )
+    assert specs["lr_only"].lr_max == pytest.approx(0.3)  # the range test's LR at its own TBS
+    assert (specs["baseline"].schedule, specs["baseline"].batch_size) == ("constant", 128)
+    assert len({s.epochs for s in specs.values()}) == 1  # the same budget for all three
+    curves = {
+        "final": _final_events(0.80, 0.79),
+        "lr_only": _final_events(0.84, 0.835),  # the later steps lost points
+        "baseline": _final_events(0.78, 0.775),
+    }
+    rec = cl.recommend("final", curves)
+    assert rec.ok and rec.value["variant"] == "lr_only"
+    assert "did not earn their place" in rec.reason and "untuned baseline" in rec.reason
+    cl.accept(rec)
+    prof = cl.profile_spec()
+    assert (prof.batch_size, prof.weight_decay, prof.momentum_max) == (128, 1e-3, 0.95)
+    # When the tuned run validates best, the tuned values stay.
+    cl2 = _tuned()
+    rec2 = cl2.recommend("final", {**curves, "final": _final_events(0.86, 0.85)})
+    cl2.accept(rec2)
+    assert rec2.value["variant"] == "final" and cl2.profile_spec().batch_size == 256
+
+
+def test_final_step_acts_on_its_diagnosis_when_refine_allows() -> None:
+    cl = _tuned(refine=1, baseline=False)
+    curves = {"final": _final_events(0.80, 0.79, falling=True), "lr_only": _final_events(0.70, 0.7)}
+    cl.attach_run("final", "final", "r1")
+    cl.attach_run("final", "lr_only", "r2")
+    rec = cl.recommend("final", curves)
+    assert rec.needs_more_runs and rec.value["diagnosis"] == "underfitting"
+    assert [c.key for c in cl.propose("final").candidates] == []  # pure: nothing added yet
+    cl.add_candidates("final", rec.add)
+    (refine,) = cl.propose("final").candidates
+    assert refine.key == "refine1" and refine.spec.lr_max == pytest.approx(2 * cl.final_spec().lr_max)
+    curves["refine1"] = _final_events(0.83, 0.82)
+    rec = cl.recommend("final", curves)
+    assert not rec.needs_more_runs and rec.value["variant"] == "refine1"  # one refinement, then it stops
+    cl.accept(rec)
+    assert cl.profile_spec().lr_max == pytest.approx(refine.spec.lr_max)
+    assert _tuned().recommend("final", curves).needs_more_runs is False  # refine=0: no extra run

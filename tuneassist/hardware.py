@@ -7,7 +7,9 @@ reader fails soft: a panel that cannot read a device says so instead of raising.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -106,6 +108,17 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains 1.6-2.5x
+    faster than fp32 (simple3, ResNet-20 on 2 cores); elsewhere it is emulated and slower."""
+    try:
+        flags = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,12 +128,24 @@ def curves_from_store(store: Store, run_id: int) -> RunCurves:
             c.val_acc.append(math.nan if row.get("val_acc") is None else float(row["val_acc"]))
     info = run.get("info") or {}
     c.steps_per_epoch = info.get("steps_per_epoch")
+    c.num_classes = info.get("num_classes")
     out = run.get("outcome")
     if run["status"] in ("finished", "diverged", "cancelled") and out:
         c.outcome = out.get("outcome", run["status"])
         c.diverged_lr = out.get("diverged_lr")
         c.end = out
     return c
+
+
+@dataclass
+class Advance:
+    """What one turn of `TuningSession.advance` did, for the front end to say and wait on."""
+
+    step: str | None
+    event: str  # done | to_start | launched | waiting | failed | more_runs | accepted | ready
+    run_ids: list[int] = field(default_factory=list)
+    rec: Recommendation | None = None
+    message: str = ""
 
 
 @dataclass
@@ -359,14 +371,48 @@ class TuningSession:
         if step is None or not self.runs_ended(step):
             return None
         curves = {k: curves_from_store(self.store, r) for k, r in self.step_runs(step).items()}
-        rec = self.checklist.recommend(step, curves)
-        if rec.needs_more_runs:  # the checklist added candidates (WD refinement, range retry)
-            try:
-                self.save()
-            except SessionConflict:
-                self.reload()
-                return self.recommend(step)
-        return rec
+        return self.checklist.recommend(step, curves)  # pure: runs it asks for come in `rec.add`
+
+    def advance(self, accept: bool = False, start: bool = True) -> Advance:
+        """One turn of the checklist loop, the same for `tune` and the TUI: start the current step's
+        runs (`start`; the TUI leaves that to the user's key), or report them still going, or read
+        them, adding and starting the runs the reading asks for (WD refinement, a range-test retry, a
+        refinement of the final run), and take the recommendation when `accept` (the autopilot)."""
+        cl = self.checklist
+        step = cl.current_step
+        if step is None:
+            return Advance(None, "done")
+        title = STEP_TITLES[step]
+        if cl.propose(step).candidates:
+            if not start:
+                return Advance(step, "to_start")
+            return Advance(step, "launched", self.launch(step), message=f"{title}: started runs")
+        runs = list(self.step_runs(step).values())
+        if not self.runs_ended(step):
+            return Advance(step, "waiting", runs)
+        failed = self.failed_runs(step)
+        if failed and len(failed) == len(runs):
+            why = failed[0].get("error") or failed[0]["status"]
+            return Advance(
+                step,
+                "failed",
+                runs,
+                message=f"every run of step {title!r} ended {failed[0]['status']} ({why})",
+            )
+        rec = self.recommend(step)
+        if rec is None:
+            return Advance(step, "waiting", runs)
+        if rec.needs_more_runs and not failed:
+            ids = self._change(lambda: self._add_and_launch(step, rec.add))
+            return Advance(step, "more_runs", ids, rec, rec.reason)
+        if accept and rec.ok and not rec.needs_more_runs:
+            self.accept(rec)
+            return Advance(step, "accepted", runs, rec, f"{title}: {rec.label} — {rec.reason}")
+        return Advance(step, "ready", runs, rec, rec.reason)
+
+    def _add_and_launch(self, step: str, add: list[dict[str, Any]]) -> list[int]:
+        self.checklist.add_candidates(step, add)
+        return self._launch(step)
 
     def accept(self, rec: Recommendation) -> None:
         self._change(lambda: self.checklist.accept(rec))

@@ -15,7 +15,8 @@ Typical use (autopilot)::
             cl.attach_run(prop.step, cand.key, launch(cand.spec))
         rec = cl.recommend(prop.step, {key: RunCurves.from_events(events(run_id))
                                        for key, run_id in cl.runs[prop.step].items()})
-        if rec.needs_more_runs:                  # WD refinement or a range-test retry: loop again
+        if rec.needs_more_runs:                  # WD refinement, a range-test retry, a refinement
+            cl.add_candidates(prop.step, rec.add)
             continue
         if not rec.ok:
             stop_and_show(rec.reason)
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,6 @@ class Budget:
     short_evals: int  # validation points per sweep candidate
     final_epochs: int | None  # None: the paper's epochs for this model and data
     final_images: int | None  # cap on the final run's training images
-    tbs_count: int  # batch sizes compared
     wd_refine: bool  # one extra WD run between the two best
     range_retries: int = 1  # extra range tests when the first one cannot be read
 
@@ -87,10 +87,17 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # quick: synthetic + simple3 on 2 idle CPU cores in ~9 minutes (memory probe, 13 runs and
     # the baseline: about 330k training images; a 200-step range test read the LR 3x too low).
-    "quick": Budget("quick", 300, (1e-4, 10.0), 20, 1000, 1.5, 15_000, 8, 8, 120_000, 2, True),
-    "standard": Budget("standard", 600, (1e-5, 10.0), 30, 2000, 5.0, None, 12, 30, None, 3, True),
-    "paper": Budget("paper", 1000, (1e-5, 10.0), 40, None, 15.0, None, 15, None, None, 3, True),
+    "quick": Budget("quick", 300, (1e-4, 10.0), 20, 1000, 1.5, 15_000, 8, 8, 120_000, True),
+    "standard": Budget("standard", 600, (1e-5, 10.0), 30, 2000, 5.0, None, 12, 30, None, True),
+    "paper": Budget("paper", 1000, (1e-5, 10.0), 40, None, 15.0, None, 15, None, None, True),
 }
+# The batch size a user trains with when they name none (the CLI's default): the untuned baseline's.
+DEFAULT_BATCH = 128
+# Validation points of a final-length run (at least one per epoch): enough for a diagnosis.
+FINAL_EVALS = 10
+# The hyperparameters a profile variant of the final step sets.
+HPARAMS = ("lr_min", "lr_max", "momentum_max", "momentum_min", "weight_decay", "batch_size")
+FINAL_LABELS = {"tuned": "tuned profile", "lr_only": "LR-only profile", "baseline": "untuned baseline"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +124,7 @@ class RunCurves:
     steps_per_epoch: int | None = None
     end: dict[str, Any] | None = None
     run_id: str | None = None
+    num_classes: int | None = None
 
     @classmethod
     def from_events(cls, events: Iterable[Mapping[str, Any]], run_id: str | None = None) -> RunCurves:
@@ -134,6 +142,7 @@ class RunCurves:
                 c.val_acc.append(_nan(e.get("val_acc")))
             elif kind == "start":
                 c.steps_per_epoch = e.get("steps_per_epoch")
+                c.num_classes = e.get("num_classes")
             elif kind == "end":
                 c.outcome = e.get("outcome")
                 c.diverged_lr = e.get("diverged_lr")
@@ -197,14 +206,18 @@ class Recommendation:
     label: str | None
     reason: str
     ok: bool = True  # False: nothing usable (see reason); needs_more_runs may offer a retry
-    needs_more_runs: bool = False  # candidates were added (WD refinement, range-test retry)
+    needs_more_runs: bool = False  # the step asks for the runs in `add` (WD refinement, retry, refine)
     confidence: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    add: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # candidates to add ({key, value}); see add_candidates
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["value"] = _jsonable(self.value)
+        d["add"] = _jsonable(self.add)
         return d
 
 
@@ -258,6 +271,10 @@ class Checklist:
     devices: int = 1
     max_fit: int | None = None  # largest per-device batch that fits (memory probe); None: unknown
     train_size: int | None = None  # training images; None: the known size of a built-in data set
+    start_batch: int | None = None  # the batch size the user trains with; None: the CLI's 128
+    epochs: int | None = None  # the final run's epochs when the user states them; None: the budget's
+    refine: int = 0  # runs the final step may add to act on its own diagnosis
+    baseline: bool = True  # train the untuned baseline beside the final run
     session_id: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
@@ -265,6 +282,7 @@ class Checklist:
     runs: dict[str, dict[str, str]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
+    start: dict[str, Any] = field(default_factory=dict)  # the values before any step: the LR-only profile's
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -284,6 +302,8 @@ class Checklist:
                 "momentum_min": 0.85,
                 "weight_decay": 1e-3 if shallow else 1e-4,
             }
+        if not self.start:
+            self.start = dict(self.values)
 
     # -- derived facts -----------------------------------------------------------------------
 
@@ -300,13 +320,19 @@ class Checklist:
         return self.train_size or TRAIN_SIZES.get(self.data, FALLBACK_TRAIN_SIZE)
 
     def default_tbs(self) -> int:
-        """The range test's TBS: the largest power of two that fits, at most 512 and 1/40 of the data."""
-        cap = 512.0
+        """The start TBS (range test, baseline): the user's batch size, the CLI's 128 when none, brought
+        down to a power of two that fits memory and leaves 40 steps per epoch.
+
+        Not the largest that fits: the final run's budget is in epochs, and at a few epochs a larger TBS
+        means too few steps (the TBS step can still move it on evidence)."""
+        tbs = float(self.start_batch or DEFAULT_BATCH)
+        cap = self.n_train / 40
         if self.max_fit is not None:
             cap = min(cap, self.max_fit * self.devices)
-        cap = min(cap, self.n_train / 40)
-        tbs = max(16, _pow2_floor(cap))
-        return max(self.devices, tbs - tbs % self.devices)
+        if tbs > cap:
+            tbs = max(16, _pow2_floor(cap))
+        t = int(tbs)
+        return max(self.devices, t - t % self.devices)
 
     def effective_lr(self, batch_size: int | None = None) -> tuple[float, float]:
         """The LR range at `batch_size` (default: the current TBS), rescaled from the TBS it was found at."""
@@ -327,6 +353,8 @@ class Checklist:
         return self.current_step is None
 
     def final_epochs(self) -> int:
+        if self.epochs:
+            return int(self.epochs)
         b = self.plan
         if b.final_epochs is not None:
             epochs = b.final_epochs
@@ -378,34 +406,62 @@ class Checklist:
             **kw,
         )
 
+    def _final_length(self, **kw: Any) -> RunSpec:
+        """A run of the final step's length: evaluated FINAL_EVALS times (on a subset), then on the
+        full validation and test splits at the end."""
+        tbs = int(kw.get("batch_size", self.values["batch_size"]))
+        epochs = float(self.final_epochs())
+        steps = max(1, round(epochs * max(1, self.n_train // tbs)))
+        every = max(1, math.ceil(steps / max(FINAL_EVALS, math.ceil(epochs))))
+        return self._spec(epochs=epochs, eval_every=every, test=True, **kw)
+
     def final_spec(self) -> RunSpec:
-        """The 1cycle run with every chosen value (evaluated on the full validation and test splits)."""
+        """The 1cycle run with every chosen value."""
         lo, hi = self.effective_lr()
-        return self._spec(
-            schedule="onecycle",
-            lr_min=lo,
-            lr_max=hi,
-            epochs=float(self.final_epochs()),
-            eval_every=None,
-            eval_subset=None,
-            test=True,
-        )
+        return self._final_length(schedule="onecycle", lr_min=lo, lr_max=hi)
 
     def baseline_spec(self) -> RunSpec:
-        """The plain baseline the tuned run should beat: SGD, constant LR 0.01, momentum 0.9, no WD,
-        the same epochs and TBS as the final run (the issue's comparison, run in the same session)."""
-        return self._spec(
+        """What the user would have trained without the tool (DESIGN.md §6): SGD, constant LR 0.01,
+        momentum 0.9, no WD, at the start batch size, for the final run's epochs. Never a tuned value."""
+        return self._final_length(
             schedule="constant",
             lr_min=0.01,
             lr_max=0.01,
             momentum_max=0.9,
             momentum_min=0.9,
             weight_decay=0.0,
-            epochs=float(self.final_epochs()),
-            eval_every=None,
-            eval_subset=None,
-            test=True,
+            batch_size=self.baseline_batch(),
         )
+
+    def baseline_batch(self) -> int:
+        """The batch the user trains with (the CLI's 128 when none named), only brought down to what
+        fits memory: not the checklist's start TBS, which may also be capped by the data's size."""
+        tbs = int(self.start_batch or DEFAULT_BATCH)
+        if self.max_fit is not None and tbs > self.max_fit * self.devices:
+            tbs = max(16, _pow2_floor(self.max_fit * self.devices))
+        return max(self.devices, tbs - tbs % self.devices)
+
+    def lr_only_spec(self) -> RunSpec:
+        """1cycle at the range test's LR with every later step at its start value: what each later step
+        must beat to earn its place."""
+        tbs = int(self.start["batch_size"])
+        lo, hi = self.effective_lr(tbs)
+        return self._final_length(
+            schedule="onecycle",
+            lr_min=lo,
+            lr_max=hi,
+            batch_size=tbs,
+            momentum_max=float(self.start["momentum_max"]),
+            momentum_min=float(self.start["momentum_min"]),
+            weight_decay=float(self.start["weight_decay"]),
+        )
+
+    def profile_spec(self) -> RunSpec:
+        """The settings the profile saves: the final step's winning variant (the tuned values unless
+        another validated better), or the tuned values before the final step has been read."""
+        hp = (self.final or {}).get("hparams")
+        spec = self.final_spec()
+        return replace(spec, **{k: hp[k] for k in HPARAMS if k in hp}).validate() if hp else spec
 
     # -- candidates ----------------------------------------------------------------------------
 
@@ -415,7 +471,7 @@ class Checklist:
             return [{"key": "range", "value": [lo, hi]}]
         if step == "batch_size":
             sizes = batch_size_candidates(
-                self.max_fit, self.devices, train_size=self.n_train, count=self.plan.tbs_count
+                int(self.values["lr_tbs"]), self.max_fit, self.devices, train_size=self.n_train
             )
             return [{"key": f"tbs{t}", "value": t} for t in sizes]
         if step == "momentum":
@@ -425,9 +481,31 @@ class Checklist:
             ]
         if step == "weight_decay":
             return [{"key": f"wd{value_label(step, w)}", "value": w} for w in weight_decay_grid(self.kind)]
-        return [{"key": "final", "value": None}]
+        return self._final_variants()
+
+    def _final_variants(self) -> list[dict[str, Any]]:
+        """The tuned run, beside it what it must beat (the LR-only profile, when it differs, and the
+        untuned baseline), then any refinement the diagnosis asked for. Built from the current values
+        each time, so it never goes stale; only the refinements are stored."""
+        out = [{"key": "final", "value": "tuned"}]
+        if self.lr_only_spec().to_dict() != self.final_spec().to_dict():
+            out.append({"key": "lr_only", "value": "lr_only"})
+        if self.baseline:
+            out.append({"key": "baseline", "value": "baseline"})
+        return out + list(self.candidates.get("final", []))
+
+    def add_candidates(self, step: str, add: Sequence[Mapping[str, Any]]) -> None:
+        """Add the runs a recommendation asked for (`Recommendation.add`), once each."""
+        have = {c["key"] for c in self._cands(step)}
+        stored = self.candidates.setdefault(step, [] if step == "final" else self._cands(step))
+        for c in add:
+            if c["key"] not in have:
+                stored.append({"key": str(c["key"]), "value": _jsonable(c["value"])})
+                have.add(c["key"])
 
     def _cands(self, step: str) -> list[dict[str, Any]]:
+        if step == "final":
+            return self._final_variants()
         if step not in self.candidates:
             self.candidates[step] = self._default_candidates(step)
         return self.candidates[step]
@@ -470,6 +548,12 @@ class Checklist:
             return self._short_spec(momentum_max=float(value[0]), momentum_min=float(value[1]))
         if step == "weight_decay":
             return self._short_spec(weight_decay=float(value))
+        if value == "lr_only":
+            return self.lr_only_spec()
+        if value == "baseline":
+            return self.baseline_spec()
+        if isinstance(value, Mapping):  # a refinement: concrete values
+            return replace(self.final_spec(), **{k: value["hparams"][k] for k in HPARAMS}).validate()
         return self.final_spec()
 
     def _label(self, step: str, value: Any) -> str:
@@ -477,7 +561,9 @@ class Checklist:
             lo, hi = _range_pair(value)
             return f"{fmt_num(lo)} → {fmt_num(hi)}"
         if step == "final":
-            return "1cycle"
+            if isinstance(value, Mapping):
+                return f"refined ({value.get('change', 'diagnosis')})"
+            return FINAL_LABELS.get(str(value), "1cycle")
         return value_label(step, value)
 
     def candidate_list(self, step: str) -> list[Candidate]:
@@ -537,10 +623,24 @@ class Checklist:
                 f"Short 1cycle runs ({short}) with WD {vals} ({why}){more}; ranked by validation loss "
                 "early in training, by accuracy when the loss does not separate them."
             )
+        beside = []
+        if any(c["key"] == "lr_only" for c in self._cands("final")):
+            beside.append("the LR-only profile (every later step at its start value)")
+        if self.baseline:
+            beside.append(
+                "the untuned baseline (SGD, constant LR 0.01, momentum 0.9, no WD, "
+                f"TBS {self.baseline_batch()})"
+            )
+        cmp = (
+            f" Beside it, at the same epochs: {' and '.join(beside)}; the profile keeps whichever tuned "
+            "variant validates best."
+            if beside
+            else ""
+        )
         return (
             f"The final 1cycle run: LR {fmt_num(lo)} → {fmt_num(hi)} and back over {self.final_epochs()} "
             f"epochs, momentum {mom}, WD {value_label('weight_decay', self.values['weight_decay'])}, "
-            f"TBS {self.values['batch_size']}."
+            f"TBS {self.values['batch_size']}.{cmp}"
         )
 
     def attach_run(self, step: str, key: str, run_id: str) -> None:
@@ -590,7 +690,6 @@ class Checklist:
         detail = s.to_dict()
         if wants_retry and retry_ok:
             lo, hi = s.retry_range  # type: ignore[misc]
-            cands.append({"key": f"range{tries + 1}", "value": [lo, hi]})
             return Recommendation(
                 "lr_range",
                 None if s.max_lr is None else {"lr_min": s.min_lr, "lr_max": s.max_lr, "tbs": tbs},
@@ -600,6 +699,7 @@ class Checklist:
                 needs_more_runs=True,
                 confidence=s.confidence,
                 detail=detail,
+                add=[{"key": f"range{tries + 1}", "value": [lo, hi]}],
             )
         if s.max_lr is None or s.min_lr is None:
             return Recommendation(
@@ -614,6 +714,15 @@ class Checklist:
             confidence=s.confidence,
             detail=detail,
         )
+
+    def _current_value(self, step: str) -> Any:
+        """The value a sweep starts from (kept when its runs cannot tell the candidates apart)."""
+        v = self.values
+        if step == "batch_size":
+            return int(v["lr_tbs"])
+        if step == "momentum":
+            return (float(v["momentum_max"]), float(v["momentum_min"]))
+        return float(v["weight_decay"])
 
     def _recommend_sweep(self, step: str, cs: dict[str, RunCurves]) -> Recommendation:
         cands = self._cands(step)
@@ -633,11 +742,12 @@ class Checklist:
                     train_loss=rc.train_loss,
                     diverged=rc.outcome == "diverged",
                     run_id=rc.run_id or self.runs.get(step, {}).get(c["key"]),
+                    num_classes=rc.num_classes,
                 )
             )
         if not sweep:
             raise UserError(f"no curves given for {STEP_TITLES[step]}; run the proposed candidates first")
-        res = rank_sweep(step, sweep, model=self.model)
+        res = rank_sweep(step, sweep, model=self.model, start=self._current_value(step))
         rows = [asdict(r) for r in res.rows]
         detail = _jsonable(res.to_dict())
         if res.winner is None:
@@ -652,7 +762,6 @@ class Checklist:
                 except ValueError:
                     mid = None
                 if mid is not None and all(not math.isclose(mid, float(c["value"])) for c in cands):
-                    cands.append({"key": "wd_refine", "value": mid})
                     return Recommendation(
                         step,
                         res.winner,
@@ -662,6 +771,7 @@ class Checklist:
                         needs_more_runs=True,
                         rows=rows,
                         detail=detail,
+                        add=[{"key": "wd_refine", "value": mid}],
                     )
 
         reason = res.explanation
@@ -674,49 +784,124 @@ class Checklist:
         value = list(res.winner) if isinstance(res.winner, tuple) else res.winner
         return Recommendation(step, value, res.winner_label, reason, rows=rows, detail=detail)
 
+    def _variant_hparams(self, c: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self._spec_for("final", c["value"])
+        return {k: getattr(spec, k) for k in HPARAMS}
+
     def _recommend_final(self, cs: dict[str, RunCurves]) -> Recommendation:
-        c = cs.get("final") or next(iter(cs.values()), None)
-        if c is None:
+        """Read the final step: the tuned run against the LR-only profile and the untuned baseline.
+
+        The profile keeps the tuned variant (tuned, LR-only, refinements) with the best validation
+        accuracy: a later step that did not help at the final budget gives way. The test split only
+        reports. When the winner's diagnosis names a concrete remedy and `refine` allows, the step asks
+        for one more run with it."""
+        variants = {c["key"]: c for c in self._cands("final")}
+        if not any(k in cs for k in variants):
             raise UserError("no curves given for the final run")
-        lo, hi = self.effective_lr()
+        results: dict[str, dict[str, Any]] = {}
+        for k in variants:
+            c = cs.get(k)
+            if c is None:
+                continue
+            end = c.end or {}
+            results[k] = {
+                "outcome": c.outcome,
+                **{m: end.get(m) for m in ("val_loss", "val_acc", "test_loss", "test_acc")},
+                "epochs": end.get("epoch"),
+            }
+        order = [k for k in variants if k != "baseline"]
+        pool = [
+            k
+            for k in order
+            if results.get(k, {}).get("outcome") == "finished" and results[k]["val_acc"] is not None
+        ]
+        chosen = max(pool, key=lambda k: (results[k]["val_acc"], -order.index(k))) if pool else "final"
+        c = cs.get(chosen) or next(iter(cs.values()))
+        hp = self._variant_hparams(variants[chosen])
         d = diagnose(
             c.steps,
             c.train_loss,
             c.eval_steps,
             c.val_loss,
             c.val_acc or None,
-            current={
-                "lr_max": hi,
-                "weight_decay": float(self.values["weight_decay"]),
-                "batch_size": self.values["batch_size"],
-            },
+            current={k: hp[k] for k in ("lr_max", "weight_decay", "batch_size")},
             model=self.model,
+            num_classes=c.num_classes,
         )
-        end = c.end or {}
-        value = {
-            "outcome": c.outcome,
-            "val_loss": end.get("val_loss"),
-            "val_acc": end.get("val_acc"),
-            "test_loss": end.get("test_loss"),
-            "test_acc": end.get("test_acc"),
-            "epochs": end.get("epoch"),
-            "diagnosis": d.kind,
-        }
-        acc = end.get("test_acc") if end.get("test_acc") is not None else end.get("val_acc")
-        which = "test" if end.get("test_acc") is not None else "val"
-        head = f"Final 1cycle run {c.outcome or 'unfinished'}"
-        if acc is not None:
-            head += f": {which} accuracy {acc * 100:.1f}%"
-        reason = f"{head}. {d.explanation} Next: {d.remedy}"
+        mine = results.get(chosen, {})
+        value = {**mine, "diagnosis": d.kind, "variant": chosen, "hparams": hp, "compare": results}
+        reason = self._final_reason(chosen, variants, results, d)
+        n_refined = sum(1 for k in variants if k.startswith("refine"))
+        all_ended = all(results.get(k, {}).get("outcome") for k in variants)
+        if d.change and n_refined < self.refine and all_ended and mine.get("outcome") == "finished":
+            new = dict(hp)
+            for k, f in d.change.items():
+                if k == "lr_max":
+                    new["lr_min"], new["lr_max"] = hp["lr_min"] * f, hp["lr_max"] * f
+                elif k == "weight_decay":
+                    new[k] = hp[k] * f if hp[k] > 0 else f  # from 0: the remedy names the value to add
+            seen = [self._variant_hparams(v) for v in variants.values()]
+            if all(any(not math.isclose(float(new[k]), float(o[k])) for k in HPARAMS) for o in seen):
+                key = f"refine{n_refined + 1}"
+                what = d.remedy.split(";")[0].split(" or ")[0].rstrip(".")
+                return Recommendation(
+                    "final",
+                    value,
+                    "1cycle",
+                    f"{reason} Acting on it: one more final-length run ({what}); the profile keeps whichever "
+                    "validates better.",
+                    ok=True,
+                    needs_more_runs=True,
+                    detail={"diagnosis": d.to_dict()},
+                    add=[{"key": key, "value": {"hparams": new, "change": what, "from": chosen}}],
+                )
         return Recommendation(
             "final",
             value,
-            "1cycle",
+            self._label("final", variants[chosen]["value"]),
             reason,
-            ok=c.outcome == "finished",
+            ok=mine.get("outcome") == "finished",
             confidence=None,
             detail={"diagnosis": d.to_dict()},
         )
+
+    def _final_reason(
+        self, chosen: str, variants: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], d: Any
+    ) -> str:
+        """'Final runs: the profile keeps the tuned profile (val accuracy 84.1%, test 83.9%); …'."""
+
+        def pct(v: Any) -> str:
+            return "—" if v is None else f"{100 * float(v):.1f}%"
+
+        mine = results.get(chosen, {})
+        name = self._label("final", variants[chosen]["value"])
+        head = f"Final runs: the profile keeps the {name}"
+        if mine.get("outcome") != "finished":
+            head = f"Final 1cycle run {mine.get('outcome') or 'unfinished'}"
+        else:
+            head += f" (val accuracy {pct(mine.get('val_acc'))}, test {pct(mine.get('test_acc'))})"
+        parts = []
+        for k in [k for k in variants if k != chosen]:
+            r = results.get(k)
+            if not r:
+                continue
+            label = self._label("final", variants[k]["value"])
+            if r.get("outcome") != "finished":
+                parts.append(f"{label} {r.get('outcome')}")
+                continue
+            gap = ""
+            if mine.get("test_acc") is not None and r.get("test_acc") is not None:
+                gap = f", {100 * (float(mine['test_acc']) - float(r['test_acc'])):+.1f} points on test"
+            parts.append(f"{label}: val {pct(r.get('val_acc'))}, test {pct(r.get('test_acc'))}{gap}")
+        if parts:
+            head += "; " + "; ".join(parts)
+        why = ""
+        if chosen != "final" and "final" in results and results["final"].get("outcome") == "finished":
+            why = (
+                f" The tuned values validated lower ({pct(results['final'].get('val_acc'))}): at this budget "
+                f"the later steps did not earn their place, so the profile takes the {name}'s values."
+            )
+        return f"{head}.{why} {d.explanation} Next: {d.remedy}"
 
     # -- decisions -------------------------------------------------------------------------------
 
@@ -817,6 +1002,8 @@ class Checklist:
                 if later in SWEEP_STEPS and later in self.candidates:
                     # Regenerate (a refinement or retry belonged to the old context).
                     self.candidates[later] = [c for c in self.candidates[later] if c["key"] != "wd_refine"]
+                if later == "final":
+                    self.candidates.pop("final", None)  # refinements of the old tuned values
         return d
 
     def _apply(self, step: str, value: Any) -> None:
@@ -901,6 +1088,10 @@ class Checklist:
             cands = self.candidate_list(s)
             if s == "weight_decay" and b.wd_refine and not any(c.key == "wd_refine" for c in cands):
                 cands = cands + cands[-1:]  # the refinement run to come
+            if s == "final":
+                cands = cands + cands[:1] * max(
+                    0, self.refine - sum(c.key.startswith("refine") for c in cands)
+                )
             for c in cands:
                 imgs = self._images(c.spec)
                 steps = c.spec.steps or imgs // c.spec.batch_size

@@ -20,12 +20,14 @@ import numpy as np
 from tuneassist.advisor.grids import first_weight_decay, model_kind
 from tuneassist.advisor.lr_range import fmt_num, fmt_sci, round_sig
 
-KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short")
+KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short", "not_learning")
 MIN_EVALS = 4
 # A window change counts when it is at least this fraction of the loss level and 2 standard errors.
 TREND = 0.02
 # Jitter above this fraction of the loss level, without a clear trend, is "too noisy to tell".
 NOISE = 0.05
+# Val accuracy below chance x this + 2 points is "not learning yet", whatever the loss curve's shape.
+CHANCE_FACTOR = 1.5
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Diagnosis:
     explanation: str
     window: tuple[int, int] | None = None  # first and last step of the window read
     notes: list[str] = field(default_factory=list)
+    # The remedy's first step as factors on the current values ({"lr_max": 2.0}); a WD added from 0 is
+    # given as the value itself. Empty when there is nothing concrete to try.
+    change: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,6 +94,13 @@ def _more(name: str, current: Mapping[str, float] | None, factor: float, model: 
     return f"{verb} {label} to {fmt(round_sig(v * factor))} (from {fmt(v)})"
 
 
+def _wd_factor(current: Mapping[str, float] | None, model: str | None) -> float:
+    """x3 on the current WD; from 0, the value `_more` names (the low end of the net kind's grid)."""
+    if (current or {}).get("weight_decay") == 0:
+        return first_weight_decay(model) if model is not None else 1e-5
+    return 3.0
+
+
 def diagnose(
     train_steps: Sequence[float],
     train_loss: Sequence[float | None],
@@ -99,11 +111,13 @@ def diagnose(
     current: Mapping[str, float] | None = None,
     model: str | None = None,
     window_fraction: float = 1 / 3,
+    num_classes: int | None = None,
 ) -> Diagnosis:
     """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
 
     `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values;
-    `model` (optional) picks the first WD to add to a run without any.
+    `model` (optional) picks the first WD to add to a run without any. With `num_classes`, a run whose
+    val accuracy is still near chance is "not_learning", never a good fit.
     Losses may contain None or NaN (a blown-up step); that reads as diverged.
     """
     ts, tl = _arr(train_steps), _arr(train_loss)
@@ -122,6 +136,7 @@ def diagnose(
             kind="diverged",
             evidence={"diverged_at_step": int(at)},
             remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+            change={"lr_max": 1 / 3},
             explanation=f"Diverged: the loss became NaN/inf at step {int(at)}; the LR is too high for this "
             "setup.",
         )
@@ -181,12 +196,37 @@ def diagnose(
     rel = change / level * 100
     nums = f"val loss {rel:+.1f}% over steps {window[0]}–{window[1]}, noise {sigma:.2g}{gap_txt}"
 
+    if num_classes and num_classes > 1:
+        chance = 1.0 / num_classes
+        acc_last = evidence.get("val_acc_last")
+        near = (
+            acc_last <= CHANCE_FACTOR * chance + 0.02
+            if isinstance(acc_last, float)
+            else float(vl[-1]) >= 0.97 * math.log(num_classes)
+        )
+        if near:
+            what = (
+                f"val accuracy {100 * acc_last:.1f}%"
+                if isinstance(acc_last, float)
+                else f"val loss {vl[-1]:.3g}"
+            )
+            return Diagnosis(
+                kind="not_learning",
+                evidence={**evidence, "chance_acc": chance},
+                remedy="Train longer before reading it; if it stays at chance, check the data and labels, "
+                f"then {_more('lr_max', current, 1 / 3)} (or raise it, if the loss never fell).",
+                explanation=f"Not learning yet: {what} is near chance ({100 * chance:.0f}% for {num_classes} "
+                "classes), so no fit can be read.",
+                window=window,
+            )
+
     first = float(vl[0])
     if v_min > 0 and float(vl[-1]) > 3 * v_min and float(vl[-1]) > first:
         return Diagnosis(
             kind="diverged",
             evidence=evidence,
             remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+            change={"lr_max": 1 / 3},
             explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, over 3x its best {v_min:.3g} (step "
             f"{int(vs[i_min])}) and above its start.",
             window=window,
@@ -202,6 +242,7 @@ def diagnose(
                 kind="diverged",
                 evidence={**evidence, "unstable": "train and val loss both rising"},
                 remedy=f"{_more('lr_max', current, 1 / 3)}: training is unstable.",
+                change={"lr_max": 1 / 3},
                 explanation=f"Unstable: train and val loss both rise at the end ({nums}); "
                 "the run is on its way to diverging.",
                 window=window,
@@ -211,6 +252,7 @@ def diagnose(
             evidence=evidence,
             remedy=f"{_more('weight_decay', current, 3, model)}; if that is not enough, regularise more in "
             "other ways (stronger augmentation, a smaller TBS).",
+            change={"weight_decay": _wd_factor(current, model)},
             explanation=f"Overfitting: val loss rises from its best {v_min:.3g} at step {int(vs[i_min])} "
             f"while train loss does not ({nums}).",
             window=window,
@@ -221,6 +263,7 @@ def diagnose(
             evidence=evidence,
             remedy=f"{_more('lr_max', current, 2)} or {_more('weight_decay', current, 1 / 3)}, "
             "or train longer.",
+            change={"lr_max": 2.0},
             explanation=f"Underfitting: val loss is still falling steadily ({nums}).",
             window=window,
         )

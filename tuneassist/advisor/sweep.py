@@ -11,15 +11,19 @@ them and cancels in the difference at the same step. A gap that holds at each of
 around the decision point is real even when each curve alone jitters by more; the test is the mean
 paired difference against its standard error (a t-test over those evaluations). Curves that do not
 share evaluation points fall back to each curve's own jitter. Differences inside the noise, or below
-a floor of half a percent, are ties. Ties go to val accuracy when it separates the tied candidates
-(the paper found accuracy easier to read for DenseNet), and otherwise to a stated rule per
-hyperparameter.
+a floor of half a percent, are ties. A noise figure larger than the whole spread of the candidates
+is a broken estimate (one wild curve), not a tie: it is replaced by the pooled figure of the other
+pairs, or the curves' own jitter. Ties go to val accuracy when it separates the tied candidates
+(the paper found accuracy easier to read for DenseNet). When neither metric can order them, the
+evidence cannot move the value: the start value (the one the sweep began from) is kept when it is
+among the tied, and only otherwise does a stated prior per hyperparameter pick, never a candidate
+worse than another tied one on both metrics (DESIGN.md §6: evidence, then priors).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -72,26 +76,34 @@ def momentum_candidates(model: str | None = None) -> list[tuple[float, float]]:
 
 
 def batch_size_candidates(
-    max_fit: int | None, devices: int = 1, *, train_size: int | None = None, count: int = 3
+    start: int, max_fit: int | None = None, devices: int = 1, *, train_size: int | None = None
 ) -> list[int]:
-    """Total batch sizes to compare: the largest `count` powers of two that fit, ascending.
+    """Total batch sizes to compare, ascending: half, the start value and double.
 
-    A TBS must split evenly over the devices, fit each device (`max_fit` per device, from the memory
-    probe; None: no known limit), stay at or below 1024 (the paper compared 256/512/1024) and leave at
-    least 20 steps per epoch.
+    Compared at equal epochs, as the final run's budget is stated in epochs: a doubled TBS halves the
+    final run's steps, which the short runs show. A TBS must split evenly over the devices, fit each
+    device (`max_fit` per device, from the memory probe; None: no known limit), be at least 16 and
+    leave at least 20 steps per epoch.
     """
     if devices < 1:
         raise ValueError("devices must be at least 1")
-    cap = 1024
-    if max_fit is not None:
-        cap = min(cap, max_fit * devices)
+    cap = max_fit * devices if max_fit is not None else 1 << 20
     if train_size is not None:
         cap = min(cap, train_size // 20)
-    sizes = [2**k for k in range(4, 11) if 2**k <= cap and (2**k) % devices == 0]
-    if not sizes:
-        floor = max(devices, (cap // devices) * devices)
-        return [floor] if floor >= 1 else [devices]
-    return sizes[-count:]
+    sizes = [t for t in (start // 2, start, start * 2) if 16 <= t <= cap and t % devices == 0]
+    return sorted(set(sizes) | {start})
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two candidate values are the same (floats compared loosely; momentum pairs elementwise)."""
+    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
+        aa = list(a) if isinstance(a, list | tuple) else [a, a]
+        bb = list(b) if isinstance(b, list | tuple) else [b, b]
+        return len(aa) == len(bb) and all(same_value(x, y) for x, y in zip(aa, bb, strict=True))
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        return a == b
 
 
 class Rescaled(NamedTuple):
@@ -195,6 +207,7 @@ class SweepCandidate:
     diverged: bool = False
     label: str | None = None
     run_id: str | None = None
+    num_classes: int | None = None  # so a run near chance reads "not learning", not a good fit
 
 
 @dataclass
@@ -295,6 +308,34 @@ class Gap(NamedTuple):
     gap: float  # positive: worse than the leader
     thr: float
     paired: int  # evaluations compared pairwise (0: the curves' own jitter was used)
+    broken: float | None = None  # the first noise figure, when it exceeded the candidates' spread
+
+
+def _mend_broken(
+    gaps: dict[int, Gap], values: list[float], jitter_thr: Callable[[], float]
+) -> dict[int, Gap]:
+    """Replace paired noise figures larger than the whole spread of three or more candidates.
+
+    Candidates that share seed and data order have their common jitter cancel in paired
+    differences, so a paired figure above the spread of all of them comes from one wild curve (its
+    own swings), not from noise the others share: it is a broken estimate, and it must not turn a
+    gap into a tie. It is replaced by the median of the sound paired figures, else the curves' own
+    jitter, else the tie floor.
+    """
+    spread = max(values) - min(values) if values else 0.0
+    if spread <= 0 or len(values) < 3:
+        return gaps
+    sound = [g.thr for g in gaps.values() if g.paired and g.thr <= spread]
+    out = {}
+    for i, g in gaps.items():
+        if not g.paired or g.thr <= spread:
+            out[i] = g
+            continue
+        thr = float(np.median(sound)) if sound else jitter_thr()
+        if thr > spread:
+            thr = TIE_FLOOR * max(abs(v) for v in values)
+        out[i] = Gap(g.gap, thr, g.paired, broken=g.thr)
+    return out
 
 
 def _gap_words(g: Gap, acc: bool) -> str:
@@ -303,12 +344,17 @@ def _gap_words(g: Gap, acc: bool) -> str:
     def fmt(v: float) -> str:
         return f"{v * 100:.2g} points" if acc else f"{v:.2g}"
 
+    mended = (
+        f" (the paired figure {fmt(g.broken)} exceeded the spread of all candidates: a broken estimate)"
+        if g.broken is not None
+        else ""
+    )
     if g.paired:
         return (
             f"the gap, {fmt(g.gap)} on average over {g.paired} paired evaluations, is larger than the "
-            f"noise {fmt(g.thr)}"
+            f"noise {fmt(g.thr)}{mended}"
         )
-    return f"the gap is larger than the noise {fmt(g.thr)}"
+    return f"the gap is larger than the noise {fmt(g.thr)}{mended}"
 
 
 def _fmt_acc(a: float | None) -> str:
@@ -326,10 +372,12 @@ def rank_sweep(
     window: int = 3,
     metric: str = "auto",
     tie_rule: TieRule | None = None,
+    start: Any = None,
 ) -> SweepResult:
     """Rank a sweep's short runs and pick the value to use, with the sentence that says why.
 
     metric: 'auto' (val loss, then val accuracy when the loss ties), 'val_loss', or 'val_acc'.
+    start: the value in use before the sweep; kept when the evidence cannot separate it from the best.
     """
     if metric not in ("auto", "val_loss", "val_acc"):
         raise ValueError("metric must be 'auto', 'val_loss' or 'val_acc'")
@@ -378,6 +426,7 @@ def rank_sweep(
                 c.steps,
                 c.val_loss,
                 c.val_acc,
+                num_classes=c.num_classes,
             )
             diag.append(d.kind)
 
@@ -463,7 +512,7 @@ def rank_sweep(
                     unpaired_thr = threshold(series, ok, ref)
                 trail = (ref - at_[i]) if higher else (at_[i] - ref)
                 out[i] = Gap(trail, unpaired_thr, 0)
-        return out
+        return _mend_broken(out, [at_[i] for i in idx], lambda: threshold(series, ok, ref))
 
     if len(ok) == 1:
         i = ok[0]
@@ -500,6 +549,32 @@ def rank_sweep(
 
     def num(i: int, acc: bool) -> str:
         return _fmt_acc(acc_at[i]) if acc else f"{loss_at[i]:.3g}"
+
+    def dominated(i: int, tied: list[int]) -> bool:
+        """Worse than another tied candidate on both val loss and val accuracy."""
+        if i not in acc_at:
+            return False
+        return any(j != i and j in acc_at and loss_at[j] < loss_at[i] and acc_at[j] > acc_at[i] for j in tied)
+
+    def tie_pick(tied: list[int]) -> tuple[int, str]:
+        """The winner of a tie the evidence cannot break, and the clause that says how it was chosen."""
+        for i in tied:
+            if start is not None and same_value(cands[i].value, start):
+                return (
+                    i,
+                    f"not enough evidence at this budget to move from the start value {labels[i]}; it stays",
+                )
+        keep = [i for i in tied if not dominated(i, tied)] or tied
+        out = [labels[i] for i in tied if i not in keep]
+        trail = f"{' and '.join(out)} trail{'s' if len(out) == 1 else ''} on both metrics" if out else ""
+        if len(keep) == 1:
+            return keep[0], f"neither metric separates them alone, but {trail}"
+        pick = max(keep, key=lambda i: rule.key(cands[i].value))
+        return (
+            pick,
+            f"the evidence cannot order them{f' ({trail})' if trail else ''}, so a prior breaks the tie: "
+            f"{rule.reason}",
+        )
 
     what = "val accuracy" if by_acc else "val loss"
     best_word = "highest" if by_acc else "lowest"
@@ -565,11 +640,11 @@ def rank_sweep(
                 rule.reason,
                 expl,
             )
-        pick = max(a_group, key=lambda i: rule.key(cands[i].value))
+        pick, how = tie_pick(a_group)
         acc_txt = ", ".join(f"{_fmt_acc(acc_at[i])} for {labels[i]}" for i in a_group)
         expl = (
             f"{P} {labels[pick]}: val loss ties at {where} ({num(lead, False)} for {labels[lead]} vs "
-            f"{tied_txt}, within noise {thr:.2g}) and val accuracy does too ({acc_txt}); {rule.reason}."
+            f"{tied_txt}, within noise {thr:.2g}) and val accuracy does too ({acc_txt}); {how}."
             f"{bad_note}"
         )
         order2 = [pick] + [i for i in order if i != pick]
@@ -586,16 +661,16 @@ def rank_sweep(
             expl,
         )
 
-    pick = max(group, key=lambda i: rule.key(cands[i].value))
+    pick, how = tie_pick(group)
     if pick == lead:
         expl = (
             f"{P} {labels[lead]}: {best_word} {what} at {where} ({num(lead, by_acc)} vs {tied_txt}, "
-            f"a tie within noise {thr:.2g}; {rule.reason}).{bad_note}"
+            f"a tie within noise {thr:.2g}; {how}).{bad_note}"
         )
     else:
         expl = (
             f"{P} {labels[pick]}: {what} at {where} within noise of the {best_word} ({num(pick, by_acc)} vs "
-            f"{num(lead, by_acc)} for {labels[lead]}, a tie within noise {thr:.2g}); {rule.reason}.{bad_note}"
+            f"{num(lead, by_acc)} for {labels[lead]}, a tie within noise {thr:.2g}); {how}.{bad_note}"
         )
     order2 = [pick] + [i for i in order if i != pick]
     return SweepResult(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from typing import Any
@@ -17,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tune",
         help="autopilot: run the whole checklist and save a profile",
         description="Runs the LR range test, batch size, momentum and weight decay steps as background "
-        "runs, accepts each recommendation, then the final 1cycle run and a baseline at the same epochs; "
-        "prints a summary and saves the result as a profile. Ctrl-C stops waiting, never the runs; "
+        "runs, accepts each recommendation, then the final 1cycle run beside the LR-only profile and the "
+        "untuned baseline at the same epochs; saves the variant that validates best as a profile and "
+        "prints how it compares. Ctrl-C stops waiting, never the runs; "
         "--resume continues the session.",
     )
     p.add_argument("--data", default="synthetic", help="synthetic, cifar10, cifar100 or folder:PATH")
@@ -30,19 +30,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how long each experiment trains (quick: minutes on a CPU)",
     )
     p.add_argument("--devices", type=int, default=1, help="devices per run (TBS = per-device batch x N)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the batch size you train with: the start TBS and the baseline's (default 128)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="the final run's epochs (default: the budget's; the baselines train as long)",
+    )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="final-length runs allowed to act on the final run's diagnosis (default: 0 quick, 1 otherwise)",
+    )
     p.add_argument("--name", default=None, help="profile name (default: <data>-<model>-<budget>)")
     p.add_argument("--resume", default=None, metavar="SESSION", help="continue a session by id or name")
     p.add_argument(
         "--no-baseline",
         action="store_true",
-        help="skip the baseline run (SGD, constant LR 0.01, momentum 0.9, no WD)",
+        help="skip the untuned baseline run (SGD, constant LR 0.01, momentum 0.9, no WD, the start batch)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_tune)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "profile"
 
 
 class Waiter:
@@ -81,23 +95,66 @@ def _say(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _profile_name(args: argparse.Namespace, data: str, model: str, budget: str) -> str:
+    """The profile's file name, checked before any run starts (the TUI's rule: `safe_filename`)."""
+    from tuneassist.profiles.schema import safe_filename
+
+    if args.name is None:
+        return safe_filename(f"{data.replace('folder:', '')}-{model}-{budget}")
+    if not args.name.strip() or safe_filename(args.name) != args.name.strip():
+        raise UserError(
+            f"profile name {args.name!r} may hold only letters, digits, '.', '-' and '_' (it names a file "
+            f"in the workspace's profiles/); e.g. --name {safe_filename(args.name)}"
+        )
+    return args.name.strip()
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _comparison(final: dict[str, Any]) -> dict[str, Any]:
+    """The saved profile against the untuned baseline and the LR-only profile, in test points."""
+    cmp = final.get("compare") or {}
+    mine = cmp.get(final.get("variant") or "final") or {}
+    out: dict[str, Any] = {"variant": final.get("variant")}
+    for k in ("final", "lr_only", "baseline"):
+        r = cmp.get(k)
+        out[k] = None if r is None else {m: r.get(m) for m in ("outcome", "val_acc", "test_acc")}
+        if (
+            r
+            and mine.get("test_acc") is not None
+            and r.get("test_acc") is not None
+            and k != final.get("variant")
+        ):
+            out[f"gain_vs_{k}_points"] = 100 * (float(mine["test_acc"]) - float(r["test_acc"]))
+    return out
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from tuneassist.advisor.checklist import STEP_TITLES
-    from tuneassist.runs.launch import detect_gpus, launch_run
+    from tuneassist.runs.launch import detect_gpus
     from tuneassist.runs.store import Store
     from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, sharing_text
 
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1 (the final run's length)")
+    if args.refine is not None and args.refine < 0:
+        raise UserError(f"--refine {args.refine} must be 0 or more")
     store = Store(getattr(args, "workspace", None))
     quiet = args.json
     if args.resume:
         session = TuningSession(store, int(store.get_session(args.resume)["id"]))
+        name = _profile_name(args, session.checklist.data, session.checklist.model, session.checklist.budget)
         _say(quiet, f"resuming session {session.id} ({session.name})")
     else:
+        name = _profile_name(args, args.data, args.model, args.budget)
         from tuneassist.runs.probe_client import probe_in_subprocess
 
         probe = probe_in_subprocess(args.model, args.data, device="auto", timeout=120)
         if probe:
             _say(quiet, f"Memory probe: {probe['explanation']}")
+        refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
         session = TuningSession.create(
             store,
             args.data,
@@ -106,91 +163,77 @@ def cmd_tune(args: argparse.Namespace) -> int:
             devices=args.devices,
             train_size=estimate_train_size(args.data),
             max_fit=probe["max_batch"] if probe else None,
+            start_batch=args.batch_size,
+            epochs=args.epochs,
+            refine=refine,
+            baseline=not args.no_baseline,
         )
         ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
         secs = session.checklist.estimate_seconds(images_per_s=ips)
-        est = secs["total"] + (0 if args.no_baseline else secs.get("final", 0))  # + the baseline
         _say(
             quiet,
             f"session {session.id}: {args.data} · {args.model} · budget {args.budget}; "
-            f"about {est / 60:.0f} min at {ips:,.0f} img/s ({source}). Ctrl-C stops waiting; the runs go on "
-            f"(continue with: tuneassist tune --resume {session.id})",
+            f"about {secs['total'] / 60:.0f} min at {ips:,.0f} img/s ({source}). Ctrl-C stops waiting; the "
+            f"runs go on (continue with: tuneassist tune --resume {session.id})",
         )
     cl = session.checklist
     waiter = Waiter(store, quiet)
     try:
-        while not cl.done:
-            step = cl.current_step
-            assert step is not None
-            title = STEP_TITLES[step]
-            if cl.propose(step).candidates:
-                ids = session.launch(step)
-                _say(quiet, f"{title}: started runs {', '.join(map(str, ids))}")
-            waiter.wait(list(session.step_runs(step).values()), title)
-            timing = session.step_timing(step)
-            if timing and timing["runs"] > 1:
-                _say(quiet, f"{title}: {sharing_text(timing)}")
-            failed = session.failed_runs(step)
-            if failed and len(failed) == len(session.step_runs(step)):
-                why = failed[0].get("error") or failed[0]["status"]
+        while True:
+            turn = session.advance(accept=True)
+            if turn.event == "done":
+                break
+            title = STEP_TITLES[turn.step or "final"]
+            if turn.event == "launched":
+                _say(quiet, f"{title}: started runs {', '.join(map(str, turn.run_ids))}")
+            elif turn.event == "more_runs":
+                _say(quiet, f"{title}: {turn.message} (runs {', '.join(map(str, turn.run_ids))})")
+            elif turn.event == "waiting":
+                waiter.wait(turn.run_ids, title)
+                timing = session.step_timing(turn.step or "final")
+                if timing and timing["runs"] > 1:
+                    _say(quiet, f"{title}: {sharing_text(timing)}")
+            elif turn.event == "failed":
                 raise UserError(
-                    f"every run of step {title!r} ended {failed[0]['status']} ({why}); "
-                    f"see `tuneassist runs` and fix it, then `tuneassist tune --resume {session.id}`"
+                    f"{turn.message}; see `tuneassist runs` and fix it, then "
+                    f"`tuneassist tune --resume {session.id}`"
                 )
-            rec = session.recommend(step)
-            assert rec is not None
-            if rec.needs_more_runs:
-                _say(quiet, f"{title}: {rec.reason}")
-                continue
-            if not rec.ok:
-                raise UserError(f"{title}: {rec.reason}")
-            session.accept(rec)
-            _say(quiet, f"{title}: {rec.label} — {rec.reason}")
+            elif turn.event == "accepted":
+                _say(quiet, turn.message)
+            elif turn.event == "ready":  # read, but nothing usable to accept
+                raise UserError(f"{title}: {turn.message}")
     except KeyboardInterrupt:
         _say(
             False, f"\nstopped waiting; the runs go on. Continue with: tuneassist tune --resume {session.id}"
         )
         return 130
 
-    baseline: dict[str, Any] | None = None
-    if not args.no_baseline:
-        spec = cl.baseline_spec()
-        rid = launch_run(store, spec, kind="baseline", session_id=session.id)
-        _say(
-            quiet,
-            f"Baseline (SGD, LR {spec.lr_max:g} constant, momentum {spec.momentum_max:g}, "
-            f"WD {spec.weight_decay:g}, {spec.epochs:g} epochs): run {rid}",
-        )
-        run = waiter.wait([rid], "Baseline")[0]
-        baseline = {
-            "run": rid,
-            "status": run["status"],
-            **{k: (run.get("outcome") or {}).get(k) for k in ("test_acc", "val_acc", "test_loss")},
-        }
-
-    name = args.name or _slug(f"{cl.data.replace('folder:', '')}-{cl.model}-{cl.budget}")
     path = session.save_profile(name)
     final = cl.final or {}
+    lr = cl.decisions["lr_range"].value if "lr_range" in cl.decisions else None
+    cmp = _comparison(final)
     summary = {
         "session": session.id,
         "profile": str(path),
         "steps": cl.summary(),
-        "final": {k: final.get(k) for k in ("test_acc", "val_acc", "test_loss", "val_loss")},
-        "baseline": baseline,
+        "final": {k: final.get(k) for k in ("test_acc", "val_acc", "test_loss", "val_loss", "variant")},
+        "baseline": cmp.get("baseline"),
+        "lr_only": cmp.get("lr_only"),
+        "comparison": cmp,
+        "start_values": cl.start,
+        "baseline_batch": cl.baseline_batch(),
+        "lr_range": lr,
         "timing": {step: session.step_timing(step) for step in STEP_TITLES},  # how each step's runs ran
     }
     if args.json:
         print(json.dumps(summary, default=str))
         return 0
     print(cl.summary_text())
-    fa, ba = final.get("test_acc"), (baseline or {}).get("test_acc")
-    if fa is not None:
-        line = f"\nTuned 1cycle run: test accuracy {100 * fa:.2f}%"
-        if ba is not None:
-            verdict = "better" if fa > ba else "not better"
-            line += (
-                f"; baseline at the same epochs: {100 * ba:.2f}% ({verdict}, {100 * (fa - ba):+.2f} points)"
-            )
-        print(line)
+    line = f"\nSaved profile ({cmp['variant'] or 'final'}): test accuracy {_pct(final.get('test_acc'))}"
+    for k, what in (("baseline", "untuned baseline"), ("lr_only", "LR-only profile")):
+        r = cmp.get(k)
+        if r and f"gain_vs_{k}_points" in cmp:
+            line += f"; {what} {_pct(r.get('test_acc'))} ({cmp[f'gain_vs_{k}_points']:+.2f} points)"
+    print(line)
     print(f"Profile saved: {path}\nRe-run it with: tuneassist train --profile {path}")
     return 0

@@ -772,10 +772,11 @@ def _percent(v: Any) -> float | None:
 
 def profile_from_checklist(checklist: Checklist, name: str, *, description: str = "") -> Profile:
     """The profile a finished checklist produces: its final 1cycle settings, accuracy and decisions."""
-    spec = checklist.final_spec()
+    spec = checklist.profile_spec()  # the final step's winner: tuned, LR-only or a refinement
     prov_d = checklist.provenance()
     final = checklist.final or {}
     final_runs = checklist.runs.get("final", {})
+    measured = final_runs.get(str(final.get("variant") or "final")) or next(iter(final_runs.values()), "")
     prov = Provenance(
         session=prov_d["session"],
         runs=list(prov_d["runs"]),
@@ -791,7 +792,7 @@ def profile_from_checklist(checklist: Checklist, name: str, *, description: str 
         provenance=prov,
         measured_accuracy=_percent(final.get("test_acc")),
         measured_val_accuracy=_percent(final.get("val_acc")),
-        measured_run=next(iter(final_runs.values()), ""),
+        measured_run=measured,
     )
 
 

@@ -109,6 +109,8 @@ class TuneApp(App[None]):
         for run in res.ended:
             self._toast_end(run)
         synced = self._reload_session() if self.session is not None else False
+        if self.session is not None and (res.ended or synced or self.polls == 1):
+            synced = self._advance_session() or synced
         stack = self.screen_stack  # empty for a moment while a mode switch is under way
         screen = stack[-1] if stack else None
         if isinstance(screen, LiveScreen):
@@ -127,6 +129,26 @@ class TuneApp(App[None]):
             return self.session.sync()
         except UserError:
             return False
+
+    def _advance_session(self) -> bool:
+        """The checklist loop `tune` drives, run here on the poll and never while drawing: start the
+        runs a finished step's reading asks for (WD refinement, a range-test retry, a refinement of the
+        final run). The user still starts each step and accepts each value. True when it launched."""
+        assert self.session is not None
+        if self.store.read_only:
+            return False
+        try:
+            turn = self.session.advance(accept=False, start=False)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return False
+        if turn.event != "more_runs":
+            return False
+        from tuneassist.advisor.checklist import STEP_TITLES
+
+        title = STEP_TITLES[turn.step or "final"]
+        self.notify(f"{title}: {turn.message} Started run(s) {', '.join(map(str, turn.run_ids))}.")
+        return True
 
     def _toast_end(self, run: dict[str, Any]) -> None:
         from tuneassist.tui.fmt import run_kind

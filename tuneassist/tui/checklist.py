@@ -212,7 +212,6 @@ class ChecklistScreen(LiveScreen):
         runs = s.step_runs(step)
         curves = {k: self.tapp.live.curve(r) for k, r in runs.items()}
         rec = self._recommendation(step, runs)
-        runs = s.step_runs(step)  # a recommendation may have launched more runs (WD refinement)
         cands = self._candidates(step)
         self._show_explain(step)
         self._show_table(step, cands, runs, curves, rec)
@@ -259,14 +258,7 @@ class ChecklistScreen(LiveScreen):
             rec = str(exc)
         if rec is None:
             return None  # the store saw a run still going: ask again next poll
-        self._recs[step] = (key, rec)
-        if isinstance(rec, Recommendation) and rec.needs_more_runs:
-            bad = any(st in ("failed", "lost") for st in statuses)
-            if not bad and s.checklist.propose(step).candidates:
-                ids = s.launch(step)
-                self.app.notify(
-                    f"{STEP_TITLES[step]}: {rec.reason} Started run(s) {', '.join(map(str, ids))}."
-                )
+        self._recs[step] = (key, rec)  # runs it asks for are started by the app's poll (advance)
         return rec
 
     # -- drawing -------------------------------------------------------------------------------
