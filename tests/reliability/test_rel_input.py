@@ -406,6 +406,7 @@ def test_unexpected_stays_visible_to_the_fuzzer(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs_cmd, "open_store", boom)
+        mp.setattr(runs_cmd, "open_existing_store", boom)  # `runs` on a workspace not made yet
         code, _, err = run_main(capsys, "runs")
     assert code == 1 and "unexpected ZeroDivisionError" in err
 

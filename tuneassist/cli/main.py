@@ -85,8 +85,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM in a foreground command: unwinds like Ctrl-C (the same clean-ups run), exit 143."""
 
 
+_sigterm: list[int] = []  # set once SIGTERM arrived: the exit code is 143 whoever caught the interrupt
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    _sigterm.append(signum)
     raise Terminated
 
 
@@ -141,9 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.print_help()
                 return 0
             return int(default(args) or 0)
+        _sigterm.clear()
         code = int(func(args) or 0)
         sys.stdout.flush()  # a full disk behind `> file` shows here, inside the handlers below
-        return code
+        return 143 if _sigterm else code  # a command that stopped on SIGTERM by itself (tune: 'stopped …')
     except UserError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return UserError.exit_code

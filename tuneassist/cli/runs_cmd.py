@@ -37,6 +37,16 @@ def open_store(args: argparse.Namespace) -> Store:
     return Store(getattr(args, "workspace", None))
 
 
+def open_existing_store(args: argparse.Namespace) -> Store | None:
+    """The store, or None when there is none yet: a command that only reads never makes a workspace."""
+    from tuneassist.runs.store import DB_NAME, resolve_workspace
+
+    ws = resolve_workspace(getattr(args, "workspace", None))
+    if not (ws / DB_NAME).exists() and not (ws.exists() and not ws.is_dir()):
+        return None
+    return open_store(args)
+
+
 def _ws_flag(args: argparse.Namespace) -> str:
     ws = getattr(args, "workspace", None)
     return f" --workspace {ws}" if ws else ""
@@ -169,18 +179,13 @@ def launch_background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int
 
 # ----------------------------------------------------------------------------- commands
 def cmd_list(args: argparse.Namespace) -> int:
-    from tuneassist.runs.store import DB_NAME, resolve_workspace
+    store = open_existing_store(args)
+    if store is None:  # listing reads: it never makes a workspace (a typo leaves no folder behind)
+        from tuneassist.runs.store import resolve_workspace
 
-    ws = resolve_workspace(getattr(args, "workspace", None))
-    if not (ws / DB_NAME).exists() and not (ws.exists() and not ws.is_dir()):
-        # Listing reads: it never makes a workspace (a typo in --workspace leaves no folder behind).
-        print(
-            "[]"
-            if args.json
-            else f"no runs in {printable(ws)}; start one with: tuneassist train --background"
-        )
+        ws = printable(resolve_workspace(getattr(args, "workspace", None)))
+        print("[]" if args.json else f"no runs in {ws}; start one with: tuneassist train --background")
         return 0
-    store = open_store(args)
     statuses = None
     if args.status:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()]
