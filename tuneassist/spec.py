@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam")
 BUILTIN_DATA = ("synthetic", "cifar10", "cifar100")
 BUILTIN_MODELS = ("simple3", "resnet20", "resnet32", "resnet56", "resnet110", "densenet40")
 MAX_THREADS = 1024  # torch overflows or crashes asked for far more CPU threads than any machine has
+MAX_EPOCHS = 10_000  # beyond this an epochs value is a typo (1e9), not a plan
 
 
 @dataclass
@@ -116,6 +117,11 @@ class RunSpec:
             raise UserError(f"steps {self.steps} must be at least 1")
         if self.steps is None and not (self.epochs > 0):
             raise UserError(f"epochs {self.epochs} must be positive, e.g. --epochs 3")
+        if self.steps is None and self.epochs > MAX_EPOCHS:
+            raise UserError(
+                f"epochs {self.epochs:g} is more than {MAX_EPOCHS:,} (a typo?); 1cycle runs take tens to "
+                "hundreds, e.g. --epochs 30"
+            )
         if not (0.0 < self.val_fraction < 1.0):
             raise UserError(
                 f"validation fraction {self.val_fraction:g} must be above 0 and below 1 (the share of the "

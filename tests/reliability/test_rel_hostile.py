@@ -480,3 +480,27 @@ def test_validation_split_is_stratified_and_a_useless_one_is_named(tmp_path: Pat
     small = folder("small", {"a": 20, "b": 20})
     with pytest.warns(DataWarning, match=r"has only 4 images, too few .* raise --val-fraction \(now 0.1\)"):
         load_dataset(small, data_dir=tmp_path / "cache", val_fraction=0.1)
+
+
+def test_a_gpu_the_machine_lacks_or_absurd_epochs_are_refused_before_queueing(
+    ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneassist.runs import launch
+
+    monkeypatch.setenv(launch.GPU_ENV, "0")  # the launcher sees one GPU
+    bg = ["--data", "synthetic:300", "--epochs", "1", "--background"]
+    code, out, err = run_main(capsys, "train", *bg, "--device", "cuda:7")
+    one_line_error(
+        code, err, "--device cuda:7: this machine shows 1 GPU(s), cuda:0 to cuda:0", "--device cpu"
+    )
+    assert "started" not in out
+    if not any(Path(d).exists() for d in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")):
+        monkeypatch.setenv(launch.GPU_ENV, "")
+        code, _, err = run_main(capsys, "train", *bg, "--device", "cuda:7")
+        one_line_error(code, err, "this machine has no GPU", "--device cpu")
+    code, _, err = run_main(capsys, "train", "--data", "synthetic:300", "--epochs", "1e9", "--device", "cpu")
+    one_line_error(code, err, "epochs 1e+09 is more than 10,000")
+    from tuneassist.runs.store import Store
+
+    with Store(ws) as store:
+        assert store.list_runs() == []

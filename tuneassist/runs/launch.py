@@ -226,9 +226,27 @@ def advance_queue(store: Store) -> list[int]:
     return started
 
 
+def check_device(device: str) -> None:
+    """Refuse a GPU this machine does not have before the run is queued (not as a failed run later):
+    an index beyond the GPUs the launcher sees, or any CUDA device on a machine with no GPU driver at
+    all. GPUs the launcher cannot count but a driver exists for are left to CUDA to judge."""
+    if not device.startswith("cuda"):
+        return
+    gpus = detect_gpus()
+    idx = device.split(":", 1)[1] if ":" in device else ""
+    if gpus and idx.isdigit() and int(idx) >= len(gpus):
+        raise UserError(
+            f"--device {device}: this machine shows {len(gpus)} GPU(s), cuda:0 to cuda:{len(gpus) - 1}; "
+            "use one of them, or --device cpu"
+        )
+    if not gpus and not any(Path(d).exists() for d in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")):
+        raise UserError(f"--device {device}: this machine has no GPU (no GPU driver found); use --device cpu")
+
+
 def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int | None = None) -> int:
     """Validate and queue a run, and start it at once if its device has a free slot. Returns its id."""
     spec.validate()
+    check_device(str(spec.device or "auto"))
     candidates, need = slots_for(spec.to_dict())
     if need > len(candidates):
         raise UserError(
