@@ -504,3 +504,33 @@ def test_a_gpu_the_machine_lacks_or_absurd_epochs_are_refused_before_queueing(
 
     with Store(ws) as store:
         assert store.list_runs() == []
+
+
+def test_image_folder_with_a_looping_link_and_both_val_and_test_loads_with_one_warning_each(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tuneassist.engine.data import DataWarning, load_dataset
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(6):
+                img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i}.png")
+    (root / "train" / "a" / "loop.png").symlink_to(root / "train" / "a" / "loop.png")
+    (root / "train" / "loopdir").symlink_to(root / "train" / "loopdir")
+    with pytest.warns(DataWarning) as rec:
+        ds = load_dataset(f"folder:{root}", data_dir=tmp_path / "cache", val_fraction=0.25)
+    msgs = sorted(str(w.message) for w in rec if "validation split" not in str(w.message))
+    assert len(msgs) == 2, msgs
+    both, skipped = msgs
+    assert "has both test/ and val/" in both and "val/ is not used" in both
+    assert (
+        skipped.startswith("skipped 1 entry of") and "loop.png: Too many levels of symbolic links" in skipped
+    )
+    assert ds.classes == ["a", "b"] and len(ds.train_y) + len(ds.val_y) == 12

@@ -42,23 +42,42 @@ class DataWarning(UserWarning):
 def _listing(split_dir: Path, classes: list[str]) -> list[list[tuple[str, int, int]]]:
     """Per class: sorted (file name, size, mtime_ns) of the regular, non-hidden files."""
     out = []
+    skipped: list[tuple[Path, OSError]] = []
     for cls in classes:
         d = split_dir / cls
         files = []
         with os.scandir(d) as it:
             for e in it:
-                if e.name.startswith(".") or not e.is_file():
+                try:  # a self-looping or dangling link, an unreadable entry: skipped like a bad image
+                    if e.name.startswith(".") or not e.is_file():
+                        continue
+                    st = e.stat()
+                except OSError as exc:
+                    skipped.append((d / e.name, exc))
                     continue
-                st = e.stat()
                 files.append((e.name, st.st_size, st.st_mtime_ns))
         files.sort()
         out.append(files)
+    if skipped:
+        first, exc = skipped[0]
+        warnings.warn(
+            f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {split_dir} that cannot be "
+            f"read (first: {first}: {exc.strerror or exc}); delete or fix them to silence this",
+            DataWarning,
+            stacklevel=4,
+        )
     return out
 
 
 def _subdirs(d: Path) -> list[str]:
+    def is_dir(e: os.DirEntry[str]) -> bool:
+        try:
+            return e.is_dir()
+        except OSError:  # a self-looping link: not a class
+            return False
+
     with os.scandir(d) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        return sorted(e.name for e in it if not e.name.startswith(".") and is_dir(e))
 
 
 def _decode_one(path: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -205,6 +224,14 @@ def load_folder(
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not test_dir.is_dir():
         raise UserError(f"image folder {root} has no test/ or val/ directory; {fix}")
+    if test_dir.name == "test" and (root / "val").is_dir():
+        warnings.warn(
+            f"{root} has both test/ and val/: test/ is the test split and val/ is not used (tuning holds "
+            "its own validation images out of train/); move val/'s images into train/ to use them, or "
+            "remove val/",
+            DataWarning,
+            stacklevel=3,
+        )
     try:
         cache = Path(cache_root).expanduser()
         return _load_folder(root, train_dir, test_dir, cache, processes, pool_min_files)
