@@ -48,7 +48,8 @@ KEY_FIELDS = ("data", "model", "schedule", "lr_min", "lr_max", "momentum_max", "
 
 
 def _key(spec: Any) -> str:
-    d = {k: (round(v, 12) if isinstance(v, float) else v) for k, v in spec.to_dict().items() if k in KEY_FIELDS}
+    items = spec.to_dict().items()
+    d = {k: (round(v, 12) if isinstance(v, float) else v) for k, v in items if k in KEY_FIELDS}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,6 +86,12 @@ class Runner:
         return r
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+
+
 def _acc(r: dict[str, Any]) -> float:
     return float(r["test_acc"]) if r.get("test_acc") is not None and r["outcome"] == "finished" else 0.0
 
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grids", default="lr,wd,tbs,momentum", help="which decision grids to run")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tune-arg", action="append", default=[], help="an extra argument for tune")
-    p.add_argument("--tune-json", type=Path, default=None, help="reuse a tune summary instead of running tune")
+    p.add_argument("--tune-json", type=Path, default=None, help="reuse a tune summary (no tune run)")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/...)")
     a = p.parse_args(argv)
@@ -152,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                    epochs=float(a.epochs))  # fmt: skip
     rows["untuned"] = runner.run(base, f"untuned (const 0.01, TBS {user_tbs})")
     lr = summary["lr_range"]
-    lr_only = replace(prof, lr_min=lr["lr_min"] * start_tbs / lr["tbs"], lr_max=lr["lr_max"] * start_tbs / lr["tbs"],
-                      batch_size=start_tbs, momentum_max=starts["momentum_max"],
-                      momentum_min=starts["momentum_min"], weight_decay=starts["weight_decay"])  # fmt: skip
+    f = start_tbs / lr["tbs"]
+    lr_only = replace(prof, lr_min=lr["lr_min"] * f, lr_max=lr["lr_max"] * f, batch_size=start_tbs,
+                      momentum_max=starts["momentum_max"], momentum_min=starts["momentum_min"],
+                      weight_decay=starts["weight_decay"])  # fmt: skip
     rows["lr_only"] = runner.run(lr_only, f"LR-only ({lr_only.lr_min:.3g}-{lr_only.lr_max:.3g})")
     rows["profile"] = runner.run(prof, "saved profile")
 
@@ -162,11 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     want = set(a.grids.split(","))
     if "lr" in want:
         print("max-LR grid (factors of 2):", flush=True)
-        grids["lr"] = [
-            {"value": prof.lr_max * f, **runner.run(replace(prof, lr_min=prof.lr_min * f, lr_max=prof.lr_max * f),
-                                                     f"max LR {prof.lr_max * f:.3g}")}
-            for f in LR_FACTORS
-        ]  # fmt: skip
+        grids["lr"] = []
+        for f in LR_FACTORS:
+            s = replace(prof, lr_min=prof.lr_min * f, lr_max=prof.lr_max * f)
+            grids["lr"].append({"value": s.lr_max, **runner.run(s, f"max LR {s.lr_max:.3g}")})
     if "wd" in want:
         print("WD grid:", flush=True)
         vals = sorted(set(WD_GRID[model_kind(a.model)]) | {prof.weight_decay})
@@ -174,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     if "momentum" in want:
         print("momentum grid:", flush=True)
         ms = sorted(set(MOMENTA) | {(prof.momentum_max, prof.momentum_min)})
-        grids["momentum"] = [
-            {"value": list(m), **runner.run(replace(prof, momentum_max=m[0], momentum_min=m[1]), f"momentum {m}")}
-            for m in ms
-        ]  # fmt: skip
+        grids["momentum"] = []
+        for m in ms:
+            s = replace(prof, momentum_max=m[0], momentum_min=m[1])
+            grids["momentum"].append({"value": list(m), **runner.run(s, f"momentum {m}")})
     if "tbs" in want:
         print("TBS grid (equal epochs, LR scaled linearly):", flush=True)
         sizes = sorted({start_tbs // 2, start_tbs, start_tbs * 2, prof.batch_size})
@@ -192,13 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     regret = {}
     for name, g in grids.items():
         best = max(g, key=_acc)
-        mine = [r for r in g if r["value"] == chosen[name] or (
-            isinstance(r["value"], float) and abs(r["value"] - chosen[name]) <= 1e-9 * max(1.0, abs(r["value"])))]  # fmt: skip
+        mine = [r for r in g if _same(r["value"], chosen[name])]
         mine_acc = _acc(mine[0]) if mine else _acc(rows["profile"])
         regret[name] = {"best": best["value"], "best_acc": _acc(best), "chosen": chosen[name],
                         "chosen_acc": mine_acc, "regret_points": 100 * (_acc(best) - mine_acc)}  # fmt: skip
     res = {
-        "command": "python benchmarks/advisor_regret.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/advisor_regret.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.date.today().isoformat(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

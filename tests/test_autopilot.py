@@ -52,7 +52,16 @@ def test_quick_autopilot_beats_the_baseline_and_saves_a_valid_profile(tmp_path: 
     assert profile.provenance.runs and profile.provenance.decisions
     spec = profile_to_runspec(profile)
     assert spec.schedule == "onecycle"
+    # The final step ran the untuned baseline at the user's batch (the CLI's 128, not a tuned TBS) and
+    # the LR-only profile beside the tuned run, in this test, on the same epochs.
+    runs = {s["step"]: s for s in summary["steps"]}["final"]["candidates"]
+    assert "untuned baseline" in runs
+    assert summary["baseline_batch"] == 128 and summary["baseline"]["outcome"] == "finished"
     final, base = summary["final"]["test_acc"], summary["baseline"]["test_acc"]
     assert base is not None and final is not None
     assert final > base, f"tuned {final:.3f} vs baseline {base:.3f}"
-    assert profile.measured_accuracy is not None
+    assert summary["comparison"]["gain_vs_baseline_points"] == pytest.approx(100 * (final - base))
+    assert profile.measured_accuracy == pytest.approx(100 * final, abs=0.01)
+    assert (profile.batch_size, profile.weight_decay) == tuple(
+        summary["comparison"]["hparams"][k] for k in ("batch_size", "weight_decay")
+    )

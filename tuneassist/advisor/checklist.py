@@ -274,6 +274,8 @@ class Checklist:
     start_batch: int | None = None  # the batch size the user trains with; None: the CLI's 128
     epochs: int | None = None  # the final run's epochs when the user states them; None: the budget's
     refine: int = 0  # runs the final step may add to act on its own diagnosis
+    time_s: float | None = None  # a wall-time budget for the whole checklist (tune --time); see time_plan
+    images_per_s: float | None = None  # the training speed the time budget is planned with
     baseline: bool = True  # train the untuned baseline beside the final run
     session_id: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
@@ -355,6 +357,8 @@ class Checklist:
     def final_epochs(self) -> int:
         if self.epochs:
             return int(self.epochs)
+        if self.time_s:
+            return self.time_plan()["final_epochs"]
         b = self.plan
         if b.final_epochs is not None:
             epochs = b.final_epochs
@@ -367,11 +371,67 @@ class Checklist:
         return epochs
 
     def short_epochs(self) -> float:
+        if self.time_s:
+            return self.time_plan()["short_epochs"]
         b = self.plan
         e = b.short_epochs
         if b.short_images is not None:
             e = min(e, b.short_images / self.n_train)
         return round(e, 2)
+
+    def time_plan(self) -> dict[str, Any]:
+        """Split a wall-time budget (`time_s` at `images_per_s`) over the steps: the range test first,
+        then half of what is left to the sweeps' short runs and half to the final step's runs (the tuned
+        one, the LR-only profile, the baseline and any refinement), all at equal length within a step.
+
+        A quarter of the time is kept for evaluations and start-up. The final runs get at least one
+        epoch; a stated --epochs is kept and the sweeps get the rest."""
+        ips = float(self.images_per_s or 1000.0)
+        usable = 0.75 * float(self.time_s or 0.0) * ips
+        b = self.plan
+        tbs = int(self.values["lr_tbs"])
+        range_imgs = b.range_steps * tbs
+        sweep_runs = (
+            len(self._cands("batch_size")) + len(self._cands("momentum")) + len(self._cands("weight_decay"))
+        )
+        sweep_runs += 1 if b.wd_refine else 0
+        final_runs = 1 + 1 + int(self.baseline) + self.refine  # tuned, LR-only, baseline, refinements
+        left = max(0.0, usable - range_imgs)
+        if self.epochs:
+            final_epochs = int(self.epochs)
+            short_imgs = max(0.0, left - final_runs * final_epochs * self.n_train) / sweep_runs
+        else:
+            final_epochs = max(1, int(left / 2 / (final_runs * self.n_train)))
+            short_imgs = max(0.0, left - final_runs * final_epochs * self.n_train) / sweep_runs
+        short = round(min(b.short_epochs, max(0.1, short_imgs / self.n_train)), 2)
+        return {
+            "images_per_s": ips,
+            "range_images": range_imgs,
+            "sweep_runs": sweep_runs,
+            "short_epochs": short,
+            "final_runs": final_runs,
+            "final_epochs": final_epochs,
+            "fits": usable
+            >= range_imgs + sweep_runs * short * self.n_train + final_runs * final_epochs * self.n_train,
+        }
+
+    def time_plan_text(self) -> str:
+        """How a time budget was split, in one sentence (tune prints it)."""
+        t = self.time_plan()
+        ips = t["images_per_s"]
+
+        def mins(imgs: float) -> str:
+            return f"{imgs / ips / 0.75 / 60:.1f} min"
+
+        sweeps = t["sweep_runs"] * t["short_epochs"] * self.n_train
+        final = t["final_runs"] * t["final_epochs"] * self.n_train
+        warn = "" if t["fits"] else " It does not fit: the shortest useful runs need more time."
+        return (
+            f"Time budget {(self.time_s or 0) / 60:.0f} min at {ips:,.0f} img/s: range test "
+            f"~{mins(t['range_images'])}; "
+            f"{t['sweep_runs']} sweep runs of {fmt_num(t['short_epochs'])} epochs ~{mins(sweeps)}; "
+            f"{t['final_runs']} final-step runs of {t['final_epochs']} epochs ~{mins(final)}.{warn}"
+        )
 
     # -- specs ---------------------------------------------------------------------------------
 
@@ -830,6 +890,17 @@ class Checklist:
         )
         mine = results.get(chosen, {})
         value = {**mine, "diagnosis": d.kind, "variant": chosen, "hparams": hp, "compare": results}
+        rows = [  # the TUI's candidate table: ★ on the variant the profile keeps
+            {
+                "label": self._label("final", variants[k]["value"]),
+                "run_id": self.runs.get("final", {}).get(k) or (cs[k].run_id if k in cs else None),
+                "winner": k == chosen,
+                "val_loss": r.get("val_loss"),
+                "val_acc": r.get("val_acc"),
+                "diagnosis": d.kind if k == chosen else None,
+            }
+            for k, r in results.items()
+        ]
         reason = self._final_reason(chosen, variants, results, d)
         n_refined = sum(1 for k in variants if k.startswith("refine"))
         all_ended = all(results.get(k, {}).get("outcome") for k in variants)
@@ -852,6 +923,7 @@ class Checklist:
                     "validates better.",
                     ok=True,
                     needs_more_runs=True,
+                    rows=rows,
                     detail={"diagnosis": d.to_dict()},
                     add=[{"key": key, "value": {"hparams": new, "change": what, "from": chosen}}],
                 )
@@ -862,6 +934,7 @@ class Checklist:
             reason,
             ok=mine.get("outcome") == "finished",
             confidence=None,
+            rows=rows,
             detail={"diagnosis": d.to_dict()},
         )
 
@@ -1025,7 +1098,7 @@ class Checklist:
         rows = []
         for s in STEPS:
             d = self.decisions.get(s)
-            cands = ", ".join(self._label(s, c["value"]) for c in self._cands(s)) if s != "final" else "—"
+            cands = ", ".join(self._label(s, c["value"]) for c in self._cands(s))
             rows.append(
                 {
                     "step": s,

@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the final run's epochs (default: the budget's; the baselines train as long)",
     )
     p.add_argument(
+        "--time",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="fit the whole checklist in this wall time (e.g. 20m, 1.5h): plans each step's run length "
+        "from the measured img/s",
+    )
+    p.add_argument(
         "--refine",
         type=int,
         default=None,
@@ -57,6 +65,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_tune)
+
+
+def _duration(text: str) -> float:
+    """'20m', '90s', '1.5h' or plain minutes, in seconds."""
+    t = text.strip().lower()
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    try:
+        v = float(t[:-1] if unit else t) * (unit or 60.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 20m, 90s or 1.5h") from None
+    if not v > 0 or v != v:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration, e.g. 20m")
+    return v
 
 
 class Waiter:
@@ -117,7 +138,7 @@ def _comparison(final: dict[str, Any]) -> dict[str, Any]:
     """The saved profile against the untuned baseline and the LR-only profile, in test points."""
     cmp = final.get("compare") or {}
     mine = cmp.get(final.get("variant") or "final") or {}
-    out: dict[str, Any] = {"variant": final.get("variant")}
+    out: dict[str, Any] = {"variant": final.get("variant"), "hparams": final.get("hparams")}
     for k in ("final", "lr_only", "baseline"):
         r = cmp.get(k)
         out[k] = None if r is None else {m: r.get(m) for m in ("outcome", "val_acc", "test_acc")}
@@ -155,6 +176,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if probe:
             _say(quiet, f"Memory probe: {probe['explanation']}")
         refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
+        ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
         session = TuningSession.create(
             store,
             args.data,
@@ -167,8 +189,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             refine=refine,
             baseline=not args.no_baseline,
+            time_s=args.time,
+            images_per_s=ips if args.time else None,
         )
-        ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
+        if args.time:
+            _say(quiet, session.checklist.time_plan_text())
         secs = session.checklist.estimate_seconds(images_per_s=ips)
         _say(
             quiet,
