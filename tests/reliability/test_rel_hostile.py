@@ -534,3 +534,25 @@ def test_image_folder_with_a_looping_link_and_both_val_and_test_loads_with_one_w
         skipped.startswith("skipped 1 entry of") and "loop.png: Too many levels of symbolic links" in skipped
     )
     assert ds.classes == ["a", "b"] and len(ds.train_y) + len(ds.val_y) == 12
+
+
+def test_run_folder_removed_during_a_run_comes_back_private(ws: Path) -> None:
+    import shutil
+    import stat
+
+    from relkit import SPE, tiny_spec
+
+    from tuneassist.runs.launch import launch_run
+    from tuneassist.runs.store import Store
+    from tuneassist.spec import RunSpec
+
+    with Store(ws) as store:
+        run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=60)))
+        wait_for(lambda: (store.get_run(run_id)["checkpoint_step"] or 0) >= SPE, 120, "a checkpoint", store)
+        shutil.rmtree(ws / "runs")  # `rm -rf runs/` while the worker trains
+        wait_for(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 180, "the end", store)
+        run = store.get_run(run_id)
+        assert run["status"] == "finished", run
+        for d in (ws / "runs", ws / "runs" / str(run_id)):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+        assert stat.S_IMODE((ws / "runs" / str(run_id) / "checkpoint.pt").stat().st_mode) == 0o600

@@ -139,6 +139,20 @@ class _WriteErrors:
         self.f.flush()
 
 
+def _private_parents(folder: Path, levels: int) -> None:
+    """Create `folder` and up to `levels` - 1 missing folders above it, private (0700, whatever the umask),
+    as the store makes them; a folder missing further up (the workspace itself) is left missing."""
+    missing: list[Path] = []
+    while not folder.exists() and len(missing) < levels:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+        with contextlib.suppress(OSError):
+            d.chmod(0o700)
+
+
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write-temp, fsync, rename: a crash mid-write never leaves a half checkpoint under `path`.
 
@@ -148,7 +162,7 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     sink: _WriteErrors | None = None
     try:
-        path.parent.mkdir(exist_ok=True, mode=0o700)  # a removed run folder comes back private
+        _private_parents(path.parent, levels=2)  # runs/ and runs/N removed during the run come back 0700
         # A fresh private file, never a planted symlink: O_EXCL does not follow one (a leftover is removed).
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
