@@ -426,6 +426,10 @@ def test_careless_paths_end_in_one_line_exit_2(tmp_path: Path, ws: Path) -> None
     r = subprocess.run([sys.executable, "-m", "tuneassist.cli.main", "runs"], capture_output=True, text=True,
                        env=subprocess_env(TUNEASSIST_HOME="rel"), cwd=tmp_path, timeout=60)  # fmt: skip
     assert r.returncode == 0 and f"no runs in {tmp_path / 'rel'};" in r.stdout, r
+    rel_env = subprocess_env(TUNEASSIST_HOME="rel")
+    r = subprocess.run([sys.executable, "-m", "tuneassist.cli.main", "profile", "list"],
+                       capture_output=True, text=True, env=rel_env, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r
     assert not (tmp_path / "rel").exists()
 
 
