@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from tuneassist.runs.launch import cancel_run
 from tuneassist.runs.store import MetricWriter, Store
 from tuneassist.session import TuningSession
 from tuneassist.tui.app import TuneApp
@@ -561,3 +562,47 @@ def test_checklist_shows_the_devices_panel(
 
     text = run_app(ws, (100, 30), script)
     assert "12.0/140.4 GiB · 87%" in text and "RAM " in text
+
+
+def test_final_step_compares_the_variants_and_refines_on_one_key(tmp_path: Path) -> None:
+    """The final step's table shows the tuned run, the LR-only profile and the untuned baseline with ★
+    on the one the profile keeps; `f` starts one more final-length run acting on the diagnosis,
+    launched by the app's poll (never while drawing)."""
+    ws = tmp_path / "ws"
+    store = Store(ws)
+    s = TuningSession.create(store, "synthetic", "simple3", budget="quick", train_size=540)
+    for step, value in (("lr_range", (0.03, 0.3)), ("batch_size", 16), ("momentum", (0.9, 0.9))):
+        s.override(step, value)
+    s.override("weight_decay", 1e-2)
+    levels = {"final": (0.82, True), "lr_only": (0.86, True), "baseline": (0.70, False)}
+    for c in s.checklist.candidate_list("final"):
+        acc, falling = levels[c.key]
+        train = [(i, i / 33, 0.05, 2.0 - i / 400) for i in range(330)]
+        evals = [(i, (2.2 - i / 300) if falling else 1.2, acc) for i in range(32, 330, 33)]
+        _record(
+            store, s, "final", c.key, c.label, c.spec.to_dict(), train, evals, "finished",
+            outcome={"outcome": "finished", "step": 330, "epoch": 10.0, "val_loss": evals[-1][1],
+                     "val_acc": acc, "test_acc": acc - 0.01, "reason": "finished", "wall_time": 20.0},
+        )  # fmt: skip
+    store.close()
+
+    async def script(app: TuneApp, pilot: Any) -> tuple[str, list[str], dict[str, str]]:
+        await pilot.press("5")
+        await wait_for(pilot, lambda: "LR-only profile" in screen_text(app), 10, "the final table", app)
+        await wait_for(pilot, lambda: "did not earn their place" in flat(screen_text(app)), 10, "the reading")
+        text = screen_text(app)
+        await pilot.press("f")
+        await wait_for(pilot, lambda: "refine1" in app.session.checklist.runs.get("final", {}), 10, "refine")
+        return text, toasts(app), dict(app.session.checklist.runs["final"])
+
+    text, notes, runs = run_app(ws, (100, 30), script)
+    star = next(line for line in text.splitlines() if "★" in line)
+    assert "LR-only profile" in star  # validated best (86% vs 82%): the profile keeps it
+    assert "untuned baseline" in text and "tuned profile" in text
+    assert set(runs) == {"final", "lr_only", "baseline", "refine1"}
+    assert any("Started run(s)" in n for n in notes)
+    store = Store(ws)
+    row = store.get_run(int(runs["refine1"]))
+    cancel_run(store, int(runs["refine1"]), wait=30)  # a real worker: do not let it train on
+    assert row["spec"]["lr_max"] == pytest.approx(2 * 0.3)  # "raise the max LR to 0.6 (from 0.3)"
+    assert row["spec"]["epochs"] == s.checklist.final_epochs()

@@ -50,6 +50,19 @@ def estimate_train_size(data: str, val_fraction: float = 0.1) -> int | None:
     return max(1, n - round(n * val_fraction))
 
 
+def parse_duration(text: str) -> float:
+    """A time budget typed as '20m', '90s', '1.5h' or plain minutes, in seconds (both front ends)."""
+    t = text.strip().lower()
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:])
+    try:
+        v = float(t[:-1] if unit else t) * (unit or 60.0)
+    except ValueError:
+        raise UserError(f"time {text!r} is not a duration; use e.g. 20m, 90s or 1.5h") from None
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"time {text!r} must be a positive duration, e.g. 20m")
+    return v
+
+
 # Forward multiply-accumulates per 32x32 image, in millions: training speed scales about inversely.
 MODEL_MMACS = {
     "simple3": 12,
@@ -409,6 +422,19 @@ class TuningSession:
             self.accept(rec)
             return Advance(step, "accepted", runs, rec, f"{title}: {rec.label} — {rec.reason}")
         return Advance(step, "ready", runs, rec, rec.reason)
+
+    def allow_refine(self) -> None:
+        """Let the final step run one more final-length run that acts on its diagnosis (the TUI's key;
+        `tune --refine N`): the next turn of `advance` adds and starts it."""
+        if self.checklist.current_step != "final":
+            raise UserError(
+                "a refinement acts on the final run's diagnosis: finish the final step's runs first"
+            )
+
+        def more() -> None:
+            self.checklist.refine += 1
+
+        self._change(more)
 
     def _add_and_launch(self, step: str, add: list[dict[str, Any]]) -> list[int]:
         self.checklist.add_candidates(step, add)

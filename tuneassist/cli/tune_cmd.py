@@ -68,16 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _duration(text: str) -> float:
-    """'20m', '90s', '1.5h' or plain minutes, in seconds."""
-    t = text.strip().lower()
-    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    from tuneassist.session import parse_duration
+
     try:
-        v = float(t[:-1] if unit else t) * (unit or 60.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 20m, 90s or 1.5h") from None
-    if not v > 0 or v != v:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration, e.g. 20m")
-    return v
+        return parse_duration(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Waiter:

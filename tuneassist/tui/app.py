@@ -130,6 +130,11 @@ class TuneApp(App[None]):
         except UserError:
             return False
 
+    def session_changed_advance(self) -> None:
+        """After a change that lets the checklist ask for runs (a refinement allowed): one turn now."""
+        if self.session is not None:
+            self._advance_session()
+
     def _advance_session(self) -> bool:
         """The checklist loop `tune` drives, run here on the poll and never while drawing: start the
         runs a finished step's reading asks for (WD refinement, a range-test retry, a refinement of the

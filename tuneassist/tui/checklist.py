@@ -126,6 +126,7 @@ class ChecklistScreen(LiveScreen):
         Binding("n", "add", "add value", show=False),
         Binding("x", "remove", "remove value", show=False),
         Binding("m", "metric", "plot metric", show=False),
+        Binding("f", "refine", "refine (final step)", show=False),
         Binding("left_square_bracket", "step(-1)", "previous step", show=False),
         Binding("right_square_bracket", "step(1)", "next step", show=False),
         *[Binding(str(i), f"view({i})", f"view step {i}", show=False) for i in range(1, 6)],
@@ -500,7 +501,7 @@ class ChecklistScreen(LiveScreen):
                 if rec.confidence:
                     t.append(f" Confidence: {rec.confidence}.")
                 keys = (
-                    "[a] accept  [r] re-run"
+                    "[a] accept  [f] one more run acting on the diagnosis  [r] re-run"
                     if step == "final"
                     else "[a] accept  [o] override  [r] re-run with another seed"
                 )
@@ -626,6 +627,23 @@ class ChecklistScreen(LiveScreen):
         s.accept(rec)
         self.app.notify(f"{STEP_TITLES[step]}: {rec.label} accepted")
         self._advance()
+
+    @guarded
+    def action_refine(self) -> None:
+        """The final step: one more final-length run with the diagnosis's remedy; the profile keeps the
+        variant that validates best (started by the app's poll, like the WD refinement)."""
+        s = self._need_session()
+        if self.viewing != "final":
+            raise UserError("f refines the final run: view step 5 first")
+        if self._active_runs("final"):
+            raise UserError("wait for the final step's runs to end before refining")
+        s.allow_refine()
+        self.app.notify(
+            "Refinement allowed: starting one more final-length run if the diagnosis names a remedy"
+        )
+        self._recs.pop("final", None)
+        self.tapp.session_changed_advance()
+        self._after_change()
 
     def _advance(self) -> None:
         s = self._need_session()

@@ -14,7 +14,7 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import detect_gpus
-from tuneassist.session import TuningSession, estimate_train_size, expected_throughput
+from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, parse_duration
 from tuneassist.spec import BUILTIN_MODELS
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.fmt import fmt_minutes
@@ -99,6 +99,10 @@ class StartScreen(LiveScreen):
                     compact=True,
                 )
             with Horizontal(classes="row"):
+                yield Label("Time")
+                yield Input("", placeholder="e.g. 20m (optional)", id="time", compact=True)
+                yield Static("fit the whole checklist in this wall time", classes="note")
+            with Horizontal(classes="row"):
                 yield Label("Devices")
                 yield Input("1", id="devices", type="integer", compact=True)
                 gpus = detect_gpus()
@@ -152,7 +156,10 @@ class StartScreen(LiveScreen):
         name = self.query_one("#name", Input).value.strip() or None
         if not data:
             raise UserError("type a data set, e.g. synthetic or cifar10")
-        return {"data": data, "model": model, "budget": budget, "devices": devices, "name": name}
+        t = self.query_one("#time", Input).value.strip()
+        ips, source = expected_throughput(self.tapp.store, model, bool(detect_gpus()))
+        timing = {"time_s": parse_duration(t), "images_per_s": ips} if t else {}
+        return {"data": data, "model": model, "budget": budget, "devices": devices, "name": name, **timing}
 
     def _estimate(self) -> None:
         box = self.query_one("#estimate", Static)
@@ -164,13 +171,16 @@ class StartScreen(LiveScreen):
                 budget=f["budget"],
                 devices=f["devices"],
                 train_size=estimate_train_size(f["data"]),
+                time_s=f.get("time_s"),
+                images_per_s=f.get("images_per_s"),
             )
             ips, source = expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))
             secs = cl.estimate_seconds(images_per_s=ips)["total"]
+            plan = f" {cl.time_plan_text()}" if cl.time_s else ""
             box.update(
                 Text(
                     f"About {fmt_minutes(secs)} for the whole checklist at {ips:,.0f} img/s ({source}; "
-                    f"TBS {cl.values['batch_size']}).",
+                    f"TBS {cl.values['batch_size']}).{plan}",
                     style="bold",
                 )
             )
@@ -204,6 +214,8 @@ class StartScreen(LiveScreen):
             devices=f["devices"],
             name=f["name"],
             train_size=estimate_train_size(f["data"]),
+            time_s=f.get("time_s"),
+            images_per_s=f.get("images_per_s"),
         )
         self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
         self.tapp.set_session(session)
