@@ -420,8 +420,27 @@ class TuningSession:
             return Advance(step, "more_runs", ids, rec, rec.reason)
         if accept and rec.ok and not rec.needs_more_runs:
             self.accept(rec)
-            return Advance(step, "accepted", runs, rec, f"{title}: {rec.label} — {rec.reason}")
+            msg = f"{title}: {rec.label} — {rec.reason}"
+            if step == "lr_range" and cl.time_s:
+                msg += " " + self.replan_from(runs)
+            return Advance(step, "accepted", runs, rec, msg)
         return Advance(step, "ready", runs, rec, rec.reason)
+
+    def replan_from(self, run_ids: list[int]) -> str:
+        """A time budget was planned on a guessed speed (a user's net has no measurement yet): plan the
+        rest again on the img/s the range test measured, and say how the time is split now."""
+        measured = [
+            float(r["images_per_s"])
+            for i in run_ids
+            if (r := self.store.get_run(i, refresh=False)).get("images_per_s")
+        ]
+        if measured:
+
+            def set_speed() -> None:
+                self.checklist.images_per_s = max(measured)
+
+            self._change(set_speed)
+        return self.checklist.time_plan_text()
 
     def allow_refine(self) -> None:
         """Let the final step run one more final-length run that acts on its diagnosis (the TUI's key;
