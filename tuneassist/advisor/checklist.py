@@ -552,7 +552,8 @@ class Checklist:
             out.append({"key": "lr_only", "value": "lr_only"})
         if self.baseline:
             out.append({"key": "baseline", "value": "baseline"})
-        return out + list(self.candidates.get("final", []))
+        have = {c["key"] for c in out}  # a session saved by an older version stored {"key": "final"}
+        return out + [c for c in self.candidates.get("final", []) if c["key"] not in have]
 
     def add_candidates(self, step: str, add: Sequence[Mapping[str, Any]]) -> None:
         """Add the runs a recommendation asked for (`Recommendation.add`), once each."""
