@@ -557,18 +557,19 @@ def rank_sweep(
         return any(j != i and j in acc_at and loss_at[j] < loss_at[i] and acc_at[j] > acc_at[i] for j in tied)
 
     def tie_pick(tied: list[int]) -> tuple[int, str]:
-        """The winner of a tie the evidence cannot break, and the clause that says how it was chosen."""
-        for i in tied:
-            if start is not None and same_value(cands[i].value, start):
-                return (
-                    i,
-                    f"not enough evidence at this budget to move from the start value {labels[i]}; it stays",
-                )
+        """The winner of a tie the evidence cannot break, and the clause that says how it was chosen.
+
+        First out: a candidate that trails another tied one on both metrics (weak evidence, but
+        evidence). Then the start value stays when it is left; only then does the prior pick."""
         keep = [i for i in tied if not dominated(i, tied)] or tied
         out = [labels[i] for i in tied if i not in keep]
         trail = f"{' and '.join(out)} trail{'s' if len(out) == 1 else ''} on both metrics" if out else ""
         if len(keep) == 1:
             return keep[0], f"neither metric separates them alone, but {trail}"
+        for i in keep:
+            if start is not None and same_value(cands[i].value, start):
+                why = f"not enough evidence at this budget to move from the start value {labels[i]}; it stays"
+                return i, f"{why} ({trail})" if trail else why
         pick = max(keep, key=lambda i: rule.key(cands[i].value))
         return (
             pick,
