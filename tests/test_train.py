@@ -140,3 +140,20 @@ def test_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_batch_larger_than_split_is_a_user_error() -> None:
     with pytest.raises(UserError, match="larger than the training split"):
         train(RunSpec(data="synthetic:100", model="simple3", batch_size=512))
+
+
+def test_quick_evaluations_read_every_class_of_a_class_ordered_split() -> None:
+    """An image folder's validation split is ordered by class: the quick evaluations' subset must be
+    spread over it, not its first images (which on CIFAR-10 were airplanes and cars only)."""
+    import torch
+
+    from tuneassist.engine.data import split_validation
+    from tuneassist.engine.train import eval_subset_indices
+
+    y = torch.arange(10).repeat_interleave(450)  # as load_folder returns it: class by class
+    x = torch.zeros(len(y), 3, 2, 2, dtype=torch.uint8)
+    _, _, _, val_y = split_validation(x, y, 0.1, seed=0)
+    assert torch.equal(val_y, val_y.sort().values)  # the split keeps the order: the trap
+    counts = torch.bincount(val_y[eval_subset_indices(len(val_y), 100)], minlength=10)
+    assert counts.min() >= 9 and counts.max() <= 11
+    assert len(eval_subset_indices(450, 100)) == 100 and eval_subset_indices(450, 100).max() == 449
