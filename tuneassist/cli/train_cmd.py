@@ -72,7 +72,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--batch-size stays the total, each device takes batch/N",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
+    p.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16/AMX)",
+    )
     p.add_argument("--no-channels-last", action="store_true", help="NCHW tensors (default: channels_last)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
