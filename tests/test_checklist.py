@@ -452,3 +452,23 @@ def test_final_step_acts_on_its_diagnosis_when_refine_allows() -> None:
     cl.accept(rec)
     assert cl.profile_spec().lr_max == pytest.approx(refine.spec.lr_max)
     assert _tuned().recommend("final", curves).needs_more_runs is False  # refine=0: no extra run
+
+
+def test_a_time_budget_is_split_over_the_steps_and_fits() -> None:
+    """`tune --time`: range test first, then half of the rest to the sweeps and half to the final step,
+    within three quarters of the time at the stated speed (the rest is for evaluations and start-up)."""
+    cl = Checklist(data="synthetic", model="simple3", budget="quick", time_s=600, images_per_s=1000)
+    plan = cl.time_plan()
+    n = cl.n_train
+    imgs = plan["range_images"] + plan["sweep_runs"] * plan["short_epochs"] * n
+    imgs += plan["final_runs"] * plan["final_epochs"] * n
+    assert plan["fits"] and imgs <= 0.75 * 600 * 1000 * 1.01
+    assert cl.final_epochs() == plan["final_epochs"] >= 1 and cl.short_epochs() == plan["short_epochs"]
+    assert cl.final_spec().epochs == plan["final_epochs"]
+    assert "Time budget 10 min" in cl.time_plan_text()
+    # Twice the time: longer final runs; a stated --epochs is kept and the sweeps get the rest.
+    assert Checklist(data="synthetic", model="simple3", time_s=1200, images_per_s=1000).final_epochs() > 6
+    fixed = Checklist(data="synthetic", model="simple3", time_s=1200, images_per_s=1000, epochs=3)
+    assert fixed.final_epochs() == 3 and fixed.short_epochs() == BUDGETS["quick"].short_epochs
+    tight = Checklist(data="cifar10", model="resnet20", time_s=60, images_per_s=300)
+    assert not tight.time_plan()["fits"] and "does not fit" in tight.time_plan_text()

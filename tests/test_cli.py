@@ -188,3 +188,22 @@ def test_train_from_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     res = json.loads(out)
     assert res["outcome"] == "finished" and res["epochs"] == pytest.approx(1.0)
+
+
+def test_tune_rejects_a_bad_time_budget_in_one_line(capsys) -> None:
+    from tuneassist.cli.main import main
+    from tuneassist.session import parse_duration
+
+    assert (parse_duration("20m"), parse_duration("90s"), parse_duration("1.5h"), parse_duration("2")) == (
+        1200.0,
+        90.0,
+        5400.0,
+        120.0,
+    )
+    for bad in ("soon", "-5m", "0"):
+        try:
+            code = main(["tune", f"--time={bad}"])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and "duration" in err and "Traceback" not in err
