@@ -472,3 +472,23 @@ def test_a_time_budget_is_split_over_the_steps_and_fits() -> None:
     assert fixed.final_epochs() == 3 and fixed.short_epochs() == BUDGETS["quick"].short_epochs
     tight = Checklist(data="cifar10", model="resnet20", time_s=60, images_per_s=300)
     assert not tight.time_plan()["fits"] and "does not fit" in tight.time_plan_text()
+
+
+def test_losing_to_the_untuned_baseline_earns_one_refinement_even_on_quick() -> None:
+    """Real CIFAR-10, resnet20, 2 epochs: the tuned run underfit (the LR read too low) and validated 5
+    points below the untuned baseline. With refine=0 the step still tries the diagnosis's remedy once."""
+    cl = _tuned()
+    assert cl.refine == 0
+    curves = {
+        "final": _final_events(0.535, 0.531, falling=True),
+        "lr_only": _final_events(0.520, 0.528, falling=True),
+        "baseline": _final_events(0.583, 0.577),
+    }
+    rec = cl.recommend("final", curves)
+    assert rec.needs_more_runs and rec.add[0]["key"] == "refine1"
+    assert rec.add[0]["value"]["hparams"]["lr_max"] == pytest.approx(2 * cl.final_spec().lr_max)
+    cl.add_candidates("final", rec.add)
+    curves["refine1"] = _final_events(0.56, 0.55, falling=True)  # better, still below the baseline
+    rec = cl.recommend("final", curves)
+    assert not rec.needs_more_runs and rec.value["variant"] == "refine1"  # once only
+    assert "untuned baseline: val 58.3%" in rec.reason  # and it says so

@@ -905,7 +905,12 @@ class Checklist:
         reason = self._final_reason(chosen, variants, results, d)
         n_refined = sum(1 for k in variants if k.startswith("refine"))
         all_ended = all(results.get(k, {}).get("outcome") for k in variants)
-        if d.change and n_refined < self.refine and all_ended and mine.get("outcome") == "finished":
+        base = results.get("baseline", {})
+        # Losing to the untuned baseline on validation earns one refinement whatever the budget: a
+        # profile worse than the default is the one result the tool must not hand over unchallenged.
+        losing = (base.get("val_acc") or 0) > (mine.get("val_acc") or 0) and n_refined == 0
+        allowed = self.refine + (1 if losing else 0)
+        if d.change and n_refined < allowed and all_ended and mine.get("outcome") == "finished":
             new = dict(hp)
             for k, f in d.change.items():
                 if k == "lr_max":
