@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="the final run's epochs (tune --epochs)")
     p.add_argument("--budget", default="quick")
     p.add_argument("--grids", default="lr,wd,tbs,momentum", help="which decision grids to run")
+    p.add_argument(
+        "--lr-factors", default=",".join(map(str, LR_FACTORS)), help="max-LR grid, x the profile's"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tune-arg", action="append", default=[], help="an extra argument for tune")
     p.add_argument("--tune-json", type=Path, default=None, help="reuse a tune summary (no tune run)")
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if "lr" in want:
         print("max-LR grid (factors of 2):", flush=True)
         grids["lr"] = []
-        for f in LR_FACTORS:
+        for f in (float(x) for x in a.lr_factors.split(",")):
             s = replace(prof, lr_min=prof.lr_min * f, lr_max=prof.lr_max * f)
             grids["lr"].append({"value": s.lr_max, **runner.run(s, f"max LR {s.lr_max:.3g}")})
     if "wd" in want:
