@@ -86,12 +86,6 @@ class Runner:
         return r
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
-
-
 def _acc(r: dict[str, Any]) -> float:
     return float(r["test_acc"]) if r.get("test_acc") is not None and r["outcome"] == "finished" else 0.0
 
@@ -132,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tuneassist.advisor.grids import model_kind
+    from tuneassist.advisor.sweep import same_value
     from tuneassist.profiles import load_profile, profile_to_runspec
     from tuneassist.spec import RunSpec
 
@@ -202,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     regret = {}
     for name, g in grids.items():
         best = max(g, key=_acc)
-        mine = [r for r in g if _same(r["value"], chosen[name])]
+        mine = [r for r in g if same_value(r["value"], chosen[name])]
         mine_acc = _acc(mine[0]) if mine else _acc(rows["profile"])
         regret[name] = {"best": best["value"], "best_acc": _acc(best), "chosen": chosen[name],
                         "chosen_acc": mine_acc, "regret_points": 100 * (_acc(best) - mine_acc)}  # fmt: skip

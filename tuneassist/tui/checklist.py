@@ -20,6 +20,7 @@ from textual.widgets import DataTable, OptionList, Static
 
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candidate, Recommendation
 from tuneassist.advisor.lr_range import fmt_num
+from tuneassist.advisor.sweep import same_value
 from tuneassist.errors import UserError
 from tuneassist.hardware import panel_lines, read_devices
 from tuneassist.runs.launch import detect_gpus
@@ -77,14 +78,10 @@ def range_ylim(c: Curve) -> tuple[float, float] | None:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Whether a recommended value is the one already chosen (floats compared loosely)."""
+    """Whether a recommended value is the one already chosen (an LR range by its low and high)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return all(_same(a.get(k), b.get(k)) for k in ("lr_min", "lr_max"))
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
+        return all(same_value(a.get(k), b.get(k)) for k in ("lr_min", "lr_max"))
+    return same_value(a, b)
 
 
 def _split_first(reason: str) -> tuple[str, str]:

@@ -157,24 +157,30 @@ class StartScreen(LiveScreen):
         if not data:
             raise UserError("type a data set, e.g. synthetic or cifar10")
         t = self.query_one("#time", Input).value.strip()
-        ips, source = expected_throughput(self.tapp.store, model, bool(detect_gpus()))
-        timing = {"time_s": parse_duration(t), "images_per_s": ips} if t else {}
-        return {"data": data, "model": model, "budget": budget, "devices": devices, "name": name, **timing}
+        time_s = parse_duration(t) if t else None
+        return {
+            "data": data,
+            "model": model,
+            "budget": budget,
+            "devices": devices,
+            "name": name,
+            "time_s": time_s,
+        }
 
     def _estimate(self) -> None:
         box = self.query_one("#estimate", Static)
         try:
             f = self._form()
+            ips, source = expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))
             cl = Checklist(
                 data=f["data"],
                 model=f["model"],
                 budget=f["budget"],
                 devices=f["devices"],
                 train_size=estimate_train_size(f["data"]),
-                time_s=f.get("time_s"),
-                images_per_s=f.get("images_per_s"),
+                time_s=f["time_s"],
+                images_per_s=ips if f["time_s"] else None,
             )
-            ips, source = expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))
             secs = cl.estimate_seconds(images_per_s=ips)["total"]
             plan = f" {cl.time_plan_text()}" if cl.time_s else ""
             box.update(
@@ -206,6 +212,9 @@ class StartScreen(LiveScreen):
     @guarded
     def action_create(self) -> None:
         f = self._form()
+        ips = (
+            expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))[0] if f["time_s"] else None
+        )
         session = TuningSession.create(
             self.tapp.store,
             f["data"],
@@ -214,8 +223,8 @@ class StartScreen(LiveScreen):
             devices=f["devices"],
             name=f["name"],
             train_size=estimate_train_size(f["data"]),
-            time_s=f.get("time_s"),
-            images_per_s=f.get("images_per_s"),
+            time_s=f["time_s"],
+            images_per_s=ips,
         )
         self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
         self.tapp.set_session(session)
