@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             r = score(json.loads(f.read_text()))
             total.append(r["regret_points"] if r["regret_points"] is not None else float("nan"))
             print(f"{f.stem:42s} read {r['max_lr'] or float('nan'):8.3g} (nearest {r.get('nearest', 0):.3g}) "
-                  f"best {r['best']:.3g} regret {r['regret_points'] if r['regret_points'] is not None else float('nan'):6.2f}")  # fmt: skip
+                  f"best {r['best']:.3g} regret {total[-1]:6.2f}")  # fmt: skip
         print(f"mean regret {sum(total) / max(len(total), 1):.2f} points over {len(total)} nets")
         return 0
 
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print("range test: reused from", out, flush=True)
     else:
         events: list[dict[str, Any]] = []
-        print(f"range test: {range_spec.lr_min:g} -> {range_spec.lr_max:g} over {range_spec.steps} steps", flush=True)
+        r = range_spec
+        print(f"range test: {r.lr_min:g} -> {r.lr_max:g} over {r.steps} steps", flush=True)
         train(range_spec, on_event=events.append)
         curves = _curves(events)
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                    weight_decay=start.weight_decay if a.wd is None else a.wd)  # fmt: skip
     runner = Runner(a.cache or Path(tempfile.gettempdir()) / f"tuneassist-regret-cache-{tag}.json", a.threads)
     grid = []
-    print(f"1cycle grid at TBS {grid_tbs}, momentum {mom}, WD {base.weight_decay:g}, {a.epochs} epochs:", flush=True)
+    print(f"1cycle grid at TBS {grid_tbs}, momentum {mom}, WD {base.weight_decay:g}, {a.epochs} epochs:")
     for v in (float(x) * grid_tbs / 128 for x in a.grid.split(",")):
         r = runner.run(replace(base, lr_min=v / 10, lr_max=v), f"max LR {v:.3g}")
         grid.append({"value": v, "test_acc": r["test_acc"], "val_acc": r["val_acc"], "outcome": r["outcome"],
