@@ -74,3 +74,70 @@ def test_panel_lines_fit_the_sidebar() -> None:
     lines = panel_lines(rep)
     assert lines[0].startswith("GPU 0 H100") and all(len(x) <= 28 for x in lines)
     assert lines[1] == "  1.0/80.0 GiB · 5%"
+
+
+# -- a GPU the driver shows but torch cannot use --------------------------------------------------------
+
+SMI_HEADER = (
+    "+-----------------------------------------------------------------------------------------+\n"
+    "| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |\n"
+)
+H200 = GpuState(0, "NVIDIA H200", 0, 143771 * 1024**2, 0)
+
+
+def test_driver_versions_from_the_nvidia_smi_header() -> None:
+    assert hardware.parse_driver_header(SMI_HEADER) == ("550.54.15", "12.4")
+    assert hardware.parse_driver_header("no driver here") == (None, None)
+
+
+def test_cuda_build_problem_names_both_versions_and_the_fix() -> None:
+    msg = hardware.cuda_build_problem("2.14.1+cu130", "13.0", [H200], ("550.54.15", "12.4"), env={})
+    assert msg is not None and "\n" not in msg
+    for part in (
+        "1 GPU (NVIDIA H200, driver 550.54.15, CUDA 12.4)",
+        "torch 2.14.1+cu130 (built for CUDA 13.0)",
+        "install the torch build for CUDA 12.4",
+        "--device cpu",
+    ):
+        assert part in msg, msg
+    cpu_build = hardware.cuda_build_problem("2.14.1+cpu", None, [H200, H200], (None, None), env={})
+    assert cpu_build and "2 GPUs" in cpu_build and "a CPU-only build" in cpu_build
+    assert hardware.cuda_build_problem("2.14.1", "13.0", [], ("550", "12.4"), env={}) is None  # no GPU
+    for hidden in ("", "-1"):  # the user hid the GPUs on purpose: the CPU is what they asked for
+        assert hardware.cuda_build_problem("2.14.1", None, [H200], ("550", "12.4"),
+                                           env={"CUDA_VISIBLE_DEVICES": hidden}) is None  # fmt: skip
+
+
+def test_device_auto_stops_when_the_driver_shows_a_gpu_torch_cannot_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --device auto` with a driver that lists a GPU and a torch without working CUDA: exit 2 and
+    one line naming both, instead of quietly training on the CPU."""
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use a GPU here; the mismatch cannot be staged")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "nvidia-smi"
+    rows = SMI_OUTPUT.splitlines()[0]
+    exe.write_text(
+        f'#!/bin/sh\ncase "$*" in\n  *query-gpu*) echo "{rows}" ;;\n  -L) echo "GPU 0: NVIDIA H200" ;;\n'
+        f"  *) cat <<'END'\n{SMI_HEADER}END\n;;\nesac\n"
+    )
+    exe.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "tuneassist", "train", "--data", "synthetic:64", "--epochs", "1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --device auto: the NVIDIA driver shows 1 GPU"), (
+        r.stderr
+    )
+    assert "driver 550.54.15, CUDA 12.4" in lines[0] and f"torch {torch.__version__}" in lines[0]
+    assert "--device cpu" in lines[0]

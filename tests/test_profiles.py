@@ -29,7 +29,7 @@ from tuneassist.profiles import (
 from tuneassist.profiles.schema import dumps_toml
 from tuneassist.spec import RunSpec
 
-SHIPPED = Path(__file__).resolve().parents[1] / "profiles"
+SHIPPED = Path(__file__).resolve().parents[1] / "tuneassist" / "profiles" / "builtin"
 
 GOOD = """\
 name = "t"
@@ -251,7 +251,7 @@ def test_list_and_find(tmp_path: Path) -> None:
     entries = list_profiles([work, tmp_path / "nope", SHIPPED])
     by = {(e.path.parent.name, e.name): e for e in entries}
     assert by[("work", "broken")].profile is None and "not valid TOML" in by[("work", "broken")].error
-    assert by[("profiles", "cifar10-resnet56-1cycle")].shadowed  # the workspace one wins
+    assert by[("builtin", "cifar10-resnet56-1cycle")].shadowed  # the workspace one wins
     assert not by[("work", "cifar10-resnet56-1cycle")].shadowed
     assert find_profile("cifar10-resnet56-1cycle", [work, SHIPPED]).model == "simple3"
     assert find_profile("t", [work]).name == "t"

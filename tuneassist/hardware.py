@@ -145,6 +145,73 @@ def read_gpus() -> tuple[list[GpuState], str]:
     return [], "no NVIDIA driver found"
 
 
+def parse_driver_header(text: str) -> tuple[str | None, str | None]:
+    """(driver version, highest CUDA version the driver supports) from plain `nvidia-smi`'s header."""
+    driver = re.search(r"Driver Version:\s*([\d.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", text)
+    return (driver.group(1) if driver else None, cuda.group(1) if cuda else None)
+
+
+@functools.cache
+def driver_versions() -> tuple[str | None, str | None]:
+    """The NVIDIA driver's version and the CUDA version it supports (NVML, else nvidia-smi); Nones
+    when neither answers. Cached: the driver does not change under a running process."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        try:
+            drv = pynvml.nvmlSystemGetDriverVersion()
+            cuda = int(pynvml.nvmlSystemGetCudaDriverVersion())
+            return (
+                drv.decode() if isinstance(drv, bytes) else str(drv),
+                f"{cuda // 1000}.{cuda % 1000 // 10}",
+            )
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no pynvml or no driver: try the command line tool
+        pass
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None, None
+    try:
+        res = subprocess.run([exe], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    return parse_driver_header(res.stdout)
+
+
+def cuda_build_problem(
+    torch_version: str,
+    torch_cuda: str | None,
+    gpus: list[GpuState] | None = None,
+    versions: tuple[str | None, str | None] | None = None,
+    env: dict[str, str] | None = None,
+) -> str | None:
+    """Why torch cannot use the GPUs the driver shows, in one line with the fix; None when the driver
+    shows none (or CUDA_VISIBLE_DEVICES hides them on purpose). Call it only once torch has said CUDA
+    is unavailable: then a GPU the driver lists means a torch build that does not match the driver,
+    and training on the CPU instead would be a silent 10-100x slowdown."""
+    env = dict(os.environ) if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and (not visible.strip() or visible.strip().startswith("-")):
+        return None  # the user hid every GPU: the CPU is what they asked for
+    if gpus is None:
+        gpus = read_gpus()[0]
+    if not gpus:
+        return None
+    driver, cuda = versions if versions is not None else driver_versions()
+    seen = f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({gpus[0].name}"
+    seen += f", driver {driver}" if driver else ""
+    seen += f", CUDA {cuda})" if cuda else ")"
+    build = f"built for CUDA {torch_cuda}" if torch_cuda else "a CPU-only build"
+    want = f"the torch build for CUDA {cuda} or older" if cuda else "the torch build that matches the driver"
+    return (
+        f"the NVIDIA driver shows {seen} but torch {torch_version} ({build}) cannot use them; "
+        f"install {want} (https://pytorch.org/get-started/locally/), or use --device cpu"
+    )
+
+
 def read_devices() -> DeviceReport:
     """One sample of every device; slow only when it must run nvidia-smi (tens of ms)."""
     gpus, source = read_gpus()

@@ -36,7 +36,7 @@ from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.schedules import build_schedule
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new
-from tuneassist.hardware import cpu_has_bf16
+from tuneassist.hardware import cpu_has_bf16, cuda_build_problem
 from tuneassist.spec import RunSpec
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -47,15 +47,29 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "CUDA error: out of me
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; an unavailable CUDA request is a user error, not a crash."""
+    """'auto' picks CUDA when present; an unavailable CUDA request is a user error, not a crash.
+
+    'auto' on a machine whose driver shows GPUs that this torch build cannot use stops too, naming both
+    versions: quietly training on the CPU there would look like a hang.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        problem = cuda_build_problem(torch.__version__, torch.version.cuda)
+        if problem:
+            raise UserError(f"--device auto: {problem}")
+        return torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+        problem = cuda_build_problem(torch.__version__, torch.version.cuda)
+        raise UserError(
+            f"--device {name}: {problem}"
+            if problem
+            else f"device {name!r} asked for but CUDA is not available here; use --device cpu"
+        )
     return dev
 
 

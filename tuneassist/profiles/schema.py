@@ -627,10 +627,31 @@ def safe_filename(name: str) -> str:
 # Finding profiles
 
 
+_SHIPPED_COPY: Path | None = None  # where profiles shipped inside a zip were copied, once per process
+
+
 def shipped_profiles_dir() -> Path | None:
-    """The `profiles/` folder next to the package (a source checkout or editable install)."""
-    p = Path(__file__).resolve().parents[2] / "profiles"
-    return p if p.is_dir() else None
+    """The paper's profiles, shipped as package data (`tuneassist/profiles/builtin/*.toml`).
+
+    Read through importlib.resources so that a wheel, an editable install and a checkout find the
+    same files; a package imported from a zip gets them copied to a private temporary folder once,
+    because the loader reads profiles as regular files.
+    """
+    global _SHIPPED_COPY
+    from importlib.resources import files
+
+    res = files("tuneassist.profiles").joinpath("builtin")
+    if isinstance(res, Path):
+        return res if res.is_dir() else None
+    if _SHIPPED_COPY is None:
+        if not res.is_dir():
+            return None
+        tmp = Path(tempfile.mkdtemp(prefix="tuneassist-profiles-"))
+        for item in res.iterdir():
+            if item.name.endswith(".toml"):
+                (tmp / item.name).write_bytes(item.read_bytes())
+        _SHIPPED_COPY = tmp
+    return _SHIPPED_COPY
 
 
 @dataclass
