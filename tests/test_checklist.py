@@ -377,6 +377,26 @@ def test_step_timing_says_how_the_runs_shared_the_devices(tmp_path: Path) -> Non
     assert sharing_text(t) == "3 runs in 1:00, up to 2 at once (their run times add up to 1:40)"
 
 
+def test_the_eta_after_the_range_test_uses_the_speed_it_measured(tmp_path: Path) -> None:
+    """The start-up ETA of a user's net is a guess from its cost; once the range test ran, the rest is
+    timed at the speed it measured: 10x the speed, a tenth of the time (bar the per-run start-up)."""
+    from tuneassist.runs.store import Store, fmt_time
+    from tuneassist.session import TuningSession
+
+    store = Store(tmp_path / "ws")
+    s = TuningSession.create(store, "synthetic:300", "simple3", budget="quick", train_size=270)
+    slow, fast = store.add_run({"model": "simple3"}), store.add_run({"model": "simple3"})
+    store.update_run(slow, images_per_s=100.0, status="finished")
+    store.update_run(fast, images_per_s=1000.0, status="finished")
+    assert s.eta_from([]) == ""
+    text = s.eta_from([slow, fast])
+    assert text.startswith("Measured 1,000 img/s on the range test")
+    assert text.endswith(f"the rest takes about {fmt_time(s.checklist.estimate_seconds(1000.0)['total'])}.")
+    at_slow = s.checklist.estimate_seconds(images_per_s=100.0, overhead_s=0)["total"]
+    at_fast = s.checklist.estimate_seconds(images_per_s=1000.0, overhead_s=0)["total"]
+    assert at_fast == pytest.approx(at_slow / 10)
+
+
 def _final_events(val_acc: float, test_acc: float, falling: bool = False) -> list[dict]:
     """A final-length run: evaluations (still falling steadily when `falling`) and its end."""
     evals = [

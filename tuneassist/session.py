@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation, RunCurves
+from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation
+from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import launch_run
 from tuneassist.runs.store import Store, fmt_time
@@ -125,29 +126,9 @@ def sharing_text(t: dict[str, float]) -> str:
     )
 
 
-def curves_from_store(store: Store, run_id: int) -> RunCurves:
-    """Rebuild a run's curves (as the advisor reads them) from its stored metric rows."""
-    run = store.get_run(run_id)
-    c = RunCurves(run_id=str(run_id))
-    for row in store.metrics(run_id):
-        if row.get("train_loss") is not None or row.get("lr") is not None:
-            c.steps.append(int(row["step"]))
-            c.lrs.append(float(row["lr"]) if row.get("lr") is not None else math.nan)
-            c.train_loss.append(math.nan if row.get("train_loss") is None else float(row["train_loss"]))
-        if row.get("val_loss") is not None:
-            c.eval_steps.append(int(row["step"]))
-            c.eval_epochs.append(math.nan if row.get("epoch") is None else float(row["epoch"]))
-            c.val_loss.append(float(row["val_loss"]))
-            c.val_acc.append(math.nan if row.get("val_acc") is None else float(row["val_acc"]))
-    info = run.get("info") or {}
-    c.steps_per_epoch = info.get("steps_per_epoch")
-    c.num_classes = info.get("num_classes")
-    out = run.get("outcome")
-    if run["status"] in ("finished", "diverged", "cancelled") and out:
-        c.outcome = out.get("outcome", run["status"])
-        c.diverged_lr = out.get("diverged_lr")
-        c.end = out
-    return c
+def curves_from_store(store: Store, run_id: int) -> Curves:
+    """A run's curves (as the advisor reads them) from its stored row and metric rows."""
+    return Curves.from_rows(store.metrics(run_id), store.get_run(run_id))
 
 
 @dataclass
@@ -421,26 +402,40 @@ class TuningSession:
         if accept and rec.ok and not rec.needs_more_runs:
             self.accept(rec)
             msg = f"{title}: {rec.label} — {rec.reason}"
-            if step == "lr_range" and cl.time_s:
-                msg += " " + self.replan_from(runs)
+            if step == "lr_range":
+                msg += " " + (self.replan_from(runs) if cl.time_s else self.eta_from(runs))
             return Advance(step, "accepted", runs, rec, msg)
         return Advance(step, "ready", runs, rec, rec.reason)
 
-    def replan_from(self, run_ids: list[int]) -> str:
-        """A time budget was planned on a guessed speed (a user's net has no measurement yet): plan the
-        rest again on the img/s the range test measured, and say how the time is split now."""
+    def _measured_speed(self, run_ids: list[int]) -> float | None:
+        """The fastest training img/s these runs measured (None when none did)."""
         measured = [
             float(r["images_per_s"])
             for i in run_ids
             if (r := self.store.get_run(i, refresh=False)).get("images_per_s")
         ]
-        if measured:
+        return max(measured) if measured else None
+
+    def replan_from(self, run_ids: list[int]) -> str:
+        """A time budget was planned on a guessed speed (a user's net has no measurement yet): plan the
+        rest again on the img/s the range test measured, and say how the time is split now."""
+        ips = self._measured_speed(run_ids)
+        if ips is not None:
 
             def set_speed() -> None:
-                self.checklist.images_per_s = max(measured)
+                self.checklist.images_per_s = ips
 
             self._change(set_speed)
         return self.checklist.time_plan_text()
+
+    def eta_from(self, run_ids: list[int]) -> str:
+        """The start-up ETA was a guess from the model's cost (a user's net can be 14x off): say what
+        the rest takes at the speed the range test measured."""
+        ips = self._measured_speed(run_ids)
+        if ips is None:
+            return ""
+        secs = self.checklist.estimate_seconds(images_per_s=ips)["total"]
+        return f"Measured {ips:,.0f} img/s on the range test: the rest takes about {fmt_time(secs)}."
 
     def allow_refine(self) -> None:
         """Let the final step run one more final-length run that acts on its diagnosis (the TUI's key;
