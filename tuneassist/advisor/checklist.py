@@ -26,7 +26,7 @@ Typical use (autopilot)::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ from tuneassist.advisor.sweep import (
     value_label,
     weight_decay_grid,
 )
+from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
 
@@ -104,56 +105,8 @@ FINAL_LABELS = {"tuned": "tuned profile", "lr_only": "LR-only profile", "baselin
 # Curves handed back by the caller
 
 
-def _nan(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-@dataclass
-class RunCurves:
-    """The metrics of one run as arrays; built from the engine's event dicts with `from_events`."""
-
-    steps: list[int] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    eval_epochs: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    outcome: str | None = None  # 'finished' | 'diverged' | 'cancelled' | None (still running)
-    diverged_lr: float | None = None
-    steps_per_epoch: int | None = None
-    end: dict[str, Any] | None = None
-    run_id: str | None = None
-    num_classes: int | None = None
-
-    @classmethod
-    def from_events(cls, events: Iterable[Mapping[str, Any]], run_id: str | None = None) -> RunCurves:
-        c = cls(run_id=run_id)
-        for e in events:
-            kind = e.get("type")
-            if kind == "step":
-                c.steps.append(int(e["step"]))
-                c.lrs.append(float(e["lr"]))
-                c.train_loss.append(_nan(e.get("train_loss")))
-            elif kind == "eval":
-                c.eval_steps.append(int(e["step"]))
-                c.eval_epochs.append(float(e.get("epoch", math.nan)))
-                c.val_loss.append(_nan(e.get("val_loss")))
-                c.val_acc.append(_nan(e.get("val_acc")))
-            elif kind == "start":
-                c.steps_per_epoch = e.get("steps_per_epoch")
-                c.num_classes = e.get("num_classes")
-            elif kind == "end":
-                c.outcome = e.get("outcome")
-                c.diverged_lr = e.get("diverged_lr")
-                c.end = dict(e)
-        return c
-
-    def eval_lrs(self) -> list[float]:
-        """The LR at each evaluation (range tests read validation loss against LR)."""
-        if not self.steps or not self.eval_steps:
-            return []
-        return [float(v) for v in np.interp(self.eval_steps, self.steps, self.lrs)]
+# One type for a run's curves (tuneassist/curves.py); the advisor's name for it stays.
+RunCurves = Curves
 
 
 def as_curves(c: RunCurves | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> RunCurves:

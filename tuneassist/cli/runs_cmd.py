@@ -13,10 +13,12 @@ import sys
 import time
 from typing import Any
 
+from tuneassist.curves import Curves, finite_points
 from tuneassist.errors import UserError, printable
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
 from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed, fmt_time
 from tuneassist.spec import RunSpec
+from tuneassist.text import g, pct
 
 _ENDED_OK = ("finished", "cancelled", "diverged")
 
@@ -50,14 +52,6 @@ def open_existing_store(args: argparse.Namespace) -> Store | None:
 def _ws_flag(args: argparse.Namespace) -> str:
     ws = getattr(args, "workspace", None)
     return f" --workspace {ws}" if ws else ""
-
-
-def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def hyperparameters(spec: dict[str, Any]) -> str:
@@ -223,8 +217,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 printable(r["spec"].get("data")),
                 printable(hyperparameters(r["spec"])),
                 ep,
-                _g(r["best_val_loss"]),
-                _pct(r["best_val_acc"]),
+                g(r["best_val_loss"]),
+                pct(r["best_val_acc"]),
                 "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
                 fmt_time(elapsed(r)),
             ]
@@ -248,9 +242,9 @@ def describe_end(run: dict[str, Any], flag: str = "") -> str:
             f"{out.get('epoch', 0):.3g} epochs ({out.get('step')} steps) in {fmt_time(out.get('wall_time'))}"
         )
         if out.get("val_loss") is not None:
-            parts.append(f"val loss {out['val_loss']:.4f}, val acc {_pct(out.get('val_acc'))}")
+            parts.append(f"val loss {out['val_loss']:.4f}, val acc {pct(out.get('val_acc'))}")
         if out.get("test_acc") is not None:
-            parts.append(f"test acc {_pct(out['test_acc'])}")
+            parts.append(f"test acc {pct(out['test_acc'])}")
         if out.get("reason"):
             parts.append(str(out["reason"]))
     text = ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
@@ -259,72 +253,46 @@ def describe_end(run: dict[str, Any], flag: str = "") -> str:
     return text
 
 
-class _Curves:
-    """A run's metric rows as read so far, kept in sync by polling `metrics_since`."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, dict[str, Any]] = {}
-        self.last_step = -1
-
-    def reset(self) -> None:
-        self.rows.clear()
-        self.last_step = -1
-
-    def update(self, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for r in new:
-            self.rows[r["step"]] = r
-            self.last_step = max(self.last_step, r["step"])
-        return new
-
-    def series(self, x: str, y: str, shift: float = 0.0) -> tuple[list[float], list[float]]:
-        pts = [
-            (r[x] + shift, r[y])
-            for _, r in sorted(self.rows.items())
-            if r[x] is not None and r[y] is not None
-        ]
-        return [p[0] for p in pts], [p[1] for p in pts]
+def _last(xs: list[float]) -> float | None:
+    """The newest value, None when there is none (or it is missing: NaN)."""
+    return xs[-1] if xs and math.isfinite(xs[-1]) else None
 
 
-def _eval_shift(run: dict[str, Any]) -> float:
-    """A row's epoch is where its step began; its evaluation came after the step: one step later."""
-    spe = (run.get("info") or {}).get("steps_per_epoch")
-    return 1.0 / spe if spe else 0.0
-
-
-def _progress_line(run: dict[str, Any], curves: _Curves) -> str:
+def _progress_line(run: dict[str, Any], curves: Curves) -> str:
     info = run.get("info") or {}
     total = info.get("total_steps")
-    last = curves.rows.get(curves.last_step)
     if run["status"] == "queued":
         return f"run {run['id']} queued: waiting for a free device slot"
-    if last is None:
+    if curves.last_step < 0:
         return f"run {run['id']} {run['status']} on {run['device']}: starting (loading data and model)"
     step = curves.last_step + 1
-    pct = f" ({100 * step / total:.0f}%)" if total else ""
-    vals = [r for r in curves.rows.values() if r["val_loss"] is not None]
-    val = max(vals, key=lambda r: r["step"]) if vals else None
+    share = f" ({100 * step / total:.0f}%)" if total else ""
     eta = ""
     el = elapsed(run)
     if total and el and step:
         eta = f"  ETA {fmt_time(el / step * (total - step))}"
-    done = (last["epoch"] or 0) + _eval_shift(run)  # epochs completed by the last step
+    loss, lr = _last(curves.train_loss), _last(curves.lrs)
     text = (
-        f"run {run['id']} {run['status']}  epoch {done:.2f}/{_g(total_epochs(run))}  "
-        f"step {step}/{total or '?'}{pct}  train loss {_g(last['train_loss'])}  lr {_g(last['lr'])}"
+        f"run {run['id']} {run['status']}  epoch {curves.epochs_done():.2f}/{g(total_epochs(run))}  "
+        f"step {step}/{total or '?'}{share}  train loss {g(loss)}  lr {g(lr)}"
     )
-    if val is not None:
-        text += f"  val loss {_g(val['val_loss'])}  val acc {_pct(val['val_acc'])}"
-    if last["images_per_s"]:
-        text += f"  {last['images_per_s']:,.0f} img/s"
+    if curves.eval_steps:
+        text += f"  val loss {g(curves.val_loss[-1])}  val acc {pct(curves.val_acc[-1])}"
+    ips = _last(curves.images_per_s)
+    if ips:
+        text += f"  {ips:,.0f} img/s"
     return text + f"  {fmt_time(el)}{eta}"
 
 
-def _plot(run: dict[str, Any], curves: _Curves) -> str:
+def _plot(run: dict[str, Any], curves: Curves) -> str:
     from tuneassist.cli.termplot import plot_lines
 
     if run["kind"] == "lr_find" or str(run["spec"].get("schedule", "")).startswith("range_"):
         return plot_lines(
-            {"train loss": curves.series("lr", "train_loss"), "val loss": curves.series("lr", "val_loss")},
+            {
+                "train loss": finite_points(curves.lrs, curves.train_loss),
+                "val loss": finite_points(curves.eval_lrs(), curves.val_loss),
+            },
             title=f"run {run['id']}: loss vs learning rate",
             xlabel="learning rate (log)",
             ylabel="loss",
@@ -332,8 +300,8 @@ def _plot(run: dict[str, Any], curves: _Curves) -> str:
         )
     return plot_lines(
         {
-            "train loss": curves.series("epoch", "train_loss"),
-            "val loss": curves.series("epoch", "val_loss", shift=_eval_shift(run)),
+            "train loss": finite_points(curves.epochs, curves.train_loss),
+            "val loss": finite_points(curves.eval_epochs, curves.val_loss),
         },
         title=f"run {run['id']} ({run['spec'].get('model')} on {run['spec'].get('data')}): loss vs epoch",
         xlabel="epoch",
@@ -347,7 +315,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     run = store.get_run(run_id)
     flag = _ws_flag(args)
     live = sys.stdout.isatty() and not args.no_plot
-    curves = _Curves()
+    curves = Curves.for_run(run)
     attempt = run["attempt"]
     shown_status = None
     printed_eval = -1
@@ -357,15 +325,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
             run = store.get_run(run_id)
             if run["attempt"] != attempt:  # resumed: steps past the checkpoint were redone
                 attempt = run["attempt"]
-                curves.reset()
+                curves = Curves.for_run(run)
                 printed_eval = -1
             ended = run["status"] not in ACTIVE
-            if ended:
-                curves.reset()  # a complete, final read (evaluations stored after the last poll included)
-            curves.update(store.metrics_since(run_id, curves.last_step))
+            if ended:  # a complete, final read (evaluations stored after the last poll included)
+                curves = Curves.for_run(run)
+            curves.note_run(run)
+            curves.add_rows(store.metrics_since(run_id, curves.last_step))
             if live:
                 screen = ""
-                if curves.rows and plot_note is None:
+                if curves.last_step >= 0 and plot_note is None:
                     try:
                         screen = _plot(run, curves)
                     except Exception as e:  # a plotting problem must not stop the watch: progress goes on
@@ -378,14 +347,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
             else:
                 if run["status"] != shown_status:
                     print(_progress_line(run, curves), flush=True)
-                for step in sorted(
-                    s for s, r in curves.rows.items() if s > printed_eval and r["val_loss"] is not None
-                ):
-                    r = curves.rows[step]
+                for i, step in enumerate(curves.eval_steps):
+                    if step <= printed_eval:
+                        continue
                     print(
-                        f"epoch {(r['epoch'] or 0) + _eval_shift(run):.2f}  step {step + 1}  "
-                        f"train loss {_g(r['train_loss'])}  "
-                        f"val loss {_g(r['val_loss'])}  val acc {_pct(r['val_acc'])}",
+                        f"epoch {curves.eval_epochs[i]:.2f}  step {step}  "
+                        f"train loss {g(curves.eval_train_loss[i])}  "
+                        f"val loss {g(curves.val_loss[i])}  val acc {pct(curves.val_acc[i])}",
                         flush=True,
                     )
                     printed_eval = step

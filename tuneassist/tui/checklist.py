@@ -21,6 +21,7 @@ from textual.widgets import DataTable, OptionList, Static
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candidate, Recommendation
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.advisor.sweep import same_value
+from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.hardware import panel_lines, read_devices
 from tuneassist.runs.launch import detect_gpus
@@ -40,7 +41,7 @@ from tuneassist.tui.fmt import (
     run_status,
     value_text,
 )
-from tuneassist.tui.live import ENDED, Curve, PollResult
+from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
 SWEEP_METRICS = ("val loss", "val acc", "train loss (smoothed)")
@@ -58,13 +59,13 @@ def _finite(v: Any) -> float | None:
     return float(v) if v is not None and isinstance(v, int | float) and math.isfinite(v) else None
 
 
-def range_ylim(c: Curve) -> tuple[float, float] | None:
+def range_ylim(c: Curves) -> tuple[float, float] | None:
     """Loss axis of a range test: from the lowest loss to a little above the starting loss.
 
     The blow-up at the end would otherwise squash the interesting part (the descent) to a line.
     """
     ys = np.asarray([v for v in ema(c.train_loss) if math.isfinite(v)], dtype=float)
-    vs = np.asarray([v for v in c.v_loss if math.isfinite(v)], dtype=float)
+    vs = np.asarray([v for v in c.val_loss if math.isfinite(v)], dtype=float)
     if len(ys) < 3:
         return None
     start = float(np.median(ys[: max(3, len(ys) // 20)]))
@@ -297,7 +298,7 @@ class ChecklistScreen(LiveScreen):
         step: str,
         cands: list[Candidate],
         runs: dict[str, int],
-        curves: dict[str, Curve],
+        curves: dict[str, Curves],
         rec: Recommendation | str | None,
     ) -> None:
         live = self.tapp.live
@@ -320,8 +321,8 @@ class ChecklistScreen(LiveScreen):
             else:
                 status = run_status(run["status"], bool(run.get("cancel_requested")))
                 prog = progress_text(run)
-                if curve is not None and curve.v_loss:
-                    vl, va = curve.v_loss[-1], curve.v_acc[-1]
+                if curve is not None and curve.val_loss:
+                    vl, va = curve.val_loss[-1], curve.val_acc[-1]
                 row = by_run.get(str(rid))
                 if row is not None:
                     mark = "★" if row.get("winner") else ("≈" if row.get("tie") else " ")
@@ -354,7 +355,7 @@ class ChecklistScreen(LiveScreen):
         step: str,
         cands: list[Candidate],
         runs: dict[str, int],
-        curves: dict[str, Curve],
+        curves: dict[str, Curves],
         rec: Recommendation | str | None,
     ) -> None:
         s = self.session
@@ -373,8 +374,8 @@ class ChecklistScreen(LiveScreen):
             series, vlines, band, ylim = [], [], None, None
             if curve is not None:
                 series = [
-                    Series("train loss (smoothed)", curve.lr, ema(curve.train_loss), "cyan"),
-                    Series("val loss", curve.eval_lrs(), curve.v_loss, "magenta"),
+                    Series("train loss (smoothed)", curve.lrs, ema(curve.train_loss), "cyan"),
+                    Series("val loss", curve.eval_lrs(), curve.val_loss, "magenta"),
                 ]
                 ylim = range_ylim(curve)
                 run = live.run(runs[cand.key]) if cand else None
@@ -394,11 +395,11 @@ class ChecklistScreen(LiveScreen):
             series = []
             if curve is not None and metric == "loss":
                 series = [
-                    Series("train loss (smoothed)", curve.epoch, ema(curve.train_loss), "cyan"),
-                    Series("val loss", curve.v_epoch, curve.v_loss, "magenta"),
+                    Series("train loss (smoothed)", curve.epochs, ema(curve.train_loss), "cyan"),
+                    Series("val loss", curve.eval_epochs, curve.val_loss, "magenta"),
                 ]
             elif curve is not None:
-                series = [Series("val acc %", curve.v_epoch, [100 * v for v in curve.v_acc], "green")]
+                series = [Series("val acc %", curve.eval_epochs, [100 * v for v in curve.val_acc], "green")]
             empty = "press r to start the final 1cycle run" if not runs else "waiting for the first epoch"
             empty = wait or empty
             chart = Chart(series, xlabel="epoch", empty=empty)
@@ -412,11 +413,11 @@ class ChecklistScreen(LiveScreen):
                 if curve is None:
                     continue
                 if metric.startswith("train loss"):
-                    xs: list[float] | list[int] = curve.epoch if by_epoch else curve.steps
+                    xs: list[float] | list[int] = curve.epochs if by_epoch else curve.steps
                     ys = ema(curve.train_loss)
                 else:
-                    xs = curve.v_epoch if by_epoch else curve.v_steps
-                    ys = curve.v_loss if metric == "val loss" else [100 * v for v in curve.v_acc]
+                    xs = curve.eval_epochs if by_epoch else curve.eval_steps
+                    ys = curve.val_loss if metric == "val loss" else [100 * v for v in curve.val_acc]
                 series.append(Series(c.label, xs, ys))
             vlines = []
             if isinstance(rec, Recommendation):

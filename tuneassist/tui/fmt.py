@@ -6,7 +6,6 @@ read the same. Parsing turns what the user types into checklist values, with one
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from rich.text import Text
@@ -14,6 +13,7 @@ from rich.text import Text
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
 from tuneassist.runs.store import elapsed, fmt_time  # noqa: F401 - fmt_time: the screens' clock
+from tuneassist.text import g, pct  # noqa: F401 - the screens' numbers, shared with the CLI
 
 RUN_STATUS = {
     "queued": ("◌", "queued", "bright_black"),
@@ -52,14 +52,6 @@ def fmt_minutes(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def g(v: float | None, digits: int = 3) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
 def progress(run: dict[str, Any]) -> tuple[int, int | None]:

@@ -8,70 +8,15 @@ exactly when new points arrived, so plots redraw only then.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneassist.curves import Curves
 from tuneassist.runs.launch import advance_queue
 from tuneassist.runs.store import ACTIVE, Store
 
 ENDED = ("finished", "diverged", "failed", "cancelled", "lost")
-
-
-def _f(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-@dataclass
-class Curve:
-    """A run's metric rows as columns (train rows and evaluation rows apart)."""
-
-    run_id: int
-    attempt: int = 0
-    last_step: int = -1
-    version: int = 0
-    steps: list[int] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    epoch: list[float] = field(default_factory=list)
-    images_per_s: list[float] = field(default_factory=list)
-    wall: list[float] = field(default_factory=list)
-    v_steps: list[int] = field(default_factory=list)
-    v_loss: list[float] = field(default_factory=list)
-    v_acc: list[float] = field(default_factory=list)
-    v_lr: list[float] = field(default_factory=list)
-    v_epoch: list[float] = field(default_factory=list)
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        for r in rows:
-            step = int(r["step"])
-            if r.get("train_loss") is not None or r.get("lr") is not None:
-                self.steps.append(step)
-                self.lr.append(_f(r.get("lr")))
-                self.train_loss.append(_f(r.get("train_loss")))
-                self.epoch.append(_f(r.get("epoch")))
-                self.images_per_s.append(_f(r.get("images_per_s")))
-                self.wall.append(_f(r.get("wall")))
-            if r.get("val_loss") is not None or r.get("val_acc") is not None:
-                self.v_steps.append(step)
-                self.v_loss.append(_f(r.get("val_loss")))
-                self.v_acc.append(_f(r.get("val_acc")))
-                self.v_lr.append(_f(r.get("lr")))
-                self.v_epoch.append(_f(r.get("epoch")))
-            self.last_step = max(self.last_step, step)
-        if rows:
-            self.version += 1
-
-    def eval_lrs(self) -> list[float]:
-        """The LR at each evaluation; rows without their own LR take the nearest train row's."""
-        if not self.v_lr:
-            return []
-        if all(math.isfinite(v) for v in self.v_lr) or not self.steps:
-            return list(self.v_lr)
-        import numpy as np
-
-        return [float(v) for v in np.interp(self.v_steps, self.steps, self.lr)]
 
 
 @dataclass
@@ -88,7 +33,7 @@ class Live:
         self.store = store
         self.manage_queue = manage_queue
         self.runs: dict[int, dict[str, Any]] = {}
-        self.curves: dict[int, Curve] = {}
+        self.curves: dict[int, Curves] = {}
         self._sig: dict[int, tuple] = {}
         self.polled_at: float | None = None
 
@@ -146,7 +91,7 @@ class Live:
             self.runs[int(run_id)] = r
         return r
 
-    def curve(self, run_id: int) -> Curve:
+    def curve(self, run_id: int) -> Curves:
         """The run's curve, reading only rows past the last step read (or all, after a resume)."""
         run_id = int(run_id)
         c = self.curves.get(run_id)
@@ -155,10 +100,15 @@ class Live:
         if c is None or c.attempt != attempt:
             # A resumed run redoes the steps after its checkpoint: read it again from the start.
             version = c.version + 1 if c is not None else 0
-            c = self.curves[run_id] = Curve(run_id, attempt=attempt, version=version)
+            c = self.curves[run_id] = Curves(run_id, attempt=attempt, version=version)
+        if run:
+            c.note_run(run)  # steps per epoch place the evaluations (tuneassist/curves.py)
         stored_last = run.get("last_step") if run else None
         if stored_last is None or c.last_step < int(stored_last) or c.last_step < 0:
-            c.add(self.store.metrics_since(run_id, c.last_step))
+            rows = self.store.metrics_since(run_id, c.last_step)
+            if rows and c.steps_per_epoch is None:  # the worker started after the last poll
+                c.note_run(self.store.get_run(run_id, refresh=False))
+            c.add_rows(rows)
         return c
 
     def session_runs(self, session_id: int | None) -> list[dict[str, Any]]:

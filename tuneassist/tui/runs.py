@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Static
 
 from tuneassist.advisor.diagnosis import diagnose
 from tuneassist.advisor.lr_range import fmt_num, suggest_lr
+from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import cancel_run, resume_run
 from tuneassist.tui.base import LiveScreen, guarded
@@ -30,7 +31,7 @@ from tuneassist.tui.fmt import (
     run_kind,
     run_status,
 )
-from tuneassist.tui.live import Curve, PollResult
+from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, TopBar, sync_table
 
 STATUS_FILTERS = {
@@ -72,15 +73,15 @@ def is_range(run: dict[str, Any]) -> bool:
     return str((run.get("spec") or {}).get("schedule", "")).startswith("range_")
 
 
-def run_chart(run: dict[str, Any], c: Curve, metric: int = 0) -> tuple[str, Chart]:
+def run_chart(run: dict[str, Any], c: Curves, metric: int = 0) -> tuple[str, Chart]:
     """A run's curves: loss vs LR for a range test, else loss (or val accuracy) vs epoch."""
     if is_range(run):
         from tuneassist.tui.checklist import range_ylim
 
         spec = run.get("spec") or {}
         series = [
-            Series("train loss (smoothed)", c.lr, ema(c.train_loss), "cyan"),
-            Series("val loss", c.eval_lrs(), c.v_loss, "magenta"),
+            Series("train loss (smoothed)", c.lrs, ema(c.train_loss), "cyan"),
+            Series("val loss", c.eval_lrs(), c.val_loss, "magenta"),
         ]
         vlines = []
         d_lr = (run.get("outcome") or {}).get("diverged_lr")
@@ -91,19 +92,19 @@ def run_chart(run: dict[str, Any], c: Curve, metric: int = 0) -> tuple[str, Char
         return "loss vs LR (log)", chart
     if metric % 2 == 1:
         return "val acc % vs epoch", Chart(
-            [Series("val acc %", c.v_epoch, [100 * v for v in c.v_acc], "green")], xlabel="epoch"
+            [Series("val acc %", c.eval_epochs, [100 * v for v in c.val_acc], "green")], xlabel="epoch"
         )
     chart = Chart(
         [
-            Series("train loss (smoothed)", c.epoch, ema(c.train_loss), "cyan"),
-            Series("val loss", c.v_epoch, c.v_loss, "magenta"),
+            Series("train loss (smoothed)", c.epochs, ema(c.train_loss), "cyan"),
+            Series("val loss", c.eval_epochs, c.val_loss, "magenta"),
         ],
         xlabel="epoch",
     )
     return "loss vs epoch", chart
 
 
-def run_reading(run: dict[str, Any], c: Curve) -> Text:
+def run_reading(run: dict[str, Any], c: Curves) -> Text:
     """What a run says: its error, how it ended, and the advisor's diagnosis of its curves."""
     t = Text()
     status = run["status"]
@@ -117,7 +118,7 @@ def run_reading(run: dict[str, Any], c: Curve) -> Text:
         t.append(f"{status}: {out['reason']}\n", style="bold")
     if status == "cancelled":
         t.append("u resumes it from its last checkpoint.\n")
-    if not c.steps and not c.v_steps:
+    if not c.steps and not c.eval_steps:
         if status not in ("failed", "lost"):
             t.append("No metrics yet." if status in ("queued", "running") else "No metrics were recorded.")
         return t
@@ -125,10 +126,10 @@ def run_reading(run: dict[str, Any], c: Curve) -> Text:
         if is_range(run):
             if len(c.steps) >= 8:
                 s = suggest_lr(
-                    c.lr,
+                    c.lrs,
                     c.train_loss,
                     c.eval_lrs() or None,
-                    c.v_loss or None,
+                    c.val_loss or None,
                     diverged_at_lr=out.get("diverged_lr") if status == "diverged" else None,
                 )
                 t.append(s.explanation)
@@ -139,9 +140,9 @@ def run_reading(run: dict[str, Any], c: Curve) -> Text:
             d = diagnose(
                 c.steps,
                 c.train_loss,
-                c.v_steps,
-                c.v_loss,
-                c.v_acc if len(c.v_acc) == len(c.v_loss) else None,
+                c.eval_steps,
+                c.val_loss,
+                c.val_acc if len(c.val_acc) == len(c.val_loss) else None,
                 current={
                     "lr_max": spec.get("lr_max"),
                     "weight_decay": spec.get("weight_decay"),
