@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     train_cmd.register(sub)
-    for name in ("runs_cmd", "profile_cmd", "tune_cmd", "tui_cmd"):
+    for name in ("lr_read_cmd", "runs_cmd", "profile_cmd", "tune_cmd", "tui_cmd"):
         try:
             module = __import__(f"tuneassist.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

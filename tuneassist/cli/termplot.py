@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotext as plt
 
@@ -73,3 +74,51 @@ def plot_lines(
     out = plt.build()
     plt.clear_figure()
     return out if color else ANSI.sub("", out)
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def range_test_lines(
+    curve: Mapping[str, Sequence[float | None]],
+    suggestion: Mapping[str, Any],
+    *,
+    color: bool,
+    width: int | None = None,
+    height: int | None = None,
+) -> list[str]:
+    """A range test as `lr-find` prints it: the loss-vs-LR plot with the suggested range marked, the
+    reading and its confidence. One home for `lr-find`, `lr-read` and the Python API's `.plot()`.
+
+    `curve` holds lr and train_loss per step, val_lr and val_loss per evaluation (None for NaN);
+    `suggestion` is `LRSuggestion.to_dict()`.
+    """
+    lrs, train = list(curve.get("lr") or []), list(curve.get("train_loss") or [])
+    val_lrs, val = list(curve.get("val_lr") or []), list(curve.get("val_loss") or [])
+    finite, val_finite = _finite(train), _finite(val)
+    ylim = None
+    if finite:  # from the lowest loss to a little above the starting loss: the blow-up is off-scale
+        lo = min(finite + val_finite)
+        top = max(finite[:5] + _finite(val[:2]))
+        ylim = (lo - 0.05 * (top - lo + 1e-9), top + 0.25 * (top - lo + 1e-9))
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {"train loss": (lrs, train)}  # type: ignore[dict-item]
+    if val_lrs:
+        series["val loss"] = (val_lrs, val)  # type: ignore[assignment]
+    plot = plot_lines(
+        series,
+        title="LR range test: loss vs learning rate",
+        xlabel="learning rate (log)",
+        ylabel="loss",
+        logx=True,
+        vlines={"max": suggestion.get("max_lr"), "min": suggestion.get("min_lr")},
+        ylim=ylim,
+        width=width,
+        height=height,
+        color=color,
+    )
+    lines = [plot, "", str(suggestion["explanation"])]
+    if suggestion.get("advice"):
+        lines.append(f"Note: {suggestion['advice']}")
+    lines.append(f"Confidence: {suggestion['confidence']}.")
+    return lines

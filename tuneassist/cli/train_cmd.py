@@ -339,30 +339,10 @@ def run_lr_find(spec: RunSpec, quiet: bool = False) -> dict[str, Any]:
 
 
 def render_lr_find(result: dict[str, Any]) -> str:
-    from tuneassist.cli.termplot import plot_lines
+    from tuneassist.cli.termplot import range_test_lines
 
-    c, s = result["curve"], result["suggestion"]
-    finite = [v for v in c["train_loss"] if v is not None and math.isfinite(v)]
-    ylim = None
-    if finite:  # from the lowest loss to a little above the starting loss: the blow-up is off-scale
-        lo = min(finite + [v for v in c["val_loss"] if math.isfinite(v)])
-        top = max(finite[:5] + [v for v in c["val_loss"][:2] if math.isfinite(v)])
-        ylim = (lo - 0.05 * (top - lo + 1e-9), top + 0.25 * (top - lo + 1e-9))
-    marks = {"max": s.get("max_lr"), "min": s.get("min_lr")}
-    plot = plot_lines(
-        {"train loss": (c["lr"], c["train_loss"]), "val loss": (c["val_lr"], c["val_loss"])},
-        title="LR range test: loss vs learning rate",
-        xlabel="learning rate (log)",
-        ylabel="loss",
-        logx=True,
-        vlines=marks,
-        ylim=ylim,
-        color=sys.stdout.isatty(),
-    )
-    lines = [plot, "", s["explanation"]]
-    if s.get("advice"):
-        lines.append(f"Note: {s['advice']}")
-    lines.append(f"Confidence: {s['confidence']}.")
+    s = result["suggestion"]
+    lines = range_test_lines(result["curve"], s, color=sys.stdout.isatty())
     data, model = shlex.quote(str(result["spec"]["data"])), shlex.quote(str(result["spec"]["model"]))
     if s.get("min_lr") is None or s.get("max_lr") is None:  # no range: the failure's advice is the news
         retry = s.get("retry_range")

@@ -286,6 +286,11 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
     checkpoint = store.checkpoint_path(run_id)
     has_checkpoint = checkpoint.exists() and not from_start
     run = store.get_run(run_id, refresh=False)
+    if run["kind"] == "track":  # no worker can train it: the user's own script did (tuneassist.track)
+        raise UserError(
+            f"run {run_id} was logged by your own script (tuneassist.track); tuneassist cannot resume it: "
+            "run your script again (it logs a new run)"
+        )
     stopped = run["status"] in ("lost", "cancelled")
     if stopped and not from_start and not has_checkpoint and run["checkpoint_step"]:
         # The store says it was saved: resuming from step 0 would silently replace the curve so far.

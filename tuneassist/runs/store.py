@@ -721,6 +721,33 @@ class Store:
                 raise
         return run_id
 
+    def add_tracked_run(self, spec: dict[str, Any], info: dict[str, Any], kind: str = "track") -> int:
+        """Store a run that the user's own process trains and logs (`tuneassist.track`): running from the
+        start, attempt 1, no device slot and no worker pid (no worker runs it: its liveness is its
+        heartbeat, so a script that dies shows `lost` after the heartbeat timeout)."""
+        spec_text, info_text = json.dumps(spec), json.dumps(info)
+
+        def fn(c: sqlite3.Connection) -> int:
+            now = time.time()
+            return int(
+                c.execute(
+                    "INSERT INTO runs (kind, spec, status, host, heartbeat, attempt, created, started, info) "
+                    "VALUES (?, ?, 'running', ?, ?, 1, ?, ?, ?)",
+                    (kind, spec_text, socket.gethostname(), now, now, now, info_text),
+                ).lastrowid
+            )
+
+        run_id = self._write(fn)
+        try:
+            self._new_run_dir(run_id)
+        except OSError as e:
+            self._write(lambda c: c.execute("DELETE FROM runs WHERE id = ?", (run_id,)))
+            raise UserError(
+                f"cannot create the run folder {self.workspace / 'runs' / str(run_id)} ({e.strerror}); "
+                f"make {self.workspace} writable"
+            ) from None
+        return run_id
+
     @staticmethod
     def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
         d = dict(row)
