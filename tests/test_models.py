@@ -151,7 +151,7 @@ GOOD = """
 
 def test_user_model_builds(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     mod = _user_module(tmp_path, monkeypatch, GOOD)
-    model = build_model(f"{mod}:build", 4)
+    model = build_model(f"{mod}:build", 4, allow_import=True)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
 
 
@@ -174,7 +174,7 @@ def test_user_model_needs_allow_import(tmp_path, monkeypatch: pytest.MonkeyPatch
 def test_user_model_errors(tmp_path, monkeypatch: pytest.MonkeyPatch, func: str, pattern: str) -> None:
     mod = _user_module(tmp_path, monkeypatch, GOOD)
     with pytest.raises(UserError, match=pattern) as info:
-        build_model(f"{mod}:{func}", 4)
+        build_model(f"{mod}:{func}", 4, allow_import=True)
     assert "\n" not in str(info.value) and mod in str(info.value)
 
 
@@ -182,19 +182,19 @@ def test_user_module_missing(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))  # the lookup may add the cwd; undo that
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="cannot import module 'no_such_nets'.*PYTHONPATH"):
-        build_model("no_such_nets:build", 10)
+        build_model("no_such_nets:build", 10, allow_import=True)
 
 
 def test_user_module_syntax_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     mod = _user_module(tmp_path, monkeypatch, "def build(num_classes:\n")
     with pytest.raises(UserError, match=f"importing module '{mod}'.*SyntaxError.*fix that module"):
-        build_model(f"{mod}:build", 10)
+        build_model(f"{mod}:build", 10, allow_import=True)
 
 
 def test_user_module_missing_dependency(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     mod = _user_module(tmp_path, monkeypatch, "import surely_not_installed_pkg\n")
     with pytest.raises(UserError, match="surely_not_installed_pkg.*install what it needs"):
-        build_model(f"{mod}:build", 10)
+        build_model(f"{mod}:build", 10, allow_import=True)
 
 
 def test_user_module_found_in_current_directory(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +204,7 @@ def test_user_module_found_in_current_directory(tmp_path, monkeypatch: pytest.Mo
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert build_model(f"{name}:build", 3)(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert build_model(f"{name}:build", 3, allow_import=True)(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 
 @pytest.mark.parametrize("spec", ["nets:", ":build", "my-nets:build", "nets:build:x", "nets.:build"])

@@ -285,7 +285,9 @@ def test_client_runs_the_probe_in_a_subprocess(monkeypatch: pytest.MonkeyPatch) 
 
 def _stand_in(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     """Replace the probe's command by a tiny Python program (the client's parsing, without torch)."""
-    monkeypatch.setattr(probe_client, "probe_command", lambda m, d, dev: [sys.executable, "-c", code])
+    monkeypatch.setattr(
+        probe_client, "probe_command", lambda m, d, dev, *consent: [sys.executable, "-c", code]
+    )
 
 
 def test_client_parses_the_result(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,7 +64,10 @@ class RunSpec:
     divergence_factor: float = 4.0
     test: bool = True  # evaluate on the test split at the end
     checkpoint_every: int = 0  # epochs between checkpoints (0: only at the end, if a path is given)
-    allow_import: bool = True  # allow `module:function` models
+    allow_import: bool = False  # allow `module:function` models: the user's consent to run their code
+    # Where a `module:function` model's module was found when the run was launched (the sys.path entry);
+    # every worker imports it from there, whatever directory it starts in. See tuneassist.usercode.
+    model_dir: str | None = None
     num_threads: int | None = None  # CPU threads for torch (None: torch default)
 
     @property

@@ -230,6 +230,8 @@ class Checklist:
     time_s: float | None = None  # a wall-time budget for the whole checklist (tune --time); see time_plan
     images_per_s: float | None = None  # the training speed the time budget is planned with
     baseline: bool = True  # train the untuned baseline beside the final run
+    allow_import: bool = False  # the user's consent to import a module:function model (tune --allow-import)
+    model_dir: str | None = None  # where that module was found at launch (tuneassist.usercode)
     session_id: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
@@ -400,6 +402,8 @@ class Checklist:
             seed=0,
             test=False,
             eval_subset=self.plan.eval_subset,
+            allow_import=self.allow_import,
+            model_dir=self.model_dir,
         )
         base.update(kw)
         return RunSpec(**base).validate()

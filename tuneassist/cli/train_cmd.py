@@ -148,7 +148,7 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
         batch_size=args.batch_size,
         wd_exclude_bn_bias=args.wd_exclude_bn_bias,
         nesterov=args.nesterov,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer or "sgd",
         seed=args.seed,
         val_fraction=args.val_fraction,
         device=args.device,
@@ -162,10 +162,9 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     if args.wd is not None:
         kw["weight_decay"] = args.wd
     kw.update(over)
-    spec = RunSpec(**kw).validate()
-    if ":" in spec.model and not spec.allow_import:
-        raise UserError(f"--model {spec.model} imports your code; add --allow-import to confirm")
-    return spec
+    from tuneassist.usercode import prepare_spec
+
+    return prepare_spec(RunSpec(**kw).validate())  # a user model: consent, and the folder it is in
 
 
 def _times(devices: int | None) -> str:
@@ -374,6 +373,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "weight_decay",
             "wd_exclude_bn_bias",
             "nesterov",
+            "optimizer",
             "schedule",
             "lr_min",
             "lr_max",
@@ -384,6 +384,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "final_div",
         )
         over = {k: base[k] for k in keep}
+        if args.optimizer is not None:  # given on the command line: it wins over the profile's
+            over.pop("optimizer")
         if args.devices is None:
             args.devices = base["devices"]
         if args.wd is None:

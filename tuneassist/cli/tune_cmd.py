@@ -22,7 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume continues the session.",
     )
     p.add_argument("--data", default="synthetic", help="synthetic, cifar10, cifar100 or folder:PATH")
-    p.add_argument("--model", default="simple3")
+    p.add_argument(
+        "--model",
+        default="simple3",
+        help="simple3, resnet20/32/56/110, densenet40 or module:function (your own net; needs --allow-import)"
+        " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="allow --model module:function to import your module (every run imports it from the folder "
+        "it is found in now)",
+    )
     p.add_argument(
         "--budget",
         choices=("quick", "standard", "paper"),
@@ -167,8 +178,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         name = _profile_name(args, args.data, args.model, args.budget)
         from tuneassist.runs.probe_client import probe_in_subprocess
+        from tuneassist.usercode import consent_error, is_user_model, locate_module
 
-        probe = probe_in_subprocess(args.model, args.data, device="auto", timeout=120)
+        model_dir = None
+        if is_user_model(args.model):  # consent and the module's folder, before the probe imports it
+            from tuneassist.spec import RunSpec
+
+            RunSpec(data=args.data, model=args.model).validate()  # a malformed name: that error first
+            if not args.allow_import:
+                raise consent_error(args.model)
+            model_dir = str(locate_module(args.model)[0])
+        probe = probe_in_subprocess(
+            args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
+            model_dir=model_dir,
+        )  # fmt: skip
         if probe:
             _say(quiet, f"Memory probe: {probe['explanation']}")
         refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
@@ -185,6 +208,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             refine=refine,
             baseline=not args.no_baseline,
+            allow_import=args.allow_import and model_dir is not None,
+            model_dir=model_dir,
             time_s=args.time,
             images_per_s=ips if args.time else None,
         )

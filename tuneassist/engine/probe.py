@@ -63,7 +63,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tuneassist.engine.models import build_model
+from tuneassist.engine.models import _CONSENTED, allow_user_model, build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.train import resolve_device
 from tuneassist.errors import UserError
@@ -205,7 +205,7 @@ class _Stepper:
         self.bf16 = bf16 and self.cuda
         self.fake_above = fake_above
         spec = _probe_spec(model_name, bf16, channels_last)
-        model = build_model(model_name, num_classes, allow_import=spec.allow_import).to(device)
+        model = build_model(model_name, num_classes).to(device)  # a user model: only with allow_user_model
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model.train()
@@ -454,6 +454,14 @@ def _reset_hwm() -> None:
         f.write("5")
 
 
+def _consent_args(model_name: str) -> list[str]:
+    """The measuring child's --allow-import/--model-dir: the consent this process was given, passed on."""
+    if model_name not in _CONSENTED:
+        return []
+    folder = _CONSENTED[model_name]
+    return ["--allow-import", *(["--model-dir", folder] if folder else [])]
+
+
 def _measure_child(
     model_name: str, num_classes: int, image_size: int, batches: list[int], channels_last: bool
 ) -> dict[str, Any]:
@@ -515,6 +523,7 @@ def _measure_peaks(
         "--image-size",
         str(image_size),
         *([] if channels_last else ["--no-channels-last"]),
+        *_consent_args(model_name),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env)
@@ -711,7 +720,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--measure-step", default=None, help=argparse.SUPPRESS)  # batches, e.g. 16,64
+    p.add_argument("--allow-import", action="store_true", help="allow a module:function model to import")
+    p.add_argument("--model-dir", default=None, help="import a module:function model's module from here")
     args = p.parse_args(argv)
+    if args.allow_import:
+        allow_user_model(args.model, args.model_dir)
     try:
         if args.measure_step is not None:  # internal: the CPU probe's measuring process
             batches = [int(b) for b in args.measure_step.split(",")]

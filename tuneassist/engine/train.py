@@ -308,7 +308,8 @@ def train(
     total_steps = spec.steps if spec.steps is not None else max(1, round(spec.epochs * steps_per_epoch))
     channels_last = spec.channels_last  # faster on CUDA and, with oneDNN, on the CPU too
 
-    model = build_model(spec.model, ds.num_classes, allow_import=spec.allow_import).to(device)
+    model = build_model(spec.model, ds.num_classes, allow_import=spec.allow_import, model_dir=spec.model_dir)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, spec)

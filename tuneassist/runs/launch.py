@@ -25,6 +25,7 @@ from tuneassist.hardware import cpu_cores, read_gpus
 from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
 from tuneassist.runs.store import METRIC_FIELDS, Store, check_export_target, checkpoint_problem
 from tuneassist.spec import RunSpec
+from tuneassist.usercode import prepare_spec
 
 GPU_ENV = "TUNEASSIST_VISIBLE_GPUS"  # the GPUs the first launcher saw, passed down to every worker
 _children: list[subprocess.Popen[bytes]] = []  # reaped on the next launch so no zombies pile up
@@ -244,8 +245,12 @@ def check_device(device: str) -> None:
 
 
 def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int | None = None) -> int:
-    """Validate and queue a run, and start it at once if its device has a free slot. Returns its id."""
-    spec.validate()
+    """Validate and queue a run, and start it at once if its device has a free slot. Returns its id.
+
+    A `module:function` model needs the spec's consent (`allow_import`) and is stored with the folder
+    its module is found in from here, so the worker that runs it imports the same file.
+    """
+    spec = prepare_spec(spec.validate())
     check_device(str(spec.device or "auto"))
     candidates, need = slots_for(spec.to_dict())
     if need > len(candidates):

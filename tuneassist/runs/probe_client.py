@@ -24,8 +24,12 @@ log = logging.getLogger("tuneassist.probe")
 REQUIRED_KEYS = ("max_batch", "device", "method", "explanation")
 
 
-def probe_command(model: str, data: str, device: str = "auto") -> list[str]:
-    """The command line that probes `model` on `data` (as a user could run it by hand)."""
+def probe_command(
+    model: str, data: str, device: str = "auto", allow_import: bool = False, model_dir: str | None = None
+) -> list[str]:
+    """The command line that probes `model` on `data` (as a user could run it by hand); a user model's
+    consent and folder are passed on, so the probe imports what the runs will."""
+    consent = ["--allow-import", *(["--model-dir", model_dir] if model_dir else [])] if allow_import else []
     return [
         sys.executable,
         "-m",
@@ -37,11 +41,17 @@ def probe_command(model: str, data: str, device: str = "auto") -> list[str]:
         "--device",
         device,
         "--json",
+        *consent,
     ]
 
 
 def probe_in_subprocess(
-    model: str, data: str, device: str = "auto", timeout: float = 120
+    model: str,
+    data: str,
+    device: str = "auto",
+    timeout: float = 120,
+    allow_import: bool = False,
+    model_dir: str | None = None,
 ) -> dict[str, Any] | None:
     """The probe's result (ProbeResult.to_dict()), or None with the reason logged as a warning.
 
@@ -57,7 +67,7 @@ def probe_in_subprocess(
     env["PYTHONPATH"] = os.pathsep.join(
         [root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     )
-    cmd = probe_command(model, data, device)
+    cmd = probe_command(model, data, device, allow_import, model_dir)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

@@ -17,9 +17,11 @@ from tuneassist.runs.launch import detect_gpus
 from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, parse_duration
 from tuneassist.spec import BUILTIN_MODELS
 from tuneassist.tui.base import LiveScreen, guarded
+from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import fmt_minutes
 from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, TopBar
+from tuneassist.usercode import is_user_model, locate_module
 
 DATA_SUGGESTIONS = ["synthetic", "synthetic:2000", "cifar10", "cifar100", "folder:"]
 BUDGET_HELP = {
@@ -212,6 +214,31 @@ class StartScreen(LiveScreen):
     @guarded
     def action_create(self) -> None:
         f = self._form()
+        if not is_user_model(f["model"]):
+            self._create(f)
+            return
+        # A module:function model runs the user's code in every run: ask first, naming the file.
+        Checklist(data=f["data"], model=f["model"], budget=f["budget"])  # a malformed name: say so first
+        folder, found = locate_module(f["model"])
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._create(f, model_dir=str(folder))
+            else:
+                self.app.notify(f"nothing imported; session not created ({f['model']} needs your consent)")
+
+        self.app.push_screen(
+            ConfirmDialog(
+                "Import your code?",
+                f"Model {f['model']} imports and runs {found} in every run of this session "
+                f"(found in {folder}, which the runs will import it from). Import it?",
+            ),
+            answer,
+        )
+
+    @guarded
+    def _create(self, f: dict[str, Any], model_dir: str | None = None) -> None:
+        """Create the session; `model_dir` set means the user consented to import its model."""
         ips = (
             expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))[0] if f["time_s"] else None
         )
@@ -225,6 +252,8 @@ class StartScreen(LiveScreen):
             train_size=estimate_train_size(f["data"]),
             time_s=f["time_s"],
             images_per_s=ips,
+            allow_import=model_dir is not None,
+            model_dir=model_dir,
         )
         self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
         self.tapp.set_session(session)
