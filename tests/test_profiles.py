@@ -318,48 +318,23 @@ def test_every_shipped_profile_exports_in_every_format() -> None:
         d = json.loads(export_profile(e.profile, "json"))
         assert d["onecycle_lr"]["max_lr"] == e.profile.lr_max
         assert d["onecycle_lr"]["div_factor"] == pytest.approx(e.profile.lr_max / e.profile.lr_min)
-        y = parse_simple_yaml(export_profile(e.profile, "lightning"))
-        assert y["optimizer"]["class_path"] == "torch.optim.SGD"
-        args = y["lr_scheduler"]["init_args"]
-        assert args["max_lr"] == e.profile.lr_max and args["anneal_strategy"] == "linear"
-        assert args["three_phase"] is True and y["trainer"]["max_epochs"] == e.profile.epochs
+        lightning = export_profile(e.profile, "lightning")
+        compile(lightning, f"{e.name}_lightning.py", "exec")
+        assert "self.trainer.estimated_stepping_batches" in lightning and '"interval": "step"' in lightning
+        assert f"MAX_LR = {e.profile.lr_max!r}" in lightning and "three_phase=True" in lightning
+        assert f'TRAINER_KWARGS = {{"max_epochs": {int(e.profile.epochs)}' in lightning
     with pytest.raises(UserError, match="unknown export format"):
         export_profile(short_profile(), "onnx")
 
 
-def test_folder_data_needs_steps_per_epoch() -> None:
+def test_folder_data_takes_its_steps_from_the_loader_or_the_trainer() -> None:
+    """Neither Python export needs the profile to know the data's size: the script reads len(loader),
+    the Lightning mixin the trainer's estimated_stepping_batches."""
     prof = short_profile(data="folder:/data/x", steps_per_epoch=None)
     code = export_profile(prof, "pytorch")
     compile(code, "x.py", "exec")
-    assert "STEPS_PER_EPOCH = None" in code
-    with pytest.raises(UserError, match="steps_per_epoch"):
-        export_profile(prof, "lightning")
-
-
-def parse_simple_yaml(text: str) -> dict:
-    """Enough YAML for the Lightning export: nested mappings of scalars, '#' comments."""
-    root: dict = {}
-    stack = [(-1, root)]
-    for raw in text.splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        indent = len(raw) - len(raw.lstrip())
-        key, _, val = raw.strip().partition(":")
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        val = val.strip()
-        if val == "":
-            parent[key] = {}
-            stack.append((indent, parent[key]))
-        elif val in ("true", "false"):
-            parent[key] = val == "true"
-        else:
-            try:
-                parent[key] = json.loads(val)
-            except json.JSONDecodeError:
-                parent[key] = val  # a plain scalar such as torch.optim.SGD
-    return root
+    assert "STEPS_PER_EPOCH = None" in code and "len(train_loader)" in code
+    compile(export_profile(prof, "lightning"), "x_lightning.py", "exec")
 
 
 def reference_onecycle(prof: Profile, total: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Any
 from tuneassist.errors import UserError
 
 SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # adamw: decoupled weight decay (AdamW)
 BUILTIN_DATA = ("synthetic", "cifar10", "cifar100")
 BUILTIN_MODELS = ("simple3", "resnet20", "resnet32", "resnet56", "resnet110", "densenet40")
 MAX_THREADS = 1024  # torch overflows or crashes asked for far more CPU threads than any machine has

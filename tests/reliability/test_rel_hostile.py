@@ -58,18 +58,6 @@ def _statements(source: str) -> list[tuple[str, ...]]:
     return out
 
 
-def _yaml_keys(text: str) -> list[str]:
-    """Every key line of the YAML (comments left out), indentation kept: its whole structure."""
-    keys = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key, sep, _ = line.partition(":")
-        assert sep, f"not a key: value line: {line!r}"
-        keys.append(key)
-    return keys
-
-
 def test_profile_export_emits_profile_text_only_as_literals(
     tmp_path: Path, ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -80,7 +68,7 @@ def test_profile_export_emits_profile_text_only_as_literals(
         name="n" + evil + yaml_keys,
         description=evil,
         notes=evil,
-        data="folder:" + evil + yaml_keys,
+        data="folder:" + evil + yaml_keys + "end",  # written exactly: no whitespace at its ends
         accuracy={"expected": 92.0, "expected_source": evil + yaml_keys + "\\"},
     )
     benign_path, hostile_path = tmp_path / "benign.toml", tmp_path / "inject.toml"
@@ -95,31 +83,22 @@ def test_profile_export_emits_profile_text_only_as_literals(
             assert code == 0, err
             exports[which, fmt] = out.read_text()
 
-    # The script: the same statements as a benign profile's, the text inside the docstring as data.
-    script = exports["hostile", "pytorch"]
-    assert _statements(script) == _statements(exports["benign", "pytorch"])
-    doc = ast.get_docstring(ast.parse(script), clean=False) or ""
-    assert 'os.system(\\"echo PWNED' not in doc and "os.system(" in doc  # shown, escaped to one line
-    assert "\n" not in doc.split("\n\n")[0] and "\x1b" not in script
-    compile(script, "onecycle.py", "exec")
-    # Running it (imports torch, prints the schedule) writes no marker.
-    run = subprocess.run([sys.executable, str(tmp_path / "hostile.pytorch")], capture_output=True,
-                         text=True, timeout=120, env=subprocess_env())  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    assert not marker.exists(), "the exported script ran the profile's code"
-
-    # The YAML: exactly the benign export's keys, in order; no line break inside any comment or value.
-    yaml_text = exports["hostile", "lightning"]
-    assert _yaml_keys(yaml_text) == _yaml_keys(exports["benign", "lightning"])
-    for bad in ("\r", "\x85", "\u2028", "\u2029"):
-        assert bad not in yaml_text
-    try:
-        import yaml
-    except ImportError:
-        pass
-    else:
-        assert set(yaml.safe_load(yaml_text)) == {"trainer", "optimizer", "lr_scheduler"}
-        assert yaml.safe_load(yaml_text) == yaml.safe_load(exports["benign", "lightning"])
+    # Both exports are Python modules (the script; the LightningModule mixin): the same statements as a
+    # benign profile's, the text inside the docstring as data, and running them writes no marker.
+    for fmt in ("pytorch", "lightning"):
+        script = exports["hostile", fmt]
+        assert _statements(script) == _statements(exports["benign", fmt]), fmt
+        doc = ast.get_docstring(ast.parse(script), clean=False) or ""
+        assert 'os.system(\\"echo PWNED' not in doc and "os.system(" in doc  # shown, escaped to one line
+        assert "\n" not in doc.split("\n\n")[0] and "\x1b" not in script
+        for bad in ("\r", "\x85", "\u2028", "\u2029"):
+            assert bad not in script, (fmt, bad)
+        compile(script, "onecycle.py", "exec")
+        # Running it (imports torch, prints the schedule) writes no marker.
+        run = subprocess.run([sys.executable, str(tmp_path / f"hostile.{fmt}")], capture_output=True,
+                             text=True, timeout=120, env=subprocess_env())  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert not marker.exists(), f"the exported {fmt} module ran the profile's code"
     # JSON: the values come back exactly.
     code, out, _ = run_main(capsys, "profile", "export", str(hostile_path), "--format", "json")
     assert code == 0 and json.loads(out)["accuracy"]["expected_source"] == evil + yaml_keys + "\\"

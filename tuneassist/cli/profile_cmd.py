@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh = ps.add_parser("show", help="a profile's TOML")
     sh.add_argument("name", help="profile name or path to a .toml file")
     sh.set_defaults(func=cmd_show)
-    ex = ps.add_parser("export", help="as a PyTorch snippet, Lightning YAML or JSON")
+    ex = ps.add_parser("export", help="as a PyTorch script, a LightningModule mixin or JSON")
     ex.add_argument("name", help="profile name or path to a .toml file")
     ex.add_argument("--format", choices=("pytorch", "lightning", "json"), default="pytorch")
     ex.add_argument("--output", "-o", default=None, help="write to this file (default: stdout)")

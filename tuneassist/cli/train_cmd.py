@@ -60,7 +60,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wd", type=_float, default=None, help="L2 weight decay")
     p.add_argument("--wd-exclude-bn-bias", action="store_true", help="no weight decay on BN and bias")
     p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam", "adamw"),
+        default=None,
+        help="sgd (the paper's, L2 WD; the default), adam (L2 WD) or adamw (decoupled WD); momentum is "
+        "Adam's beta1",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of train held out (0.1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

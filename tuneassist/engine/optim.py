@@ -1,5 +1,5 @@
-"""The optimiser of the paper: SGD with momentum and L2 weight decay (or Adam), driven per step
-by a schedule through ``set_hyper``."""
+"""The optimiser of the paper: SGD with momentum and L2 weight decay (or Adam, or AdamW with
+decoupled weight decay), driven per step by a schedule through ``set_hyper``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def _fast_impl(params: list[torch.Tensor]) -> dict[str, bool]:
 
 def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov, L2 weight decay as SGD's ``weight_decay``, as in the
-    paper) or Adam (beta1 = momentum, L2 weight decay). Starts at ``spec.lr_max`` and
+    paper), Adam (beta1 = momentum, L2 weight decay) or AdamW (beta1 = momentum, weight decay decoupled
+    from the gradient, as Loshchilov & Hutter: each step shrinks the weights by lr x WD, so its WD values
+    are larger than SGD's, e.g. 1e-2). Starts at ``spec.lr_max`` and
     ``spec.momentum_max``; the training loop sets both every step with ``set_hyper``.
     Build it after moving the model to its device, so that the fused kernels are chosen."""
     groups = param_groups(model, spec.weight_decay, spec.wd_exclude_bn_bias)
@@ -57,7 +59,9 @@ def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
         )
     if spec.optimizer == "adam":
         return torch.optim.Adam(groups, lr=spec.lr_max, betas=(spec.momentum_max, 0.999), **impl)
-    raise UserError(f"unknown optimizer {spec.optimizer!r}; use sgd or adam")
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr_max, betas=(spec.momentum_max, 0.999), **impl)
+    raise UserError(f"unknown optimizer {spec.optimizer!r}; use sgd, adam or adamw")
 
 
 def set_hyper(optimizer: torch.optim.Optimizer, lr: float, momentum: float) -> None:

@@ -1,4 +1,4 @@
-"""Profiles in the forms other tools read: a PyTorch snippet, a LightningCLI config, JSON.
+"""Profiles in the forms other tools read: a PyTorch script, a LightningModule mixin, JSON.
 
 The PyTorch export reproduces tuneassist's 1cycle exactly with `torch.optim.lr_scheduler.OneCycleLR`
 (three_phase=True, anneal_strategy='linear'): the LR rises lr_min -> lr_max over `rise_fraction` of
@@ -14,12 +14,13 @@ import json
 import math
 from typing import Any
 
+from tuneassist.dataref import BUILTIN, after_holdout
 from tuneassist.errors import UserError
 from tuneassist.profiles.schema import Profile
 
 FORMATS = ("pytorch", "lightning", "json")
 # Training images per epoch of the built-in data sets as tuneassist trains them (10% held out).
-TRAIN_IMAGES = {"synthetic": 9000, "cifar10": 45000, "cifar100": 45000}
+TRAIN_IMAGES = {k: after_holdout(f.train) for k, f in BUILTIN.items()}  # after the default 10% hold-out
 
 
 def onecycle_kwargs(profile: Profile, total_steps: int) -> dict[str, Any]:
@@ -110,15 +111,39 @@ def _header_text(profile: Profile) -> str:
 IMPORT_TORCH = "import " + "torch"
 
 
-def export_pytorch(profile: Profile) -> str:
-    """A short runnable script: SGD + OneCycleLR with the profile's schedule (prints it when run)."""
-    spe, origin = steps_per_epoch(profile)
-    origin = one_line(origin)
-    spe_line = (
-        f"STEPS_PER_EPOCH = {_lit(spe)}  # {origin}; use len(train_loader) (drop_last=True) for yours"
-        if spe is not None
-        else f"STEPS_PER_EPOCH = None  # {origin}: set it to len(train_loader) (drop_last=True)"
+# The optimiser each profile names, as template text (the profile's value only picks the entry):
+# the class, its arguments beyond params and lr, and what it is.
+_OPTIMIZERS = {
+    "sgd": ("torch.optim.SGD", "momentum=MOMENTUM_MAX, weight_decay=WEIGHT_DECAY, nesterov=NESTEROV",
+            "SGD: momentum, L2 weight decay, as in the paper"),
+    "adam": ("torch.optim.Adam", "betas=(MOMENTUM_MAX, 0.999), weight_decay=WEIGHT_DECAY",
+             "Adam: beta1 cycles as momentum does, L2 weight decay"),
+    "adamw": ("torch.optim.AdamW", "betas=(MOMENTUM_MAX, 0.999), weight_decay=WEIGHT_DECAY",
+              "AdamW: beta1 cycles as momentum does, decoupled weight decay"),
+}  # fmt: skip
+
+
+def _constants(profile: Profile) -> str:
+    """The profile's numbers as the script's constants, every one a literal."""
+    nesterov = f"NESTEROV = {_lit(profile.nesterov)}\n" if profile.optimizer == "sgd" else ""
+    return (
+        f"MAX_LR = {_lit(profile.lr_max)}\n"
+        f"DIV_FACTOR = {_lit(profile.lr_max / profile.lr_min)}  # first LR = MAX_LR / DIV_FACTOR = lr_min\n"
+        f"FINAL_DIV_FACTOR = {_lit(profile.final_div)}  # last LR = lr_min / FINAL_DIV_FACTOR\n"
+        f"PCT_START = {_lit(profile.rise_fraction)}  # steps rising (as many falling, then anneal)\n"
+        f"MOMENTUM_MAX = {_lit(profile.momentum_max)}\n"
+        f"MOMENTUM_MIN = {_lit(profile.momentum_min)}\n"
+        f"WEIGHT_DECAY = {_lit(profile.weight_decay)}\n"
+        f"{nesterov}"
+        f"BATCH_SIZE = {_lit(profile.batch_size)}  # total over {_lit(profile.devices)} device(s)\n"
+        f"EPOCHS = {_lit(profile.epochs)}\n"
     )
+
+
+def _make_onecycle(profile: Profile) -> str:
+    """`make_onecycle(model, total_steps)`: the profile's optimiser and OneCycleLR, shared by both
+    Python exports so that the two never disagree on the schedule."""
+    cls, args, what = _OPTIMIZERS[profile.optimizer]
     params = (
         "    decay = [p for p in model.parameters() if p.ndim > 1]\n"
         "    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN weights and biases\n"
@@ -129,112 +154,127 @@ def export_pytorch(profile: Profile) -> str:
         if profile.wd_exclude_bn_bias
         else "    params = model.parameters()\n"
     )
+    return (
+        "def make_onecycle(model, total_steps):\n"
+        f'    """The optimizer ({what}) and its OneCycleLR over `total_steps` steps."""\n'
+        f"{params}"
+        f"    optimizer = {cls}(\n        params, lr=MAX_LR / DIV_FACTOR, {args}\n    )\n"
+        "    scheduler = torch.optim.lr_scheduler.OneCycleLR(\n"
+        "        optimizer,\n"
+        "        max_lr=MAX_LR,\n"
+        "        total_steps=int(total_steps),\n"
+        "        pct_start=PCT_START,\n"
+        '        anneal_strategy="linear",\n'
+        "        cycle_momentum=True,\n"
+        "        base_momentum=MOMENTUM_MIN,\n"
+        "        max_momentum=MOMENTUM_MAX,\n"
+        "        div_factor=DIV_FACTOR,\n"
+        "        final_div_factor=FINAL_DIV_FACTOR,\n"
+        "        three_phase=True,\n"
+        "    )\n"
+        "    return optimizer, scheduler\n"
+    )
+
+
+def _demo(profile: Profile, make: str) -> str:
+    """The `__main__` block: print the schedule for a stand-in model (`make` builds the pair)."""
+    momentum = "group['momentum']" if profile.optimizer == "sgd" else "group['betas'][0]"
+    return (
+        'if __name__ == "__main__":\n'
+        f"    model = torch.nn.Linear(1, 1)  # stand-in: use your {one_line(profile.model)}\n"
+        f"    optimizer, scheduler = {make}\n"
+        "    total = scheduler.total_steps\n"
+        "    for step in range(total):\n"
+        "        if step % max(1, total // 10) == 0 or step == total - 1:\n"
+        "            group = optimizer.param_groups[0]\n"
+        f"            print(f\"step {{step:6d}}  lr {{group['lr']:.5g}}  momentum {{{momentum}:.4g}}\")\n"
+        "        optimizer.step()\n"
+        "        scheduler.step()\n"
+    )
+
+
+def export_pytorch(profile: Profile) -> str:
+    """A short runnable script: the profile's optimiser + OneCycleLR, its length from your loader."""
+    spe, origin = steps_per_epoch(profile)
+    origin = one_line(origin)
+    spe_line = (
+        f"STEPS_PER_EPOCH = {_lit(spe)}  # {origin}; for the demo below: make_optimizer reads your loader"
+        if spe is not None
+        else f"STEPS_PER_EPOCH = None  # {origin}: the demo below uses 100; make_optimizer reads your loader"
+    )
     # Every value from the profile enters the script as a literal: numbers through repr() of a float,
     # int or bool, text only inside the (escaped) docstring or a one-line comment.
     return f'''"""{_docstring_body(_header(profile))}
 
-Reproduces the profile's 1cycle schedule with torch.optim.SGD and OneCycleLR. Call scheduler.step()
-after every optimizer.step() (once per batch, not per epoch). Run this file to print the schedule.
+Reproduces the profile's 1cycle schedule with {_OPTIMIZERS[profile.optimizer][0]} and OneCycleLR:
+optimizer, scheduler = make_optimizer(model, train_loader); call scheduler.step() after every
+optimizer.step() (once per batch, not per epoch). Run this file to print the schedule.
 """
 
 {IMPORT_TORCH}
 
-MAX_LR = {_lit(profile.lr_max)}
-DIV_FACTOR = {_lit(profile.lr_max / profile.lr_min)}  # first LR = MAX_LR / DIV_FACTOR = lr_min
-FINAL_DIV_FACTOR = {_lit(profile.final_div)}  # last LR = lr_min / FINAL_DIV_FACTOR
-PCT_START = {_lit(profile.rise_fraction)}  # fraction of the steps rising (as many falling, then anneal)
-MOMENTUM_MAX = {_lit(profile.momentum_max)}
-MOMENTUM_MIN = {_lit(profile.momentum_min)}
-WEIGHT_DECAY = {_lit(profile.weight_decay)}
-NESTEROV = {_lit(profile.nesterov)}
-BATCH_SIZE = {_lit(profile.batch_size)}  # total over {_lit(profile.devices)} device(s)
-EPOCHS = {_lit(profile.epochs)}
-{spe_line}
+{_constants(profile)}{spe_line}
 
 
-def make_optimizer(model, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS):
-    """SGD and its OneCycleLR scheduler for `model`."""
-    if steps_per_epoch is None:
-        raise ValueError("pass steps_per_epoch=len(train_loader)")
-{params}    optimizer = torch.optim.SGD(
-        params, lr=MAX_LR / DIV_FACTOR, momentum=MOMENTUM_MAX, weight_decay=WEIGHT_DECAY, nesterov=NESTEROV
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=MAX_LR,
-        total_steps=max(1, round(epochs * steps_per_epoch)),
-        pct_start=PCT_START,
-        anneal_strategy="linear",
-        cycle_momentum=True,
-        base_momentum=MOMENTUM_MIN,
-        max_momentum=MOMENTUM_MAX,
-        div_factor=DIV_FACTOR,
-        final_div_factor=FINAL_DIV_FACTOR,
-        three_phase=True,
-    )
-    return optimizer, scheduler
+{_make_onecycle(profile)}
+
+def make_optimizer(model, train_loader, epochs=EPOCHS, accumulation_steps=1):
+    """The optimizer and its OneCycleLR for `model`, as long as `epochs` of `train_loader`.
+
+    The steps per epoch are your loader's: len(train_loader) batches (or pass that number), divided
+    by `accumulation_steps` when you step the optimizer once per several batches.
+    """
+    batches = train_loader if isinstance(train_loader, int) else len(train_loader)
+    steps_per_epoch = max(1, batches // accumulation_steps)
+    return make_onecycle(model, max(1, round(epochs * steps_per_epoch)))
 
 
-if __name__ == "__main__":
-    model = torch.nn.Linear(1, 1)  # stand-in: use your {one_line(profile.model)}
-    optimizer, scheduler = make_optimizer(model, STEPS_PER_EPOCH or 100)
-    total = scheduler.total_steps
-    for step in range(total):
-        if step % max(1, total // 10) == 0 or step == total - 1:
-            group = optimizer.param_groups[0]
-            print(f"step {{step:6d}}  lr {{group['lr']:.5g}}  momentum {{group['momentum']:.4g}}")
-        optimizer.step()
-        scheduler.step()
-'''
-
-
-def _yaml_scalar(v: Any) -> str:
-    """A YAML scalar: true/false, a number, else a JSON string (JSON is YAML; ASCII-only, so no line
-    break of any kind, not even U+2028, can end the value)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float) and math.isfinite(v):
-        return repr(v)
-    return json.dumps(str(v), ensure_ascii=True)
+{_demo(profile, "make_optimizer(model, STEPS_PER_EPOCH or 100)")}'''
 
 
 def export_lightning(profile: Profile) -> str:
-    """A LightningCLI config (optimizer + lr_scheduler + trainer) reproducing the schedule."""
-    spe, origin = steps_per_epoch(profile)
-    if spe is None:
-        raise UserError(
-            f"profile {profile.name!r}: steps per epoch unknown for data {profile.data!r}; add "
-            "steps_per_epoch = N under [schedule] (N = len(train_loader)) and export again"
-        )
-    steps = total_steps(profile, spe)
-    sched = onecycle_kwargs(profile, steps)
-    lines = [
-        f"# {_header(profile)}",
-        f"# total_steps = {profile.epochs:g} epochs x {spe} steps per epoch ({one_line(origin)}).",
-        "# LightningCLI steps a scheduler once per *epoch* by default; 1cycle must step every batch.",
-        "# Return it with interval 'step': subclass LightningCLI and override",
-        "#   configure_optimizers(lightning_module, optimizer, lr_scheduler) to return",
-        '#   {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}',
-        "trainer:",
-        f"  max_epochs: {_yaml_scalar(profile.epochs)}",
-        f"  devices: {_yaml_scalar(int(profile.devices))}",
-        "optimizer:",
-        "  class_path: torch.optim.SGD",
-        "  init_args:",
-        f"    lr: {_yaml_scalar(profile.lr_min)}",
-        f"    momentum: {_yaml_scalar(profile.momentum_max)}",
-        f"    weight_decay: {_yaml_scalar(profile.weight_decay)}",
-        f"    nesterov: {_yaml_scalar(profile.nesterov)}",
-        "lr_scheduler:",
-        "  class_path: torch.optim.lr_scheduler.OneCycleLR",
-        "  init_args:",
-    ]
-    lines += [f"    {k}: {_yaml_scalar(v)}" for k, v in sched.items()]
+    """A LightningModule mixin whose configure_optimizers returns the profile's optimiser with 1cycle
+    over the trainer's `estimated_stepping_batches`, stepped every batch (interval "step"): the length
+    comes from the trainer (its epochs, the DataModule's batches, gradient accumulation, devices), so a
+    DataModule of any size trains to the schedule's end and never past it."""
+    epochs = profile.epochs
+    whole = float(epochs).is_integer()
+    max_epochs = int(epochs) if whole else math.ceil(epochs)
+    rounded = "" if whole else "  # the profile's epochs, rounded up: Lightning counts whole epochs"
     per_device = profile.batch_size // profile.devices
-    lines.append(
-        f"# Batch size per device for your DataModule: {_lit(per_device)} (TBS {_lit(profile.batch_size)})."
-    )
-    return "\n".join(lines) + "\n"
+    trainer = f'{{"max_epochs": {_lit(max_epochs)}, "devices": {_lit(int(profile.devices))}}}'
+    return f'''"""{_docstring_body(_header(profile))}
+
+1cycle for your LightningModule, with {_OPTIMIZERS[profile.optimizer][0]} and OneCycleLR: put
+OneCycleMixin first in its bases (class Net(OneCycleMixin, LightningModule)), or copy its
+configure_optimizers, and train with Trainer(**TRAINER_KWARGS) and a DataModule whose batch size is
+BATCH_SIZE_PER_DEVICE. The schedule lasts trainer.estimated_stepping_batches steps (epochs x batches
+per epoch / accumulate_grad_batches, across devices) and steps every batch (interval "step").
+Run this file to print the schedule for 100 steps.
+"""
+
+import math
+
+{IMPORT_TORCH}
+
+{_constants(profile)}BATCH_SIZE_PER_DEVICE = {_lit(per_device)}
+TRAINER_KWARGS = {trainer}{rounded}
+
+
+{_make_onecycle(profile)}
+
+class OneCycleMixin:
+    """configure_optimizers for a LightningModule: the profile's optimizer and 1cycle, per batch."""
+
+    def configure_optimizers(self):
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("1cycle needs the run's length: give the Trainer max_epochs or max_steps")
+        optimizer, scheduler = make_onecycle(self, max(1, int(total_steps)))
+        return {{"optimizer": optimizer, "lr_scheduler": {{"scheduler": scheduler, "interval": "step"}}}}
+
+
+{_demo(profile, "make_onecycle(model, 100)")}'''
 
 
 def export_json(profile: Profile) -> str:
@@ -258,4 +298,4 @@ def export_profile(profile: Profile, fmt: str) -> str:
     raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-EXTENSIONS = {"pytorch": ".py", "lightning": ".yaml", "json": ".json"}
+EXTENSIONS = {"pytorch": ".py", "lightning": ".py", "json": ".json"}

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import tuneassist
 from tuneassist.errors import UserError
-from tuneassist.spec import BUILTIN_DATA, BUILTIN_MODELS, RunSpec
+from tuneassist.spec import BUILTIN_DATA, BUILTIN_MODELS, OPTIMIZERS, RunSpec
 
 if TYPE_CHECKING:
     from tuneassist.advisor.checklist import Checklist
@@ -77,6 +77,7 @@ TOP_KEYS: dict[str, tuple[str, str]] = {
     "momentum_min": ("a number in [0, 1)", "momentum_min = 0.85"),
     "weight_decay": ("0 or a positive number", "weight_decay = 1e-4"),
     "nesterov": ("true or false", "nesterov = false"),
+    "optimizer": ("one of: " + ", ".join(OPTIMIZERS), 'optimizer = "sgd"'),
     "wd_exclude_bn_bias": ("true or false", "wd_exclude_bn_bias = false"),
     "notes": ("a string", 'notes = "..."'),
 }
@@ -149,6 +150,8 @@ class Profile:
     description: str = ""
     notes: str = ""
     nesterov: bool = False
+    # sgd (the paper's: momentum, L2 WD), adam (beta1 = momentum, L2 WD), adamw (decoupled WD)
+    optimizer: str = "sgd"
     wd_exclude_bn_bias: bool = False
     schedule: str = "onecycle"
     rise_fraction: float = 0.45
@@ -187,6 +190,8 @@ class Profile:
         )
         if self.nesterov:
             d["nesterov"] = True
+        if self.optimizer != "sgd":
+            d["optimizer"] = self.optimizer
         if self.wd_exclude_bn_bias:
             d["wd_exclude_bn_bias"] = True
         if self.notes:
@@ -327,6 +332,7 @@ TOP_TYPES = {
     "momentum_min": "num",
     "weight_decay": "num",
     "nesterov": "bool",
+    "optimizer": "str",
     "wd_exclude_bn_bias": "bool",
     "notes": "str",
 }
@@ -430,6 +436,14 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
         raise UserError(
             f"{where}: weight_decay is {raw['weight_decay']}; use 0 or a positive value like 1e-4"
         )
+    optimizer = raw.get("optimizer", "sgd")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(
+            f"{where}: optimizer {optimizer!r} is not supported; use one of {', '.join(OPTIMIZERS)}, "
+            'e.g. optimizer = "sgd"'
+        )
+    if optimizer != "sgd" and raw.get("nesterov", False):
+        raise UserError(f'{where}: nesterov applies to SGD only; remove it or use optimizer = "sgd"')
 
     tabs: dict[str, dict[str, Any]] = {}
     for t, keys in TABLE_KEYS.items():
@@ -508,6 +522,7 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
         description=raw.get("description", ""),
         notes=raw.get("notes", ""),
         nesterov=raw.get("nesterov", False),
+        optimizer=optimizer,
         wd_exclude_bn_bias=raw.get("wd_exclude_bn_bias", False),
         schedule=kind,
         rise_fraction=float(rise),
@@ -728,6 +743,7 @@ def profile_to_runspec(profile: Profile, *, allow_import: bool = False, **overri
         weight_decay=profile.weight_decay,
         wd_exclude_bn_bias=profile.wd_exclude_bn_bias,
         nesterov=profile.nesterov,
+        optimizer=profile.optimizer,
         epochs=float(profile.epochs),
         batch_size=profile.batch_size,
         devices=profile.devices,
@@ -775,6 +791,7 @@ def profile_from_runspec(
         devices=spec.devices,
         description=description,
         nesterov=spec.nesterov,
+        optimizer=spec.optimizer,
         wd_exclude_bn_bias=spec.wd_exclude_bn_bias,
         rise_fraction=spec.rise_fraction,
         final_div=spec.final_div,

@@ -32,8 +32,8 @@ from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, TopBar
 
 FORMAT_LABELS = {
-    "pytorch": "PyTorch snippet (SGD + OneCycleLR), .py",
-    "lightning": "Lightning CLI config, .yaml",
+    "pytorch": "PyTorch script (optimizer + OneCycleLR), .py",
+    "lightning": "LightningModule mixin (configure_optimizers), .py",
     "json": "JSON, .json",
 }
 
