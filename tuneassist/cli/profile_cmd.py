@@ -21,14 +21,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="list, show and export hyperparameter profiles")
     ps = p.add_subparsers(dest="profile_command", metavar="ACTION", parser_class=type(p))
     ls = ps.add_parser("list", help="shipped and saved profiles")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--json", action="store_true", help="print every profile, with its file and errors, as JSON"
+    )
     ls.set_defaults(func=cmd_list)
     sh = ps.add_parser("show", help="a profile's TOML")
     sh.add_argument("name", help="profile name or path to a .toml file")
+    sh.add_argument("--json", action="store_true", help="print the profile's values and its file as JSON")
     sh.set_defaults(func=cmd_show)
     ex = ps.add_parser("export", help="as a PyTorch script, a LightningModule mixin or JSON")
     ex.add_argument("name", help="profile name or path to a .toml file")
-    ex.add_argument("--format", choices=("pytorch", "lightning", "json"), default="pytorch")
+    ex.add_argument(
+        "--format",
+        choices=("pytorch", "lightning", "json"),
+        default="pytorch",
+        help="a PyTorch snippet, Lightning YAML or JSON (default: pytorch)",
+    )
     ex.add_argument("--output", "-o", default=None, help="write to this file (default: stdout)")
     ex.set_defaults(func=cmd_export)
     p.set_defaults(func=cmd_list, json=False)
@@ -84,6 +92,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     from tuneassist.profiles import find_profile
 
     p = find_profile(args.name, profile_dirs(getattr(args, "workspace", None)))
+    if getattr(args, "json", False):
+        out = {
+            "name": p.name,
+            "path": None if p.path is None else str(p.path),
+            "needs_import": p.needs_import,
+            "profile": json.loads(_export(p, "json")),
+        }
+        print(json.dumps(out))
+        return 0
     if p.path is not None:
         print(f"# {printable(p.path)}")
         from tuneassist.profiles.schema import read_profile_text

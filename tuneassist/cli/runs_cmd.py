@@ -374,6 +374,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     status = cancel_run(store, args.run_id, wait=0 if args.no_wait else args.timeout)
     run = store.get_run(args.run_id)
     flag = _ws_flag(args)
+    if getattr(args, "json", False):
+        print(json.dumps({"id": args.run_id, "status": run["status"], "stopping": status == "running",
+                          "error": run.get("error")}))  # fmt: skip
+        return 0
     if status == "running":
         print(
             f"cancel requested: run {args.run_id} stops at its next check and keeps its metrics "
@@ -388,6 +392,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     store = open_store(args)
     res = resume_run(store, args.run_id, from_start=args.from_start)
     flag = _ws_flag(args)
+    if getattr(args, "json", False):
+        print(json.dumps({"id": args.run_id, "status": res["status"], "from_step": res.get("from_step"),
+                          "checkpoint": bool(res.get("checkpoint"))}))  # fmt: skip
+        return 0
     where = (
         f"from its checkpoint at step {res['from_step']}"
         if res["checkpoint"]
@@ -455,32 +463,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
 
     w = sub.add_parser("watch", help="follow a run live; Ctrl-C stops watching, never the run")
-    w.add_argument("run_id", type=_run_id, metavar="ID")
+    w.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
     w.add_argument("--interval", type=_positive, default=1.0, help="seconds between redraws (1)")
     w.add_argument("--no-plot", action="store_true", help="progress lines only, no terminal plot")
     _add_workspace(w)
     w.set_defaults(func=cmd_watch)
 
     c = sub.add_parser("cancel", help="stop a run gracefully (metrics and a checkpoint are kept)")
-    c.add_argument("run_id", type=_run_id, metavar="ID")
+    c.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
     c.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for it to stop")
     c.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)")
+    c.add_argument("--json", action="store_true", help="print the run's id and status as JSON")
     _add_workspace(c)
     c.set_defaults(func=cmd_cancel)
 
     r = sub.add_parser("resume", help="continue a lost or cancelled run from its last checkpoint")
-    r.add_argument("run_id", type=_run_id, metavar="ID")
+    r.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
     r.add_argument(
         "--from-start",
         action="store_true",
         help="train from step 0, setting the checkpoint aside (when it is damaged or untrusted)",
     )
+    r.add_argument("--json", action="store_true", help="print the run's id, status and start step as JSON")
     _add_workspace(r)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("export", help="write a run's metrics as CSV or JSON lines")
-    e.add_argument("run_id", type=_run_id, metavar="ID")
-    e.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    e.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
+    e.add_argument(
+        "--format", choices=("csv", "jsonl"), required=True, help="csv or jsonl (one row per line)"
+    )
     e.add_argument("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)")
     _add_workspace(e)
     e.set_defaults(func=cmd_export)

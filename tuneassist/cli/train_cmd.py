@@ -59,7 +59,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_posint, default=128, help="total batch size (default 128)")
     p.add_argument("--wd", type=_float, default=None, help="L2 weight decay")
     p.add_argument("--wd-exclude-bn-bias", action="store_true", help="no weight decay on BN and bias")
-    p.add_argument("--nesterov", action="store_true")
+    p.add_argument(
+        "--nesterov", action="store_true", help="Nesterov momentum (default: off, plain SGD momentum)"
+    )
     p.add_argument(
         "--optimizer",
         choices=("sgd", "adam", "adamw"),
@@ -67,9 +69,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="sgd (the paper's, L2 WD; the default), adam (L2 WD) or adamw (decoupled WD); momentum is "
         "Adam's beta1",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches (default 0)")
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of train held out (0.1)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (a GPU when torch can use one), cpu, cuda or cuda:N (auto)"
+    )
     p.add_argument(
         "--devices",
         type=_posint,
@@ -119,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="steps between validation-loss readings (default: steps/25)",
     )
-    lf.add_argument("--eval-subset", type=_posint, default=1000, help="val images per reading")
+    lf.add_argument("--eval-subset", type=_posint, default=1000, help="val images per reading (1000)")
     lf.set_defaults(func=cmd_lr_find)
 
     tr = sub.add_parser(
@@ -129,10 +133,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(tr)
     tr.add_argument("--profile", default=None, help="re-run a saved profile (TOML file or name)")
-    tr.add_argument("--schedule", choices=("onecycle", "constant", "step"), default=None)
+    tr.add_argument(
+        "--schedule",
+        choices=("onecycle", "constant", "step"),
+        default=None,
+        help="LR schedule (default: onecycle, or the profile's)",
+    )
     tr.add_argument("--lr", type=_range, default=None, help="LR min:max for 1cycle, or one value")
     tr.add_argument("--momentum", type=_range, default=None, help="momentum high:low, or one value")
-    tr.add_argument("--epochs", type=_float, default=None)
+    tr.add_argument(
+        "--epochs", type=_float, default=None, help="epochs to train (default 3, or the profile's)"
+    )
     tr.add_argument("--steps", type=_posint, default=None, help="total steps (overrides epochs)")
     tr.add_argument("--rise-fraction", type=_float, default=None, help="1cycle share rising (0.45)")
     tr.add_argument(

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prints how it compares. Ctrl-C stops waiting, never the runs; "
         "--resume continues the session.",
     )
-    p.add_argument("--data", default="synthetic", help="synthetic, cifar10, cifar100 or folder:PATH")
+    p.add_argument(
+        "--data", default="synthetic", help="synthetic, cifar10, cifar100 or folder:PATH (default: synthetic)"
+    )
     p.add_argument(
         "--model",
         default="simple3",
@@ -40,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="quick",
         help="how long each experiment trains (quick: minutes on a CPU)",
     )
-    p.add_argument("--devices", type=int, default=1, help="devices per run (TBS = per-device batch x N)")
+    p.add_argument(
+        "--devices", type=int, default=1, help="devices per run (TBS = per-device batch x N; default 1)"
+    )
     p.add_argument(
         "--batch-size",
         type=int,

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -152,8 +153,84 @@ def _start_detached(store: Store, args: list[str], log: Path, env: dict[str, str
     return proc
 
 
+LOGIND_CONF = (
+    Path("/usr/lib/systemd/logind.conf.d"),  # drop-ins, lowest priority first; then the main file and
+    Path("/etc/systemd/logind.conf"),  # the admin's drop-ins, which override it (systemd's order)
+    Path("/run/systemd/logind.conf.d"),
+    Path("/etc/systemd/logind.conf.d"),
+)
+LINGER_DIR = Path("/var/lib/systemd/linger")
+_logout_warned = False
+
+
+def _logind_settings(conf: tuple[Path, ...]) -> dict[str, tuple[str, Path]]:
+    """logind's [Login] settings as its files set them (the last file read wins), each with its file."""
+    out: dict[str, tuple[str, Path]] = {}
+    files: list[Path] = []
+    for p in conf:
+        if p.is_dir():
+            files += sorted(p.glob("*.conf"))
+        elif p.is_file():
+            files.append(p)
+    for f in files:
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        section = ""
+        for raw in text.splitlines():
+            line = raw.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1].strip()
+            elif section == "Login" and "=" in line and not line.startswith(("#", ";")):
+                key, _, value = line.partition("=")
+                out[key.strip()] = (value.strip(), f)
+    return out
+
+
+def logout_kills_workers(
+    user: str | None = None, conf: tuple[Path, ...] | None = None, linger_dir: Path | None = None
+) -> str | None:
+    """One line saying that logind will kill detached workers when this user logs out, with the fix;
+    None when it will not (KillUserProcesses off, as systemd's default; the user excluded, as root is
+    by default; or the user lingers). Paths injectable for tests."""
+    settings = _logind_settings(LOGIND_CONF if conf is None else conf)
+    linger_dir = LINGER_DIR if linger_dir is None else linger_dir
+    kill, where = settings.get("KillUserProcesses", ("no", None))
+    if kill.lower() not in ("yes", "true", "1", "on"):
+        return None
+    if user is None:
+        import getpass
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            return None
+    only = settings.get("KillOnlyUsers", ("", None))[0].split()
+    exclude = settings.get("KillExcludeUsers", ("root", None))[0].split()
+    if user in exclude or (only and user not in only) or (linger_dir / user).exists():
+        return None
+    return (
+        f"logind kills your processes at logout (KillUserProcesses=yes in {where}) and user {user} does not "
+        "linger: background runs will die when this SSH session ends; keep them running with: "
+        f"loginctl enable-linger {user}"
+    )
+
+
+def warn_if_logout_kills_workers() -> None:
+    """The logind warning, once per process, at the first detached worker's launch."""
+    global _logout_warned
+    if _logout_warned:
+        return
+    _logout_warned = True
+    msg = logout_kills_workers()
+    if msg:
+        warnings.warn(msg, stacklevel=3)
+
+
 def spawn_worker(store: Store, run_id: int, attempt: int) -> int:
     """Start the detached worker for a claimed run; returns its pid (the run is marked failed on error)."""
+    warn_if_logout_kills_workers()
     log = store.run_dir(run_id) / "worker.log"
     try:
         proc = _start_detached(store, ["--run", str(run_id)], log, _worker_env(store))

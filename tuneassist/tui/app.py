@@ -90,8 +90,19 @@ class TuneApp(App[None]):
                 severity="warning",
                 timeout=30,
             )
+        self._warn_logout()
         self.poll_now()
         self.set_interval(self.poll_seconds, self.poll_now)
+
+    def _warn_logout(self) -> None:
+        """Where logind kills a user's processes at logout, say so once, as a toast (a warning printed
+        to stderr would tear the screen); the launcher then stays quiet in this process."""
+        from tuneassist.runs import launch
+
+        launch._logout_warned = True
+        msg = launch.logout_kills_workers()
+        if msg:
+            self.notify(msg, severity="warning", timeout=30)
 
     def poll_now(self) -> None:
         """Read the store, toast runs that ended, and refresh the visible screen (never raises)."""
