@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import run_main
 
 from tuneassist.cli.main import main
 
@@ -23,15 +24,6 @@ def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         env={**ENV, **os.environ},
     )
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_does_not_import_torch() -> None:
@@ -191,7 +183,6 @@ def test_train_from_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tune_rejects_a_bad_time_budget_in_one_line(capsys) -> None:
-    from tuneassist.cli.main import main
     from tuneassist.session import parse_duration
 
     assert (parse_duration("20m"), parse_duration("90s"), parse_duration("1.5h"), parse_duration("2")) == (

@@ -8,23 +8,22 @@ and the BatchNorm model's tolerance are marked slow.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import ROOT, ddp_pids
+from testkit import wait_for as _wait
 
 from tuneassist.errors import UserError
 from tuneassist.runs.store import Store
 from tuneassist.spec import RunSpec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # A conv net without BatchNorm: with the same total batch, DDP must reproduce the one-process run
 # up to float summation order (per-rank BN statistics are the only intended difference).
@@ -123,54 +122,11 @@ def test_small_candidates_pack_onto_gpus_and_others_get_a_gpu_alone(
 
 # ----------------------------------------------------------------------------- through the worker
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A workspace whose workers (and their torchrun children) are killed if a test fails."""
+def ws(ws: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared workspace (its workers and their torchrun children are killed at the end), with a
+    longer heartbeat timeout: rank processes load torch before the first beat."""
     monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "5")
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_INTERVAL", "0.5")
-    monkeypatch.delenv("TUNEASSIST_MAX_PER_DEVICE", raising=False)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    )
-    path = tmp_path / "ws"
-    yield path
-    if (path / "tuneassist.db").exists():
-        with Store(path) as store:
-            for run in store.list_runs(status="running", refresh=False):
-                for pid in [run["pid"], *_ddp_pids(run["pid"])]:
-                    if pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-
-
-def _ddp_pids(worker_pid: int | None) -> list[int]:
-    """Live torchrun and rank processes started for the worker `worker_pid` (they carry --parent-pid)."""
-    if not worker_pid:
-        return []
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"tuneassist.engine.distributed" in cmd and str(worker_pid).encode() in cmd and state != "Z":
-            found.append(int(proc.name))
-    return found
-
-
-def _wait(cond: Callable[[], Any], timeout: float, what: str, store: Store) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    logs = "".join(
-        f"\n--- {p}\n{p.read_text()[-4000:]}" for p in (store.workspace / "runs").glob("*/worker.log")
-    )
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{logs}")
+    return ws
 
 
 def _launch(ws: Path, spec: RunSpec) -> tuple[Store, int]:
@@ -208,7 +164,7 @@ def test_background_two_device_run_reproduces_one_process_and_stores_one_curve(w
     assert log.count("start: {") == 1 and log.count("eval after step") == 4, log
     assert log.count("checkpoint at step") == 4, log
     assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 28 and run["checkpoint_step"] == 28
-    assert not _ddp_pids(run["pid"])
+    assert not ddp_pids(run["pid"])
 
 
 @pytest.mark.slow
@@ -221,13 +177,13 @@ def test_cancelled_two_device_run_checkpoints_stops_every_rank_and_resumes(ws: P
     store, run_id = _launch(ws, spec)
     _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
     worker = store.get_run(run_id)["pid"]
-    assert len(_ddp_pids(worker)) == 3  # torchrun's agent and two ranks
+    assert len(ddp_pids(worker)) == 3  # torchrun's agent and two ranks
     cancel_run(store, run_id)
     _wait(lambda: store.get_run(run_id)["status"] == "cancelled", 60, "the cancel", store)
     run = store.get_run(run_id)
     stopped_at = run["outcome"]["step"]
     assert run["checkpoint_step"] == stopped_at < 15 * spe
-    _wait(lambda: not _ddp_pids(worker), 30, "the ranks to exit", store)
+    _wait(lambda: not ddp_pids(worker), 30, "the ranks to exit", store)
     assert [r["step"] for r in store.metrics(run_id)] == list(range(stopped_at))
     resume_run(store, run_id)
     _wait(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 120, "the resumed run", store)
@@ -278,9 +234,9 @@ def test_ranks_of_a_killed_worker_exit(ws: Path) -> None:
     store, run_id = _launch(ws, spec)
     _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
     worker = store.get_run(run_id)["pid"]
-    assert len(_ddp_pids(worker)) == 3
+    assert len(ddp_pids(worker)) == 3
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
-    _wait(lambda: not _ddp_pids(worker), 15, "the ranks to notice", store)
+    _wait(lambda: not ddp_pids(worker), 15, "the ranks to notice", store)
     assert time.monotonic() - killed < 5
     _wait(lambda: store.get_run(run_id)["status"] == "lost", 15, "the run to be lost", store)

@@ -105,11 +105,29 @@ def test_densenet_buffer_matches_concatenation(monkeypatch: pytest.MonkeyPatch) 
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_eval_mode_is_deterministic() -> None:
-    model = build_model("densenet40", 10).eval()
-    x = torch.randn(2, 3, 32, 32)
+@pytest.mark.parametrize("name", ["densenet40", "resnet20"])
+def test_eval_mode_is_deterministic(name: str) -> None:
+    """In eval mode BatchNorm uses its running statistics: an image's output does not depend on the
+    rest of its batch, and a forward pass leaves the statistics as they were. In train mode both fail
+    (checked too, so the test could tell the two modes apart)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(name, 10)
+    x = torch.randn(4, 3, 32, 32) * 2 + 1  # far from the initial running stats (mean 0, var 1)
     with torch.no_grad():
+        model.train()(x)  # move the running stats away from their initial values
+        trained = copy.deepcopy(model)
+        buffers = [b.clone() for b in model.buffers()]
+        model.eval()
         torch.testing.assert_close(model(x), model(x))
+        together, alone = model(x)[:1], model(x[:1])
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+        for b, before in zip(model.buffers(), buffers, strict=True):
+            torch.testing.assert_close(b, before, rtol=0, atol=0)
+        t_together, t_alone = trained(x)[:1], trained(x[:2])[:1]
+        assert not torch.allclose(t_together, t_alone, rtol=1e-4, atol=1e-5)
+        assert any(not torch.equal(b, before) for b, before in zip(trained.buffers(), buffers, strict=True))
 
 
 def test_unknown_model_lists_names() -> None:

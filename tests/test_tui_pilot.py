@@ -11,13 +11,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A workspace for real workers (they inherit this environment); none outlives the test."""
-    path = tmp_path / "ws"
-    monkeypatch.setenv("TUNEASSIST_HOME", str(path))
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_INTERVAL", "0.5")
+def ws(ws: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared workspace for real workers (none outlives the test); a worker counts as lost only
+    after 20 s without a heartbeat, and colours are on."""
     monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "20")
-    monkeypatch.delenv("TUNEASSIST_MAX_PER_DEVICE", raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)
-    yield path
-    if (path / "tuneassist.db").exists():
-        with Store(path) as store:
-            for run in store.list_runs(status="running", refresh=False):
-                if run["pid"]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(run["pid"], signal.SIGKILL)
+    return ws
 
 
 def _plot_points(app: TuneApp) -> int:

@@ -7,7 +7,6 @@ of it the workers importing torch.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,63 +15,26 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import SPE, tiny_spec
+from testkit import wait_for as _wait
 
 from tuneassist.runs.store import Store
-from tuneassist.spec import RunSpec
-
-ROOT = Path(__file__).resolve().parents[1]
-SPE = 8  # steps per epoch of synthetic:300: 270 train images (10% go to validation) // 32
 
 
 def _spec(**over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(
-        data="synthetic:300", model="simple3", batch_size=32, epochs=3, device="cpu", num_threads=1,
-        schedule="onecycle", lr_min=0.005, lr_max=0.05, checkpoint_every=1, sync_every=4,
-    )  # fmt: skip
-    kw.update(over)
-    return RunSpec(**kw).validate().to_dict()
+    """The shared tiny run, three epochs long."""
+    return tiny_spec(**{"epochs": 3, **over})
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Environment for launchers (workers inherit it): a short heartbeat timeout, the repo importable."""
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "3")
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_INTERVAL", "0.5")
-    monkeypatch.delenv("TUNEASSIST_MAX_PER_DEVICE", raising=False)
-    monkeypatch.setenv("TUNEASSIST_HOME", str(tmp_path / "ws"))
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [e.get("PYTHONPATH")])])
-    yield e
-    # Never leave a worker behind (a failed test could otherwise keep training in a deleted folder).
-    db = tmp_path / "ws" / "tuneassist.db"
-    if db.exists():
-        with Store(tmp_path / "ws") as store:
-            pids = [r["pid"] for r in store.list_runs(status="running", refresh=False) if r["pid"]]
-            standby = store.get_setting("standby")
-            if standby:
-                pids.append(int(standby.rpartition(":")[2]))
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def _wait(cond: Callable[[], Any], timeout: float, what: str, store: Store | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    logs = ""
-    if store is not None:
-        for log in sorted((store.workspace / "runs").glob("*/worker.log")):
-            logs += f"\n--- {log}\n{log.read_text()[-3000:]}"
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{logs}")
+def env(ws: Path) -> dict[str, str]:
+    """Environment for launchers (workers inherit it): `ws`'s short heartbeat timeout, the repo importable;
+    `ws` kills every worker (and the standby) at the end."""
+    return dict(os.environ)
 
 
 _LAUNCH = textwrap.dedent(

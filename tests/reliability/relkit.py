@@ -7,45 +7,13 @@ user sees: a status in the store, one line of error, exit code 2, nothing execut
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tuneassist.runs.store import Store
-from tuneassist.spec import RunSpec
-
-ROOT = Path(__file__).resolve().parents[2]
-SPE = 8  # steps per epoch of synthetic:300 at batch 32 (270 train images after the 10% hold-out)
-
-
-def tiny_spec(**over: Any) -> dict[str, Any]:
-    """A run of a few seconds on one CPU thread."""
-    kw: dict[str, Any] = dict(
-        data="synthetic:300", model="simple3", batch_size=32, epochs=2, device="cpu", num_threads=1,
-        schedule="onecycle", lr_min=0.005, lr_max=0.05, checkpoint_every=1, sync_every=4,
-    )  # fmt: skip
-    kw.update(over)
-    return RunSpec(**kw).validate().to_dict()
-
-
-def kill_workers(path: Path) -> None:
-    db = path / "tuneassist.db"
-    if not db.exists():
-        return
-    with contextlib.suppress(Exception), Store(path) as store:
-        for run in store.list_runs(status="running", refresh=False):
-            if run["pid"]:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(run["pid"], signal.SIGKILL)
+from testkit import ROOT, SPE, kill_workers, run_main, tiny_spec, wait_for  # noqa: F401 - shared (tests/testkit.py)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -54,21 +22,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("TUNEASSIST_DEBUG", None)
     env.update(extra)
     return env
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, store: Store | None = None) -> Any:
-    """Poll cond until it is truthy; on timeout fail with the workers' logs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    logs = ""
-    if store is not None:
-        for log in sorted((store.workspace / "runs").glob("*/worker.log")):
-            logs += f"\n--- {log}\n{log.read_text()[-3000:]}"
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{logs}")
 
 
 def cli(
@@ -82,18 +35,6 @@ def cli(
         env=env or subprocess_env(),
         timeout=timeout,
     )
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """`tuneassist ARGV` in this process: (exit code, stdout, stderr)."""
-    from tuneassist.cli.main import main
-
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse usage errors and --help
-        code = int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, *needles: str, progress: bool = False) -> str:
