@@ -202,3 +202,27 @@ def test_the_script_and_the_mixin_give_the_same_schedule_as_the_engine() -> None
             sched.step()
         np.testing.assert_allclose(lrs, [engine.lr(i) for i in range(total)], rtol=1e-9)
         np.testing.assert_allclose(moms, [engine.momentum(i) for i in range(total)], rtol=1e-9)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], "adamw"), (["--optimizer", "sgd"], "sgd")])
+def test_train_profile_uses_the_profiles_optimizer_unless_the_command_line_names_one(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, flag: list[str], expected: str
+) -> None:
+    from tuneassist.cli.main import main
+    from tuneassist.engine import optim, train
+
+    used: list[str] = []
+    real = optim.build_optimizer
+
+    def spy(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
+        used.append(spec.optimizer)
+        return real(model, spec)
+
+    monkeypatch.setattr(train, "build_optimizer", spy)
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        dumps_toml(_profile(optimizer="adamw", data="synthetic", devices=1, batch_size=32).to_dict())
+    )
+    args = ["train", "--profile", str(path), "--data", "synthetic:300", "--steps", "2", "--threads", "1"]
+    assert main([*args, "--no-augment", "--json", *flag]) == 0
+    assert used == [expected]
