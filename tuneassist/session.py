@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, Checklist, Recommendation
 from tuneassist.curves import Curves
+from tuneassist.dataref import after_holdout, parse_data
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import launch_run
 from tuneassist.runs.store import Store, fmt_time
@@ -36,19 +37,23 @@ def estimate_train_size(data: str, val_fraction: float = 0.1) -> int | None:
 
     The checklist sizes its runs by this, and the UI process cannot load the data (torch).
     """
-    if data.startswith("synthetic:"):
+    try:
+        kind, arg = parse_data(data)
+    except UserError:
+        return None
+    if kind == "synthetic" and arg is not None:
         try:
-            n = int(data.split(":", 1)[1])
+            n = int(arg)
         except ValueError:
             return None
-    elif data.startswith("folder:"):
-        train = Path(data.split(":", 1)[1]).expanduser() / "train"
+    elif kind == "folder":
+        train = Path(str(arg)).expanduser() / "train"
         if not train.is_dir():
             return None
         n = sum(1 for f in train.glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES)
-    else:
+    else:  # a built-in set: callers read its size from the table (tuneassist.dataref)
         return None
-    return max(1, n - round(n * val_fraction))
+    return after_holdout(n, val_fraction)
 
 
 def parse_duration(text: str) -> float:

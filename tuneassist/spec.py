@@ -8,17 +8,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneassist.dataref import BUILTIN, parse_data
 from tuneassist.errors import UserError
 
 SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
 OPTIMIZERS = ("sgd", "adam", "adamw")  # adamw: decoupled weight decay (AdamW)
-BUILTIN_DATA = ("synthetic", "cifar10", "cifar100")
+BUILTIN_DATA = tuple(BUILTIN)  # ("synthetic", "cifar10", "cifar100"): tuneassist.dataref
 BUILTIN_MODELS = ("simple3", "resnet20", "resnet32", "resnet56", "resnet110", "densenet40")
 MAX_THREADS = 1024  # torch overflows or crashes asked for far more CPU threads than any machine has
 MAX_EPOCHS = 10_000  # beyond this an epochs value is a typo (1e9), not a plan
+RISE_FRACTION_RANGE = "(0, 0.5]"  # a 1cycle LR rises over at most half the run (and falls over as long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value rules: each is written once, here. `validate` asks them, and so do the profiles, the
+# checklist, the CLI and the engine; each keeps its own one-line message, which names the fix in
+# its own terms (a flag, a TOML key, a typed value).
+
+
+def lr_range_ok(lo: Any, hi: Any, *, grows: bool = False) -> bool:
+    """A finite, positive LR range low:high. Equal ends are a constant LR; `grows`: the range must
+    rise (a range test sweeps it, the checklist's LR step is a range test's sweep and a 1cycle's rise)."""
+    for v in (lo, hi):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+    return 0 < lo < hi if grows else 0 < lo <= hi
+
+
+def rise_fraction_ok(fraction: float) -> bool:
+    """The share of a 1cycle run in which the LR rises (RISE_FRACTION_RANGE)."""
+    return 0.0 < fraction <= 0.5
+
+
+def splits_over(batch_size: int, devices: int) -> bool:
+    """Whether a total batch size (TBS) splits evenly over the devices: every rank gets the same batch."""
+    return devices >= 1 and batch_size % devices == 0
+
+
+def is_module_function(model: str) -> bool:
+    """Whether a model name is a well-formed `module:function` (a user's model; never imported here)."""
+    mod, sep, fn = model.partition(":")
+    return bool(sep and mod and fn) and all(p.isidentifier() for p in mod.split(".")) and fn.isidentifier()
 
 
 @dataclass
@@ -97,7 +131,7 @@ class RunSpec:
                 raise UserError(
                     f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number"
                 )
-        if self.lr_min > self.lr_max:
+        if not lr_range_ok(self.lr_min, self.lr_max):
             raise UserError(
                 f"LR range reversed ({self.lr_min:g} > {self.lr_max:g}); give it low:high, e.g. --lr 0.1:1"
             )
@@ -130,15 +164,15 @@ class RunSpec:
                 f"validation fraction {self.val_fraction:g} must be above 0 and below 1 (the share of the "
                 "training images held out for validation), e.g. --val-fraction 0.1"
             )
-        if not (0.0 < self.rise_fraction <= 0.5):
-            raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in (0, 0.5]")
+        if not rise_fraction_ok(self.rise_fraction):
+            raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in {RISE_FRACTION_RANGE}")
         if self.final_div < 1:
             raise UserError(f"1cycle final divisor {self.final_div} must be >= 1")
         if self.eval_every is not None and self.eval_every < 1:
             raise UserError(f"eval-every {self.eval_every} must be at least 1 step")
         if self.devices < 1:
             raise UserError(f"devices {self.devices} must be at least 1")
-        if self.batch_size % self.devices:  # batch_size is the total (TBS), split evenly over devices
+        if not splits_over(self.batch_size, self.devices):  # batch_size is the total (TBS)
             raise UserError(
                 f"batch size {self.batch_size} (the total over all devices) does not split evenly over "
                 f"{self.devices} devices; use a multiple of {self.devices}"
@@ -162,13 +196,7 @@ class RunSpec:
         if self.checkpoint_every < 0:
             raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
         if ":" in self.model and not self.model.startswith(":"):
-            mod, _, fn = self.model.partition(":")
-            if (
-                not mod
-                or not fn
-                or not all(p.isidentifier() for p in mod.split("."))
-                or not fn.isidentifier()
-            ):
+            if not is_module_function(self.model):
                 raise UserError(
                     f"model {self.model!r} is not a valid module:function; use e.g. --model mynets:build "
                     "(a function taking num_classes and returning an nn.Module)"
@@ -177,8 +205,5 @@ class RunSpec:
             raise UserError(
                 f"unknown model {self.model!r}; use one of {', '.join(BUILTIN_MODELS)} or module:function"
             )
-        if not (self.data in BUILTIN_DATA or self.data.startswith(("folder:", "synthetic:"))):
-            raise UserError(
-                f"unknown data set {self.data!r}; use synthetic, cifar10, cifar100 or folder:PATH"
-            )
+        parse_data(self.data)  # UserError naming the forms a data reference takes
         return self

@@ -46,8 +46,10 @@ from tuneassist.advisor.sweep import (
     weight_decay_grid,
 )
 from tuneassist.curves import Curves
+from tuneassist.dataref import BUILTIN as BUILTIN_DATA_FACTS
+from tuneassist.dataref import after_holdout
 from tuneassist.errors import UserError
-from tuneassist.spec import RunSpec
+from tuneassist.spec import RunSpec, lr_range_ok
 
 STEPS = ("lr_range", "batch_size", "momentum", "weight_decay", "final")
 STEP_TITLES = {
@@ -59,8 +61,8 @@ STEP_TITLES = {
 }
 SWEEP_STEPS = ("batch_size", "momentum", "weight_decay")
 # Training split sizes (after the default 10% validation hold-out) of the built-in data sets.
-TRAIN_SIZES = {"synthetic": 9000, "cifar10": 45000, "cifar100": 45000}
-FALLBACK_TRAIN_SIZE = 45000
+TRAIN_SIZES = {k: after_holdout(f.train) for k, f in BUILTIN_DATA_FACTS.items()}
+FALLBACK_TRAIN_SIZE = TRAIN_SIZES["cifar10"]
 # The final run's length in the paper (DESIGN.md §2) when the budget is 'paper'.
 PAPER_EPOCHS = {("resnet56", "cifar10"): 95, ("densenet40", "cifar10"): 100, ("resnet56", "cifar100"): 100}
 PAPER_EPOCHS_DEFAULT = 100
@@ -983,7 +985,7 @@ class Checklist:
                 else:
                     lo, hi = (float(x) for x in value)
                     tbs = int(self.values["lr_tbs"])
-                if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+                if not lr_range_ok(lo, hi, grows=True):
                     raise UserError(
                         f"LR range {fmt_num(lo)}:{fmt_num(hi)} must be positive and low:high, e.g. 0.1:1"
                     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneassist.errors import UserError
-from tuneassist.spec import BUILTIN_MODELS, RunSpec
+from tuneassist.spec import BUILTIN_MODELS, RunSpec, lr_range_ok
 
 
 def _float(text: str) -> float:
@@ -282,8 +282,10 @@ def _background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     lr_start, lr_end = args.lr
-    if lr_start >= lr_end:
-        raise UserError(f"LR range {lr_start:g}:{lr_end:g} must grow; give it low:high, e.g. --lr 1e-4:10")
+    if not lr_range_ok(lr_start, lr_end, grows=True):
+        raise UserError(
+            f"LR range {lr_start:g}:{lr_end:g} must grow; give it low:high, both positive, e.g. --lr 1e-4:10"
+        )
     over: dict[str, Any] = dict(
         schedule=f"range_{args.mode}",
         lr_min=lr_start,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tuneassist.dataref import parse_data
 from tuneassist.engine.folder import DataWarning
 from tuneassist.errors import UserError
 
@@ -158,21 +159,8 @@ def _warn_weak_validation(name: str, classes: list[str], val_y: torch.Tensor, va
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split a data spec into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d")."""
-    spec = spec.strip()
-    kind, sep, arg = spec.partition(":")
-    if kind in ("synthetic", "folder") and sep:
-        if not arg:
-            what = (
-                "a train size, e.g. synthetic:2000" if kind == "synthetic" else "a path, e.g. folder:~/imgs"
-            )
-            raise UserError(f"data set {spec!r} is missing {what}")
-        return kind, arg
-    if spec in ("synthetic", "cifar10", "cifar100"):
-        return spec, None
-    raise UserError(
-        f"unknown data set {spec!r}; use synthetic, synthetic:N, cifar10, cifar100 or folder:PATH"
-    )
+    """Split a data spec into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d"): tuneassist.dataref."""
+    return parse_data(spec)
 
 
 def load_dataset(

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tuneassist.errors import UserError
-from tuneassist.spec import RunSpec
+from tuneassist.spec import RunSpec, splits_over
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -117,7 +117,7 @@ def run_rank(
 
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec.batch_size % world:
+    if not splits_over(spec.batch_size, world):
         raise UserError(
             f"batch size {spec.batch_size} (the total over all devices) does not split evenly over "
             f"{world} devices; use a multiple of {world}, e.g. --batch-size "

@@ -63,6 +63,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuneassist.dataref import BUILTIN, parse_data
 from tuneassist.engine.models import _CONSENTED, allow_user_model, build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.train import resolve_device
@@ -675,7 +676,7 @@ def data_facts(data: str) -> tuple[int, int]:
 
     Images count train + validation + test; each is 3 x 32 x 32 uint8 in memory.
     """
-    kind, _, arg = data.strip().partition(":")
+    kind, arg = parse_data(data)
     if kind == "synthetic":
         from tuneassist.engine import synthetic
 
@@ -686,21 +687,17 @@ def data_facts(data: str) -> tuple[int, int]:
             except ValueError:
                 raise UserError(f"synthetic size {arg!r} must be an integer, e.g. synthetic:2000") from None
         return len(synthetic.CLASSES), n + synthetic.default_test_size(n)
-    if kind in ("cifar10", "cifar100") and not arg:
-        return (10 if kind == "cifar10" else 100), 60_000
-    if kind == "folder" and arg:
-        root = Path(arg).expanduser()
-        train = root / "train"
-        if not train.is_dir():
-            raise UserError(f"{root} has no train/ folder; expected PATH/train/<class>/*.jpg")
-        classes = [d for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        if not classes:
-            raise UserError(f"{train} has no class folders; expected PATH/train/<class>/*.jpg")
-        n = sum(1 for split in ("train", "test", "val") for _ in (root / split).glob("*/*"))
-        return len(classes), n
-    raise UserError(
-        f"unknown data set {data!r}; use synthetic, synthetic:N, cifar10, cifar100 or folder:PATH"
-    )
+    if kind in BUILTIN:
+        return BUILTIN[kind].classes, BUILTIN[kind].train + BUILTIN[kind].test
+    root = Path(str(arg)).expanduser()  # folder:PATH (parse_data refuses any other form)
+    train = root / "train"
+    if not train.is_dir():
+        raise UserError(f"{root} has no train/ folder; expected PATH/train/<class>/*.jpg")
+    classes = [d for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not classes:
+        raise UserError(f"{train} has no class folders; expected PATH/train/<class>/*.jpg")
+    n = sum(1 for split in ("train", "test", "val") for _ in (root / split).glob("*/*"))
+    return len(classes), n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from tuneassist.errors import UserError
-from tuneassist.spec import RunSpec
+from tuneassist.spec import RISE_FRACTION_RANGE, RunSpec, lr_range_ok, rise_fraction_ok
 
 __all__ = [
     "ConstantSchedule",
@@ -120,7 +120,7 @@ class RangeTestSchedule(Schedule):
         exponential: bool = True,
     ) -> None:
         super().__init__(total_steps)
-        if not (0 < lr_min <= lr_max):
+        if not lr_range_ok(lr_min, lr_max):
             raise UserError(
                 f"range test needs 0 < lr_min <= lr_max, got {lr_min:g}:{lr_max:g}; e.g. --lr 1e-4:10"
             )
@@ -173,10 +173,10 @@ class OneCycleSchedule(Schedule):
         final_div: float = 100.0,
     ) -> None:
         super().__init__(total_steps)
-        if not (0 < lr_min <= lr_max):
+        if not lr_range_ok(lr_min, lr_max):
             raise UserError(f"1cycle needs 0 < lr_min <= lr_max, got {lr_min:g}:{lr_max:g}; e.g. --lr 0.1:1")
-        if not (0.0 < rise_fraction <= 0.5):
-            raise UserError(f"1cycle rise fraction {rise_fraction} must be in (0, 0.5]")
+        if not rise_fraction_ok(rise_fraction):
+            raise UserError(f"1cycle rise fraction {rise_fraction} must be in {RISE_FRACTION_RANGE}")
         if not (final_div >= 1):
             raise UserError(f"1cycle final divisor {final_div} must be >= 1")
         self.lr_min = float(lr_min)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tuneassist.dataref import BUILTIN
+
 CLASSES: list[str] = [
     "disc",
     "square",
@@ -27,7 +29,7 @@ CLASSES: list[str] = [
     "dots",
 ]
 SIZE = 32
-DEFAULT_TRAIN = 10_000
+DEFAULT_TRAIN = BUILTIN["synthetic"].train  # 10,000: the size every layer counts with (tuneassist.dataref)
 DEFAULT_TEST = 2_000
 _CHUNK = 1024  # images generated at once: bounds memory (~40 MB) and keeps arrays cache-friendly
 _N_CLUTTER = 2  # clutter strokes per image

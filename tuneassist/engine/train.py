@@ -37,7 +37,7 @@ from tuneassist.engine.schedules import build_schedule
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new
 from tuneassist.hardware import cpu_has_bf16, cuda_build_problem
-from tuneassist.spec import RunSpec
+from tuneassist.spec import RunSpec, splits_over
 
 EventSink = Callable[[dict[str, Any]], None]
 CHECKPOINT_VERSION = 1
@@ -290,7 +290,7 @@ def train(
     cuda = device.type == "cuda"
     rank, world = rank_world()  # (0, 1) unless started as a rank of a multi-device run
     if world > 1:
-        if spec.batch_size % world:
+        if not splits_over(spec.batch_size, world):
             raise UserError(f"batch size {spec.batch_size} does not split evenly over {world} devices")
         if cuda and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())

@@ -54,8 +54,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tuneassist
+from tuneassist.dataref import parse_data
 from tuneassist.errors import UserError
-from tuneassist.spec import BUILTIN_DATA, BUILTIN_MODELS, OPTIMIZERS, RunSpec
+from tuneassist.spec import (
+    BUILTIN_DATA,
+    BUILTIN_MODELS,
+    OPTIMIZERS,
+    RISE_FRACTION_RANGE,
+    RunSpec,
+    is_module_function,
+    lr_range_ok,
+    rise_fraction_ok,
+    splits_over,
+)
 
 if TYPE_CHECKING:
     from tuneassist.advisor.checklist import Checklist
@@ -358,8 +369,7 @@ TABLE_TYPES = {
 def check_model(where: str, model: str) -> None:
     """A built-in model or a well-formed `module:function` (never imported here)."""
     if ":" in model:
-        mod, _, fn = model.partition(":")
-        if not mod or not fn or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+        if not is_module_function(model):
             raise UserError(
                 f'{where}: model {model!r} is not a valid module:function; use e.g. model = "mynets:build" '
                 f"or one of {', '.join(BUILTIN_MODELS)}"
@@ -372,11 +382,12 @@ def check_model(where: str, model: str) -> None:
 
 
 def check_data(where: str, data: str) -> None:
-    if data in BUILTIN_DATA:
-        return
-    if data.startswith("folder:") and len(data) > len("folder:"):
-        return
-    if data.startswith("synthetic:") and data.split(":", 1)[1].isdigit():
+    """A data reference the engine reads (tuneassist.dataref), written exactly; synthetic:N with digits."""
+    try:
+        kind, arg = parse_data(data)
+    except UserError:
+        kind, arg = "", None
+    if kind and data == data.strip() and (kind != "synthetic" or arg is None or arg.isdigit()):
         return
     raise UserError(
         f"{where}: unknown data set {data!r}; use {', '.join(BUILTIN_DATA)}, synthetic:N or folder:PATH"
@@ -407,7 +418,7 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
     devices = raw.get("devices", 1)
     if devices < 1:
         raise UserError(f"{where}: devices {devices} must be at least 1, e.g. devices = 1")
-    if raw["batch_size"] % devices:
+    if not splits_over(raw["batch_size"], devices):
         raise UserError(
             f"{where}: batch_size {raw['batch_size']} does not split evenly over {devices} devices; "
             f"use a multiple of {devices}"
@@ -419,7 +430,7 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
             raise UserError(
                 f"{where}: {key} is {raw[key]}; it must be a positive number, e.g. {TOP_KEYS[key][1]}"
             )
-    if raw["lr_min"] > raw["lr_max"]:
+    if not lr_range_ok(raw["lr_min"], raw["lr_max"]):
         raise UserError(
             f"{where}: lr_min {raw['lr_min']} is larger than lr_max {raw['lr_max']}; swap them "
             "(1cycle rises from lr_min to lr_max)"
@@ -464,9 +475,10 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
     if kind not in SCHEDULE_KINDS:
         raise UserError(f'{where}: schedule.kind {kind!r} is not supported; use kind = "onecycle"')
     rise = sched.get("rise_fraction", 0.45)
-    if not 0 < rise <= 0.5:
+    if not rise_fraction_ok(rise):
         raise UserError(
-            f"{where}: schedule.rise_fraction {rise} must be in (0, 0.5], e.g. rise_fraction = 0.45"
+            f"{where}: schedule.rise_fraction {rise} must be in {RISE_FRACTION_RANGE}, "
+            "e.g. rise_fraction = 0.45"
         )
     final_div = sched.get("final_div", 100.0)
     if final_div < 1:

@@ -14,6 +14,7 @@ from tuneassist.engine.models.densenet import densenet40
 from tuneassist.engine.models.resnet import resnet20, resnet32, resnet56, resnet110
 from tuneassist.engine.models.simple import simple3
 from tuneassist.errors import UserError
+from tuneassist.spec import is_module_function
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "simple3": simple3,
@@ -101,8 +102,7 @@ def _check_found_in(mod: object, module: str, spec: str, model_dir: str | None) 
 
 def _build_user_model(spec: str, num_classes: int, allow_import: bool, model_dir: str | None) -> nn.Module:
     module, _, func = spec.partition(":")
-    valid = bool(module) and all(p.isidentifier() for p in module.split(".")) and func.isidentifier()
-    if not valid:
+    if not is_module_function(spec):
         raise UserError(
             f"model {spec!r} is not a valid module:function; use e.g. --model mynets:build "
             "(a function taking num_classes and returning an nn.Module)"

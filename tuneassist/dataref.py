@@ -1,0 +1,57 @@
+"""Data references (`synthetic`, `synthetic:N`, `cifar10`, `cifar100`, `folder:PATH`) and the facts of the
+built-in data sets: one parser and one table for the spec, the profiles, the advisor, the CLI and the engine.
+
+Pure Python (no torch): the UI process sizes runs from these facts without loading any data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneassist.errors import UserError
+
+USAGE = "synthetic, synthetic:N, cifar10, cifar100 or folder:PATH"
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a built-in data set holds: classes, and images in its train and test splits."""
+
+    classes: int
+    train: int  # before the validation hold-out
+    test: int
+
+
+# synthetic: the engine's default size (engine/synthetic.py generates it; its test split is a fifth).
+BUILTIN: dict[str, DataFacts] = {
+    "synthetic": DataFacts(classes=10, train=10_000, test=2_000),
+    "cifar10": DataFacts(classes=10, train=50_000, test=10_000),
+    "cifar100": DataFacts(classes=100, train=50_000, test=10_000),
+}
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def parse_data(ref: str) -> tuple[str, str | None]:
+    """Split a data reference into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d"),
+    ``cifar10`` -> ("cifar10", None); UserError naming the forms for anything else."""
+    ref = ref.strip()
+    kind, sep, arg = ref.partition(":")
+    if kind in ("synthetic", "folder") and sep:
+        if not arg:
+            what = "a path, e.g. folder:~/imgs" if kind == "folder" else "a train size, e.g. synthetic:2000"
+            raise UserError(f"data set {ref!r} is missing {what}")
+        return kind, arg
+    if ref in BUILTIN:
+        return ref, None
+    raise UserError(f"unknown data set {ref!r}; use {USAGE}")
+
+
+def after_holdout(n: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> int:
+    """Training images left once the validation split is held out (the engine rounds the same way)."""
+    return max(1, n - round(n * val_fraction))
+
+
+def builtin_train_size(data: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> int | None:
+    """Training images of a built-in data set after the hold-out; None for any other reference."""
+    facts = BUILTIN.get(data)
+    return None if facts is None else after_holdout(facts.train, val_fraction)
