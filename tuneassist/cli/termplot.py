@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import plotext as plt
 
@@ -19,6 +20,14 @@ def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[li
     step = max(1, len(pts) // max(1, 2 * width))
     pts = pts[::step]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    """Colour only for a terminal, and never under NO_COLOR (any value) or TERM=dumb. `stream=None`
+    checks the environment alone (a caller that already knows it writes to a terminal)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return stream is None or bool(getattr(stream, "isatty", lambda: False)())
 
 
 def _size(width: int | None, height: int | None) -> tuple[int, int]:
@@ -39,7 +48,9 @@ def plot_lines(
     color: bool = True,
     ylim: tuple[float, float] | None = None,
 ) -> str:
-    """Render named (x, y) series as one plot and return it as text."""
+    """Render named (x, y) series as one plot and return it as text (no colour under NO_COLOR,
+    https://no-color.org, whatever the caller asked: one place for every plot)."""
+    color = color and use_color()
     w, h = _size(width, height)
     plt.clear_figure()
     plt.plotsize(w, h)

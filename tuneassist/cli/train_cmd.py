@@ -193,8 +193,17 @@ class Progress:
     """Progress on stderr: a live status line on a terminal, one line per evaluation otherwise."""
 
     def __init__(self, quiet: bool) -> None:
+        from tuneassist.cli.status import StatusLine
+
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
+        self.status = StatusLine(sys.stderr)  # cut to the terminal's width: a wrapped line never redraws
+        if self.tty and not quiet:  # decoding an image folder the first time takes minutes: show it
+            from tuneassist.engine import folder
+
+            folder.set_decode_progress(
+                lambda done, total: self.status.show(f"decoding the image folder: {done:,}/{total:,} images")
+            )
         self.total = 1
         self.spe = 1
         self.t0 = time.perf_counter()
@@ -214,6 +223,7 @@ class Progress:
         if t == "start":
             self.total, self.spe = e["total_steps"], e["steps_per_epoch"]
             self.t0 = time.perf_counter()
+            self.status.clear()
             print(
                 f"{e['train_size']} train / {e['val_size']} val / {e['test_size']} test images, "
                 f"{e['num_classes']} classes, on {e['device']}{_times(e.get('devices'))}: {self.total} steps "
@@ -230,10 +240,9 @@ class Progress:
                     f"epoch {e['epoch']:.2f}/{self.total / self.spe:.3g}  step {e['step'] + 1}/{self.total}"
                     f"  loss {loss}  lr {e['lr']:.3g}  {self.ips:,.0f} img/s  ETA {self._eta(e['step'] + 1)}"
                 )
-                print("\r" + line[:150].ljust(100), end="", file=sys.stderr, flush=True)
+                self.status.show(line)
         elif t == "eval":
-            if self.tty:
-                print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
+            self.status.clear()
             el = time.perf_counter() - self.t0
             loss = "nan" if self.last_loss is None else f"{self.last_loss:.4f}"
             print(
@@ -243,8 +252,8 @@ class Progress:
                 file=sys.stderr,
                 flush=True,
             )
-        elif t == "end" and self.tty:
-            print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
+        elif t == "end":
+            self.status.clear()
 
 
 def _rank() -> int:

@@ -95,7 +95,10 @@ class Waiter:
     """Waits for runs in the store, showing one live line on a terminal."""
 
     def __init__(self, store: Any, quiet: bool) -> None:
+        from tuneassist.cli.status import StatusLine
+
         self.store, self.quiet, self.tty = store, quiet, sys.stderr.isatty()
+        self.status = StatusLine(sys.stderr)  # cut to the terminal's width, so it redraws in place
 
     def wait(self, run_ids: list[int], label: str) -> list[dict[str, Any]]:
         from tuneassist.session import ENDED
@@ -104,8 +107,7 @@ class Waiter:
         while True:
             runs = [self.store.get_run(r) for r in run_ids]
             if all(r["status"] in ENDED for r in runs):
-                if self.tty and not self.quiet:
-                    print("\r" + " " * 110 + "\r", end="", file=sys.stderr)
+                self.status.clear()
                 return runs
             if self.tty and not self.quiet:
                 done = sum(r["status"] in ENDED for r in runs)
@@ -118,7 +120,7 @@ class Waiter:
                         detail = f" · run {running[0]['id']} step {last['step'] + 1}/{total}"
                 el = time.monotonic() - t0
                 line = f"{label}: {done}/{len(runs)} runs done{detail} · {int(el // 60)}:{int(el % 60):02d}"
-                print("\r" + line[:110].ljust(110), end="", file=sys.stderr, flush=True)
+                self.status.show(line)
             time.sleep(1.0)
 
 
@@ -192,10 +194,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
             if not args.allow_import:
                 raise consent_error(args.model)
             model_dir = str(locate_module(args.model)[0])
+        from tuneassist.cli.status import StatusLine
+
+        status = StatusLine(sys.stderr)
+
+        def probing(elapsed: float) -> None:
+            if not quiet:
+                status.show(
+                    f"memory probe: the largest batch of {args.model} that fits · {elapsed:.0f} s of 120"
+                )
+
         probe = probe_in_subprocess(
             args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
-            model_dir=model_dir,
+            model_dir=model_dir, on_wait=probing,
         )  # fmt: skip
+        status.clear()
         if probe:
             _say(quiet, f"Memory probe: {probe['explanation']}")
         refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)

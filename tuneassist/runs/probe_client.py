@@ -13,6 +13,8 @@ import logging
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,28 @@ def probe_command(
     ]
 
 
+def _run_waiting(
+    cmd: list[str], env: dict[str, str], timeout: float, on_wait: Callable[[float], None] | None
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=...), calling `on_wait(elapsed)`
+    about once a second meanwhile (the probe can take minutes: a front end shows that it is alive)."""
+    if on_wait is None:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    t0 = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        while True:
+            elapsed = time.monotonic() - t0
+            try:
+                out, err = proc.communicate(timeout=max(0.05, min(1.0, timeout - elapsed)))
+                return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - t0 >= timeout:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                on_wait(time.monotonic() - t0)
+
+
 def probe_in_subprocess(
     model: str,
     data: str,
@@ -52,6 +76,7 @@ def probe_in_subprocess(
     timeout: float = 120,
     allow_import: bool = False,
     model_dir: str | None = None,
+    on_wait: Callable[[float], None] | None = None,
 ) -> dict[str, Any] | None:
     """The probe's result (ProbeResult.to_dict()), or None with the reason logged as a warning.
 
@@ -69,7 +94,7 @@ def probe_in_subprocess(
     )
     cmd = probe_command(model, data, device, allow_import, model_dir)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = _run_waiting(cmd, env, timeout, on_wait)
     except subprocess.TimeoutExpired:
         log.warning(
             "memory probe of %s on %s gave no answer within %.0f s; batch size limit unknown",
