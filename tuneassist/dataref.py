@@ -55,3 +55,14 @@ def builtin_train_size(data: str, val_fraction: float = DEFAULT_VAL_FRACTION) ->
     """Training images of a built-in data set after the hold-out; None for any other reference."""
     facts = BUILTIN.get(data)
     return None if facts is None else after_holdout(facts.train, val_fraction)
+
+
+# An image folder without train/ and test/ (PATH/<class>/*): this share of each class's images, chosen
+# by a fixed seed (the same for every run and every tool), is its test split.
+FOLDER_TEST_FRACTION = 0.2
+
+
+def folder_test_count(n: int) -> int:
+    """Test images held out of a class of `n` images in a single-root folder (one at least, when it has
+    two or more; a class of one image trains)."""
+    return 0 if n < 2 else min(n - 1, max(1, round(n * FOLDER_TEST_FRACTION)))

@@ -47,10 +47,22 @@ def estimate_train_size(data: str, val_fraction: float = 0.1) -> int | None:
         except ValueError:
             return None
     elif kind == "folder":
-        train = Path(str(arg)).expanduser() / "train"
-        if not train.is_dir():
+        root = Path(str(arg)).expanduser()
+        if (root / "train").is_dir():
+            n = sum(1 for f in (root / "train").glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif root.is_dir():  # a single root of class folders: its test split comes out of each class
+            from tuneassist.dataref import folder_test_count
+
+            per_class = [
+                sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                for d in root.iterdir()
+                if d.is_dir() and not d.name.startswith(".")
+            ]
+            n = sum(c - folder_test_count(c) for c in per_class)
+            if n < 1:
+                return None
+        else:
             return None
-        n = sum(1 for f in train.glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES)
     else:  # a built-in set: callers read its size from the table (tuneassist.dataref)
         return None
     return after_holdout(n, val_fraction)

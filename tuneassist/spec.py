@@ -62,6 +62,9 @@ class RunSpec:
     data: str = "synthetic"
     model: str = "simple3"
     data_dir: str | None = None
+    # An image folder's side in pixels (its images are resized to it); None: the folder's most common
+    # size. The other data sets are 32x32.
+    image_size: int | None = None
     schedule: str = "onecycle"
     # LR: constant/step use lr_max; onecycle goes lr_min -> lr_max -> lr_min -> lr_min/final_div;
     # range tests go lr_min -> lr_max.
@@ -195,6 +198,17 @@ class RunSpec:
             )
         if self.checkpoint_every < 0:
             raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
+        if self.image_size is not None:
+            if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 1024):
+                raise UserError(
+                    f"image size {self.image_size} must be a whole number of pixels from 8 to 1024, "
+                    "e.g. --image-size 64"
+                )
+            if self.image_size != 32 and not self.data.startswith("folder:"):
+                raise UserError(
+                    f"--image-size {self.image_size}: {self.data} is 32x32; the image size applies to "
+                    "folder:PATH data"
+                )
         if ":" in self.model and not self.model.startswith(":"):
             if not is_module_function(self.model):
                 raise UserError(

@@ -49,6 +49,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", default="synthetic", help="synthetic (offline default), cifar10, cifar100 or folder:PATH"
     )
+    p.add_argument(
+        "--image-size",
+        type=_posint,
+        default=None,
+        help="side in pixels that a folder:PATH's images are resized to (default: the folder's most common "
+        "size; the other data sets are 32x32)",
+    )
     p.add_argument("--data-dir", default=None, help="where cifar10/cifar100 files are cached")
     p.add_argument(
         "--model", default="simple3", help=f"{', '.join(BUILTIN_MODELS)} or module:function (your own net)"
@@ -160,6 +167,7 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     kw: dict[str, Any] = dict(
         data=args.data,
         data_dir=args.data_dir,
+        image_size=args.image_size,
         model=args.model,
         allow_import=args.allow_import,
         batch_size=args.batch_size,
@@ -182,6 +190,11 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     from tuneassist.usercode import prepare_spec
 
     return prepare_spec(RunSpec(**kw).validate())  # a user model: consent, and the folder it is in
+
+
+def _px(side: int | None) -> str:
+    """'64x64 images, ' (the size the run trains at), or nothing when the engine did not say."""
+    return f"{side}x{side} images, " if side else ""
 
 
 def _times(devices: int | None) -> str:
@@ -226,7 +239,8 @@ class Progress:
             self.status.clear()
             print(
                 f"{e['train_size']} train / {e['val_size']} val / {e['test_size']} test images, "
-                f"{e['num_classes']} classes, on {e['device']}{_times(e.get('devices'))}: {self.total} steps "
+                f"{e['num_classes']} classes, {_px(e.get('image_size'))}"
+                f"on {e['device']}{_times(e.get('devices'))}: {self.total} steps "
                 f"({e['epochs']:.3g} epochs of {self.spe})",
                 file=sys.stderr,
             )

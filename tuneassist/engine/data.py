@@ -164,14 +164,23 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_dataset(
-    spec: str, data_dir: str | os.PathLike[str] | None = None, val_fraction: float = 0.1, seed: int = 0
+    spec: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    image_size: int | None = None,
 ) -> Dataset:
     """Load a data set by spec and hold out a seeded validation split from its train split.
 
     `data_dir` holds downloads (cifar) and decoded-folder caches; default :func:`default_cache_dir`.
     The `seed` only chooses the validation split: the synthetic images are the same for every seed.
+    `image_size` is an image folder's side (default: its most common size); the other sets are 32x32.
     """
     kind, arg = parse_spec(spec)
+    if kind != "folder" and image_size not in (None, 32):
+        raise UserError(
+            f"--image-size {image_size}: {spec.strip()} is 32x32; the image size applies to folder:PATH data"
+        )
     root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
     if kind == "synthetic":
         from tuneassist.engine import synthetic
@@ -198,7 +207,7 @@ def load_dataset(
         from tuneassist.engine import folder
 
         assert arg is not None  # parse_spec guarantees a path
-        classes, tx, ty, sx, sy = folder.load_folder(arg, root)
+        classes, tx, ty, sx, sy = folder.load_folder(arg, root, image_size=image_size)
         name = f"folder:{arg}"
     train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
     if kind != "synthetic":  # synthetic data is for trying things out: small on purpose

@@ -1,20 +1,25 @@
-"""Image-folder data sets: ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (or ``val/``).
+"""Image-folder data sets: ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (or ``val/``), or a
+single root of class folders, ``PATH/<class>/*``, whose test split is a seeded share of each class
+(``dataref.FOLDER_TEST_FRACTION``, the same for every run and every tool, said in one warning).
 
 Why a cache: decoding tens of thousands of small files costs far more than a training epoch of a small
 net, and the checklist trains many short runs on the same data. The folder is decoded once, in parallel
-worker processes, to 32x32 RGB uint8 tensors and stored as a ``.pt`` file under the cache directory. The
-cache key hashes the absolute path and every file's name, size and mtime, so any added, removed or
-edited file makes the next load re-read the folder.
+worker processes, to NxN RGB uint8 tensors and stored as a ``.pt`` file under the cache directory. The
+cache key hashes the absolute path, the size asked for and every file's name, size and mtime, so any
+added, removed or edited file makes the next load re-read the folder.
 
-Images in any format PIL reads are converted to RGB (grayscale is replicated, alpha is dropped, palette
-images go through RGBA) and resized to 32x32, the input size of the models, if needed: mixed sizes are
-not refused, they are resized, with one warning that counts them and names the majority size and an
-image that differs from it (a stray full-size photo among thumbnails is then easy to find). Unreadable
-files are skipped and reported in one warning that counts them and names the first.
+The size: ``--image-size N``, or by default the folder's most common size (its shorter side when that
+is not square), so a 64x64 folder trains at 64x64 and CIFAR's JPEGs at 32x32; an LR tuned on thumbnails
+would not carry over to the full images. Images in any format PIL reads are converted to RGB (grayscale
+is replicated, alpha is dropped, palette images go through RGBA); an image of another size is resized
+to NxN (stretched: the aspect ratio is not kept), with one warning that counts them and names the
+majority size and an image that differs from it (a stray full-size photo among thumbnails is then easy
+to find). Unreadable files are skipped and reported in one warning that counts them and names the first.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import multiprocessing
 import os
@@ -27,11 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuneassist.dataref import FOLDER_TEST_FRACTION, folder_test_count
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
-SIZE = 32
-_CACHE_VERSION = 2  # 2: the cache also holds the image sizes seen (for the resize warning)
+SIZE = 32  # the size of every other data source, and of the models' design
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+# 2: the cache also holds the image sizes seen (for the resize warning); 3: any size, single-root folders
+_CACHE_VERSION = 3
 _CHUNK = 256  # files per worker task: large enough to amortise IPC, small enough to balance load
 _POOL_MIN_FILES = 1024  # below this, decoding in-process beats starting workers
 
@@ -81,33 +89,68 @@ def _subdirs(d: Path) -> list[str]:
         return sorted(e.name for e in it if not e.name.startswith(".") and is_dir(e))
 
 
-def _decode_one(path: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """One image as 32x32x3 uint8 and its original (width, height). Raises on unreadable files."""
+def _decode_one(path: str, side: int = SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image as side x side x 3 uint8 and its original (width, height). Raises on unreadable files."""
     from PIL import Image
 
     with Image.open(path) as im:
         size = (int(im.size[0]), int(im.size[1]))
-        resized = size != (SIZE, SIZE)
+        resized = size != (side, side)
         if resized:
-            im.draft("RGB", (SIZE, SIZE))  # JPEG: decode at reduced scale straight away (much faster)
+            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
         if im.mode == "P":
             im = im.convert("RGBA")  # palette transparency is only honoured via RGBA
         if im.mode != "RGB":
             im = im.convert("RGB")
-        if im.size != (SIZE, SIZE):
-            im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        if im.size != (side, side):
+            im = im.resize((side, side), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)
-    if arr.shape != (SIZE, SIZE, 3):
+    if arr.shape != (side, side, 3):
         raise ValueError(f"decoded to shape {arr.shape}")
     return arr, size
+
+
+class _Chunk(list):
+    """Paths to decode together, with the side to decode them to (travels to the worker processes)."""
+
+    def __init__(self, paths: list[str], side: int) -> None:
+        super().__init__(paths)
+        self.side = side
+
+
+def _scan_sizes(paths: list[str]) -> collections.Counter[tuple[int, int]]:
+    """(width, height) of every readable image from its header alone (no pixels decoded): what the
+    default size is chosen from. Unreadable files are left to the decode, which reports them."""
+    from PIL import Image
+
+    seen: collections.Counter[tuple[int, int]] = collections.Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    seen[(int(im.size[0]), int(im.size[1]))] += 1
+            except Exception:  # noqa: BLE001 - unreadable: the decode skips and counts it
+                continue
+    return seen
+
+
+def common_side(sizes: collections.Counter[tuple[int, int]]) -> int:
+    """The default side: the most common size's (its shorter side when it is not square), ties to the
+    smaller one, within MIN_IMAGE_SIZE..MAX_IMAGE_SIZE; SIZE when nothing could be read."""
+    if not sizes:
+        return SIZE
+    (w, h), _ = min(sizes.items(), key=lambda kv: (-kv[1], min(kv[0])))
+    return min(max(min(w, h), MIN_IMAGE_SIZE), MAX_IMAGE_SIZE)
 
 
 Sizes = dict[tuple[int, int], list]  # (width, height) -> [count, first file of that size]
 
 
 def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, Sizes, tuple[str, str] | None]:
-    """Decode files: (images k,32,32,3, ok mask, original sizes seen, first failure (path, reason))."""
-    out = np.zeros((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
+    """Decode files: (images k,N,N,3, ok mask, original sizes seen, first failure (path, reason))."""
+    side = getattr(paths, "side", SIZE)
+    out = np.zeros((len(paths), side, side, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     sizes: Sizes = {}
     first_bad = None
@@ -115,7 +158,7 @@ def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, Sizes, tupl
         warnings.simplefilter("ignore")  # PIL's per-file warnings (EXIF, bombs) would flood the terminal
         for i, p in enumerate(paths):
             try:
-                out[i], size = _decode_one(p)
+                out[i], size = _decode_one(p, side)
             except Exception as e:  # any decoder failure means "unreadable": count it, keep going
                 if first_bad is None:
                     first_bad = (p, f"{type(e).__name__}: {e}".splitlines()[0])
@@ -165,10 +208,10 @@ def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
 
 
 def _decode_all(
-    paths: list[str], processes: int | None, pool_min_files: int
+    paths: list[str], processes: int | None, pool_min_files: int, side: int = SIZE
 ) -> tuple[np.ndarray, np.ndarray, Sizes, int, tuple[str, str] | None]:
     """Decode every file, in worker processes when there are many: (images, ok, sizes, bad, first_bad)."""
-    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    chunks = [_Chunk(paths[i : i + _CHUNK], side) for i in range(0, len(paths), _CHUNK)]
     procs = processes if processes is not None else min(cpu_cores(), 16)
     results = None
     if procs >= 2 and len(paths) >= pool_min_files and len(chunks) >= 2:
@@ -178,7 +221,7 @@ def _decode_all(
         for c in chunks:
             results.append(_decode_chunk(c))
             _report(sum(len(x[1]) for x in results), len(paths))
-    images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, side, side, 3), np.uint8)
     ok = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
     first_bad = next((r[3] for r in results if r[3] is not None), None)
     sizes: Sizes = {}
@@ -211,7 +254,14 @@ def _size_note(sizes: list[list]) -> str:
 
 
 def _warn(
-    root: Path, resized: int, bad: int, first_bad: str | None, first_reason: str | None, sizes: list[list]
+    root: Path,
+    resized: int,
+    bad: int,
+    first_bad: str | None,
+    first_reason: str | None,
+    sizes: list[list],
+    side: int = SIZE,
+    asked: bool = False,
 ) -> None:
     if bad:
         warnings.warn(
@@ -221,33 +271,27 @@ def _warn(
             stacklevel=4,
         )
     if resized:
+        why = "--image-size" if asked else "the folder's most common size; --image-size N sets another"
         warnings.warn(
-            f"resized {resized} image(s) in {root} that were not {SIZE}x{SIZE} to {SIZE}x{SIZE} (the input "
-            f"size of the models){_size_note(sizes)}",
+            f"resized {resized} image(s) in {root} that were not {side}x{side} to {side}x{side} ({why}; "
+            f"stretched, the aspect ratio is not kept){_size_note(sizes)}",
             DataWarning,
             stacklevel=4,
         )
 
 
-def load_folder(
-    path: str | os.PathLike[str],
-    cache_root: str | os.PathLike[str],
-    *,
-    processes: int | None = None,
-    pool_min_files: int = _POOL_MIN_FILES,
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (classes, train_x, train_y, test_x, test_y) of an image folder, via the decode cache.
-
-    Classes are the sorted sub-directories of ``train/``; ``test/`` (or ``val/``) must have the same ones.
-    """
-    fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist or is not a directory; {fix}")
-    root = root.resolve()
+def _split_dirs(root: Path, fix: str) -> tuple[Path, Path] | None:
+    """(train dir, test dir) of a train/ + test/ (or val/) folder; None for a single root of class
+    folders; UserError for a folder that is neither."""
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise UserError(f"image folder {root} has no train/ directory; {fix}")
+        names = _subdirs(root)
+        split_like = [n for n in names if n.lower() in ("test", "val", "valid", "validation")]
+        if split_like or not names:
+            raise UserError(
+                f"image folder {root} has no train/ directory; {fix}, or PATH/<class>/*.jpg alone"
+            )
+        return None
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not test_dir.is_dir():
         raise UserError(f"image folder {root} has no test/ or val/ directory; {fix}")
@@ -257,18 +301,71 @@ def load_folder(
             "its own validation images out of train/); move val/'s images into train/ to use them, or "
             "remove val/",
             DataWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return train_dir, test_dir
+
+
+def load_folder(
+    path: str | os.PathLike[str],
+    cache_root: str | os.PathLike[str],
+    *,
+    image_size: int | None = None,
+    processes: int | None = None,
+    pool_min_files: int = _POOL_MIN_FILES,
+) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (classes, train_x, train_y, test_x, test_y) of an image folder, via the decode cache.
+
+    Classes are the sorted sub-directories of ``train/``; ``test/`` (or ``val/``) must have the same ones.
+    A folder without ``train/`` is a single root of class folders: a seeded share of each class is its
+    test split. Images come out `image_size` square, by default the folder's most common size.
+    """
+    fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
+    if image_size is not None and not (
+        isinstance(image_size, int) and MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise UserError(
+            f"image size {image_size!r} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
+            f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
+        )
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist or is not a directory; {fix}")
+    root = root.resolve()
     try:
+        dirs = _split_dirs(root, fix)
         cache = Path(cache_root).expanduser()
-        return _load_folder(root, train_dir, test_dir, cache, processes, pool_min_files)
+        return _load_folder(root, dirs, cache, image_size, processes, pool_min_files)
     except OSError as e:  # permissions, vanished files, I/O errors while listing
         raise UserError(f"cannot read image folder {root}: {e}; check that the files are readable") from e
 
 
+Listing = list[list[tuple[str, int, int]]]  # per class: (file name, size, mtime_ns), sorted
+
+
+def _single_root_split(classes: list[str], per_class: Listing) -> tuple[Listing, Listing]:
+    """(train, test) of a single-root folder: `folder_test_count` images of each class, drawn by a seed
+    made from the class name alone, so adding a class or a run's --seed never moves a test image."""
+    train: Listing = []
+    test: Listing = []
+    for cls, files in zip(classes, per_class, strict=True):
+        seed = int.from_bytes(hashlib.sha256(cls.encode()).digest()[:8], "little")
+        order = np.random.default_rng(seed).permutation(len(files))
+        pick = set(order[: folder_test_count(len(files))].tolist())
+        test.append([f for i, f in enumerate(files) if i in pick])
+        train.append([f for i, f in enumerate(files) if i not in pick])
+    return train, test
+
+
 def _load_folder(
-    root: Path, train_dir: Path, test_dir: Path, cache_root: Path, processes: int | None, pool_min_files: int
+    root: Path,
+    dirs: tuple[Path, Path] | None,
+    cache_root: Path,
+    image_size: int | None,
+    processes: int | None,
+    pool_min_files: int,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    train_dir, test_dir = dirs if dirs is not None else (root, root)
     classes = _subdirs(train_dir)
     if not classes:
         raise UserError(
@@ -279,26 +376,42 @@ def _load_folder(
             f"{train_dir} has only one class ({classes[0]}); a classifier needs at least two class "
             "sub-directories"
         )
-    test_classes = _subdirs(test_dir)
-    if test_classes != classes:
-        missing = sorted(set(classes) - set(test_classes))
-        extra = sorted(set(test_classes) - set(classes))
-        raise UserError(
-            f"class directories of {test_dir} do not match {train_dir} (missing: "
-            f"{', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}); "
-            "give both the same class sub-directories"
-        )
-    listings = {"train": _listing(train_dir, classes), test_dir.name: _listing(test_dir, classes)}
-    for cls, files in zip(classes, listings["train"], strict=True):
+    if dirs is None:
+        train_files, test_files = _single_root_split(classes, _listing(root, classes))
+    else:
+        test_classes = _subdirs(test_dir)
+        if test_classes != classes:
+            missing = sorted(set(classes) - set(test_classes))
+            extra = sorted(set(test_classes) - set(classes))
+            raise UserError(
+                f"class directories of {test_dir} do not match {train_dir} (missing: "
+                f"{', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}); "
+                "give both the same class sub-directories"
+            )
+        train_files, test_files = _listing(train_dir, classes), _listing(test_dir, classes)
+    for cls, files in zip(classes, train_files, strict=True):
         if not files:
             raise UserError(
                 f"class {cls!r} has no images in {train_dir / cls}; add images or remove the directory"
             )
-    if not any(listings[test_dir.name]):
+    if not any(test_files):
         raise UserError(f"{test_dir} has no images; put test images in {test_dir}/<class>/")
+    if dirs is None:
+        warnings.warn(
+            f"{root} has no train/ and test/: its test split is {FOLDER_TEST_FRACTION:.0%} of each class's "
+            f"images ({sum(map(len, test_files))} of {sum(map(len, test_files)) + sum(map(len, train_files))}"
+            "), drawn by a fixed seed, the same for every run; make PATH/train/<class> and PATH/test/<class> "
+            "to choose them yourself",
+            DataWarning,
+            stacklevel=3,
+        )
+    # (split, folder) of every listed file: train and test may share one folder (a single root)
+    listings = {("train", train_dir): train_files, ("test", test_dir): test_files}
 
-    h = hashlib.sha256(f"v{_CACHE_VERSION}\n{root}\n{SIZE}\n".encode())
-    for split, per_class in listings.items():
+    asked = "auto" if image_size is None else str(image_size)
+    layout = "single" if dirs is None else test_dir.name
+    h = hashlib.sha256(f"v{_CACHE_VERSION}\n{root}\n{asked}\n{layout}\n".encode())
+    for (split, _), per_class in listings.items():
         for cls, files in zip(classes, per_class, strict=True):
             for name, size, mtime in files:
                 h.update(f"{split}/{cls}/{name}\t{size}\t{mtime}\n".encode())
@@ -309,11 +422,13 @@ def _load_folder(
 
     cached = _load_cache(cache_file, key)
     if cached is None:
-        cached = _decode_folder(root, classes, listings, processes, pool_min_files)
+        cached = _decode_folder(classes, listings, image_size, processes, pool_min_files)
         cached["key"] = key
         _save_cache(cache_dir, cache_file, prefix, cached)
     c = cached
-    _warn(root, c["resized"], c["bad"], c["first_bad"], c["first_reason"], c["sizes"])
+    side = int(c["image_size"])
+    asked_size = image_size is not None
+    _warn(root, c["resized"], c["bad"], c["first_bad"], c["first_reason"], c["sizes"], side, asked_size)
     counts = torch.bincount(cached["train_y"], minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
@@ -327,30 +442,31 @@ def _load_folder(
 
 
 def _decode_folder(
-    root: Path,
     classes: list[str],
-    listings: dict[str, list[list[tuple[str, int, int]]]],
+    listings: dict[tuple[str, Path], Listing],
+    image_size: int | None,
     processes: int | None,
     pool_min_files: int,
 ) -> dict:
     paths: list[str] = []
     labels: list[int] = []
     splits: list[int] = []
-    for s, (split, per_class) in enumerate(listings.items()):
+    for s, ((_, split_dir), per_class) in enumerate(listings.items()):
         for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
-            d = root / split / cls
+            d = split_dir / cls
             paths.extend(str(d / name) for name, _, _ in files)
             labels.extend([k] * len(files))
             splits.extend([s] * len(files))
-    images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files)
+    side = image_size if image_size is not None else common_side(_scan_sizes(paths))
+    images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files, side)
     lab = np.asarray(labels, dtype=np.int64)
     spl = np.asarray(splits, dtype=np.int64)
-    out: dict = {"version": _CACHE_VERSION, "classes": list(classes)}
+    out: dict = {"version": _CACHE_VERSION, "classes": list(classes), "image_size": int(side)}
     for s, name in enumerate(("train", "test")):
         keep = ok & (spl == s)
         out[f"{name}_x"] = torch.from_numpy(images[keep]).permute(0, 3, 1, 2).contiguous()
         out[f"{name}_y"] = torch.from_numpy(lab[keep])
-    out["resized"] = int(sum(n for size, (n, _) in sizes.items() if size != (SIZE, SIZE)))
+    out["resized"] = int(sum(n for size, (n, _) in sizes.items() if size != (side, side)))
     # [width, height, count, first file] by first file: plain lists, so the cache loads weights_only
     out["sizes"] = sorted(([w, h, n, first] for (w, h), (n, first) in sizes.items()), key=lambda s: s[3])
     out["bad"] = int(bad)

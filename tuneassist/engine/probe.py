@@ -691,12 +691,18 @@ def data_facts(data: str) -> tuple[int, int]:
         return BUILTIN[kind].classes, BUILTIN[kind].train + BUILTIN[kind].test
     root = Path(str(arg)).expanduser()  # folder:PATH (parse_data refuses any other form)
     train = root / "train"
-    if not train.is_dir():
-        raise UserError(f"{root} has no train/ folder; expected PATH/train/<class>/*.jpg")
-    classes = [d for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    single = not train.is_dir()  # a single root of class folders (PATH/<class>/*.jpg)
+    if single and not root.is_dir():
+        raise UserError(f"{root} is not a folder; expected PATH/train/<class>/*.jpg or PATH/<class>/*.jpg")
+    classes = [d for d in (root if single else train).iterdir() if d.is_dir() and not d.name.startswith(".")]
     if not classes:
-        raise UserError(f"{train} has no class folders; expected PATH/train/<class>/*.jpg")
-    n = sum(1 for split in ("train", "test", "val") for _ in (root / split).glob("*/*"))
+        raise UserError(
+            f"{root} has no class folders; expected PATH/train/<class>/*.jpg or PATH/<class>/*.jpg"
+        )
+    if single:
+        n = sum(1 for _ in root.glob("*/*"))
+    else:
+        n = sum(1 for split in ("train", "test", "val") for _ in (root / split).glob("*/*"))
     return len(classes), n
 
 

@@ -258,7 +258,10 @@ def eval_subset_indices(n: int, k: int) -> torch.Tensor:
 
 
 def _prepare(spec: RunSpec) -> tuple[Dataset, int]:
-    ds = load_dataset(spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed)
+    ds = load_dataset(
+        spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed,
+        image_size=spec.image_size,
+    )  # fmt: skip
     n_train = int(ds.train_y.numel())
     if spec.batch_size > n_train:
         raise UserError(
@@ -369,6 +372,7 @@ def train(
             "device": str(device),
             "devices": world,
             "num_classes": ds.num_classes,
+            "image_size": int(ds.train_x.shape[-1]),
             "train_size": int(ds.train_y.numel()),
             "val_size": int(ds.val_y.numel()),
             "test_size": int(ds.test_y.numel()),
