@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -126,12 +127,54 @@ def run_summary(run: dict[str, Any], sessions: dict[int, str] | None = None) -> 
     }
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+def _table(rows: list[list[str]], header: list[str], width: int | None = None) -> str:
+    """Columns padded to their widest cell. With `width`, the table is made to fit it rather than
+    wrap (a wrapped table is unreadable): long headers shortened, then the least needed columns
+    dropped and long cells cut with an ellipsis, in FIT_STEPS' order."""
+    header, rows = list(header), [list(r) for r in rows]
+
+    def widths() -> list[int]:
+        return [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def total() -> int:
+        return sum(widths()) + 2 * (len(header) - 1)
+
+    if width is not None:
+        for i, h in enumerate(header):
+            if total() > width:
+                header[i] = FIT_SHORT.get(h, h)
+        for how, name, least in FIT_STEPS:
+            if total() <= width or name not in header:
+                continue
+            i = header.index(name)
+            if how == "drop":
+                header.pop(i)
+                for r in rows:
+                    r.pop(i)
+            else:  # cut the column's cells to what is left, but not below `least`
+                room = max(least, widths()[i] - (total() - width))
+                for r in rows:
+                    r[i] = r[i] if len(r[i]) <= room else r[i][: room - 1] + "…"
+    cols = widths()
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, cols, strict=True)).rstrip()]
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, cols, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+# How `tuneassist runs` fits a narrow terminal: shorter headers first, then the least needed columns go
+# and long cells are cut, in this order (`runs --json` and `runs watch ID` still show everything).
+FIT_SHORT = {"BEST VAL LOSS": "VAL LOSS", "BEST VAL ACC": "VAL ACC", "HYPERPARAMETERS": "HYPERPARAMS"}
+FIT_STEPS = (
+    ("drop", "SESSION", 0),
+    ("drop", "IMG/S", 0),
+    ("drop", "DATA", 0),
+    ("drop", "ELAPSED", 0),
+    ("cut", "HYPERPARAMS", 32),
+    ("drop", "MODEL", 0),
+    ("cut", "HYPERPARAMS", 16),
+    ("cut", "KIND", 8),
+)
 
 
 # ----------------------------------------------------------------------------- launching (for lr-find/train)
@@ -223,7 +266,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 fmt_time(elapsed(r)),
             ]
         )
-    print(_table(rows, header))
+    from tuneassist.cli.status import term_width
+
+    fit = term_width(sys.stdout) if sys.stdout.isatty() or os.environ.get("COLUMNS") else None
+    print(_table(rows, header, fit))
     bad = [r for r in runs if r["status"] in ("failed", "lost") and r["error"]]
     for r in bad[-3:]:
         print(f"run {r['id']} {r['status']}: {printable(r['error'])}")

@@ -9,6 +9,7 @@ Nothing here imports torch; runs are separate processes that outlive the app.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from textual.screen import Screen
 
 from tuneassist.advisor.checklist import STEP_TITLES
 from tuneassist.errors import UserError
+from tuneassist.fsafe import open_new
 from tuneassist.profiles.schema import safe_filename
 from tuneassist.runs.store import Store
 from tuneassist.session import TuningSession
-from tuneassist.tui.base import LiveScreen
+from tuneassist.tui.base import LiveScreen, log_note
 from tuneassist.tui.checklist import ChecklistScreen
 from tuneassist.tui.dialogs import HelpScreen, InputDialog
 from tuneassist.tui.live import Live
@@ -32,6 +34,7 @@ from tuneassist.tui.start import StartScreen
 
 log = logging.getLogger("tuneassist.tui")
 POLL_SECONDS = 0.5
+TUI_LOG = "tui.log"  # in the workspace: tracebacks of the exceptions a toast reported
 
 
 class TuneApp(App[None]):
@@ -82,7 +85,39 @@ class TuneApp(App[None]):
         self._poll_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+    log_file: Path | None = None  # where exceptions are written (the toasts name it); None: nowhere
+    _log_handler: logging.Handler | None = None
+
+    def _open_log(self) -> None:
+        """Write the tracebacks of exceptions the UI survives to `tui.log` in the workspace (private,
+        never through a symlink), so a toast that vanished can still be read and reported."""
+        if self.store.read_only:
+            return
+        path = self.store.workspace / TUI_LOG
+        try:
+            stream = os.fdopen(open_new(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8",
+                               errors="backslashreplace")  # fmt: skip
+        except OSError:
+            return
+        handler = logging.StreamHandler(stream)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("tuneassist").addHandler(handler)
+        self._log_handler, self.log_file = handler, path
+
+    def on_unmount(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("tuneassist").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An exception that ends the app: its traceback goes to the log file too, then Textual's way."""
+        log.error("the UI stopped on an unexpected error", exc_info=error)
+        super()._handle_exception(error)
+
     def on_mount(self) -> None:
+        self._open_log()
         if self.store.read_only:  # a full disk or a read-only mount: runs show, nothing can change
             self.notify(
                 f"The workspace {self.store.read_only_why}: runs are shown, but nothing can be started, "
@@ -114,7 +149,7 @@ class TuneApp(App[None]):
             if msg != self._poll_error:
                 self._poll_error = msg
                 log.exception("poll failed")
-                self.notify(f"cannot read the run store: {msg}", severity="error", timeout=10)
+                self.notify(f"cannot read the run store: {msg}{log_note(self)}", severity="error", timeout=10)
             return
         self.polls += 1
         for run in res.ended:

@@ -21,6 +21,12 @@ log = logging.getLogger("tuneassist.tui")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def log_note(app: Any) -> str:
+    """' (traceback in …/tui.log)' for a toast about an unexpected error, when the app logs to a file."""
+    path = getattr(app, "log_file", None)
+    return f" (traceback in {path})" if path else ""
+
+
 def guarded(fn: F) -> F:
     """Run an action; a UserError becomes a red toast, anything else a toast naming it (never a crash)."""
 
@@ -32,7 +38,9 @@ def guarded(fn: F) -> F:
             self.app.notify(str(exc), severity="error", timeout=8)
         except Exception as exc:  # noqa: BLE001 - the UI must survive whatever a run or the store does
             log.exception("action failed")
-            self.app.notify(f"unexpected {type(exc).__name__}: {exc}", severity="error", timeout=10)
+            self.app.notify(
+                f"unexpected {type(exc).__name__}: {exc}{log_note(self.app)}", severity="error", timeout=10
+            )
         return None
 
     return cast(F, wrapper)
@@ -104,7 +112,9 @@ class LiveScreen(Screen):
             key = f"{type(exc).__name__}: {exc}"
             if key != getattr(self, "_last_refresh_error", None):
                 self._last_refresh_error = key
-                self.app.notify(f"could not refresh the screen: {key}", severity="error", timeout=10)
+                self.app.notify(
+                    f"could not refresh the screen: {key}{log_note(self.app)}", severity="error", timeout=10
+                )
 
     def refresh_live(self, res: PollResult | None) -> None:
         """Update the widgets; res is None for a full refresh, else what the last poll changed."""

@@ -319,7 +319,7 @@ class ChecklistScreen(LiveScreen):
                 status: Text | str = Text("· not started", style="bright_black")
                 prog = ""
             else:
-                status = run_status(run["status"], bool(run.get("cancel_requested")))
+                status = run_status(run["status"], bool(run.get("cancel_requested")), run)
                 prog = progress_text(run)
                 if curve is not None and curve.val_loss:
                     vl, va = curve.val_loss[-1], curve.val_acc[-1]

@@ -34,11 +34,25 @@ STEP_STATUS = {
 }
 
 
-def run_status(status: str, cancel_requested: bool = False) -> Text:
+def run_status(status: str, cancel_requested: bool = False, run: dict[str, Any] | None = None) -> Text:
+    """A run's status in a symbol and words. Given the run, a range test that diverged reads as done,
+    with the LR where it diverged: a range test runs until the loss blows up, so that is its expected
+    end (the reading the advisor takes), not a failure."""
+    if status == "diverged" and run is not None and is_range_test(run):
+        d_lr = (run.get("outcome") or {}).get("diverged_lr")
+        where = f", diverged at LR {fmt_num(d_lr)}" if d_lr is not None else " (diverged)"
+        return Text(f"✓ done{where}", style="green")
     sym, word, color = RUN_STATUS.get(status, ("?", status, ""))
     if cancel_requested and status == "running":
         word = "stopping"
     return Text(f"{sym} {word}", style=color)
+
+
+def is_range_test(run: dict[str, Any]) -> bool:
+    """An LR range test, by its schedule (any launcher) or its checklist kind."""
+    return str((run.get("spec") or {}).get("schedule", "")).startswith("range_") or str(
+        run.get("kind") or ""
+    ).startswith(("lr_range", "lr_find"))
 
 
 def step_status(status: str) -> Text:

@@ -210,7 +210,7 @@ class RunsScreen(LiveScreen):
                 (
                     str(r["id"]),
                     run_kind(r),
-                    run_status(r["status"], bool(r.get("cancel_requested"))),
+                    run_status(r["status"], bool(r.get("cancel_requested")), r),
                     progress_text(r),
                     g(r.get("best_val_loss"), 4),
                     pct(r.get("best_val_acc")),
@@ -372,7 +372,7 @@ class RunDetailScreen(LiveScreen):
         done, total = progress(run)
         t = Text()
         t.append(f"Run {run['id']} · {run_kind(run)} · ", style="bold")
-        t.append_text(run_status(run["status"], bool(run.get("cancel_requested"))))
+        t.append_text(run_status(run["status"], bool(run.get("cancel_requested")), run))
         if done or total:
             t.append(f" · step {done}/{total or '?'}")
         if run.get("images_per_s"):
