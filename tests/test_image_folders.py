@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuneassist.dataref import FOLDER_TEST_FRACTION, folder_test_count
+from tuneassist.dataref import FOLDER_TEST_FRACTION, common_side, folder_side, folder_test_count
 from tuneassist.errors import UserError
 from tuneassist.session import estimate_train_size
 
 torch = pytest.importorskip("torch")
 from tuneassist.engine.data import DataWarning, load_dataset  # noqa: E402
-from tuneassist.engine.folder import common_side  # noqa: E402
 
 
 def _draw(path: Path, size: tuple[int, int], k: int) -> None:
@@ -155,3 +154,49 @@ def test_train_prints_the_size_it_trains_at(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "2 classes, 56x56 images, on cpu" in out.stderr
+
+
+def test_the_memory_probe_sizes_its_batches_at_the_folders_side(tmp_path: Path) -> None:
+    """The TBS probe runs before any run decodes the folder: it reads the side from the files' headers,
+    so a 64x64 folder's batch is measured at 64x64 (4x the memory of 32x32), its data held at that size."""
+    from tuneassist.engine.probe import data_facts, data_side
+
+    big = _folder(tmp_path / "big", {"a": 5, "b": 5}, (64, 64))
+    single = tmp_path / "single"
+    for k, cls in enumerate(("x", "y")):
+        for i in range(4):
+            _draw(single / cls / f"{i}.png", (24, 24), k)
+    assert folder_side(big) == 64 and data_side(f"folder:{big}") == 64
+    assert folder_side(single) == 24 and data_facts(f"folder:{single}") == (2, 8)
+    assert data_side("cifar10") == 32 and data_side(None) == 32
+    assert folder_side(tmp_path / "missing") is None  # the run, not the launcher, says what is wrong
+
+
+@pytest.mark.parametrize("model", ["simple3", "resnet20"])
+def test_gpu_packing_plans_for_the_pixels_a_folder_run_trains_at(model: str) -> None:
+    """The per-image memory table is measured at 32x32; a 64x64 run keeps about 4x the activations
+    (measured here), and the packer's plan for it grows the same way."""
+    from tuneassist.engine.memory import saved_mib_per_image
+    from tuneassist.runs.packing import RUN_BASE_MIB, need_mib
+
+    at32, at64 = saved_mib_per_image(model, side=32), saved_mib_per_image(model, side=64)
+    assert at64 / at32 == pytest.approx(4.0, rel=0.1)
+    spec = {"model": model, "batch_size": 128, "device": "cuda"}
+    plan32, plan64 = need_mib(spec), need_mib({**spec, "image_size": 64})
+    assert plan32 is not None and plan64 is not None
+    assert (plan64 - RUN_BASE_MIB) == pytest.approx(4 * (plan32 - RUN_BASE_MIB))
+
+
+def test_the_launcher_records_the_side_a_folder_run_decodes_at(tmp_path: Path) -> None:
+    from tuneassist.runs.launch import launch_run
+    from tuneassist.runs.store import Store
+    from tuneassist.spec import RunSpec
+
+    root = _folder(tmp_path / "imgs", {"a": 4, "b": 4}, (48, 48))
+    store = Store(tmp_path / "ws")
+    spec = RunSpec(data=f"folder:{root}", steps=1, batch_size=4, device="cpu", test=False)
+    rid = launch_run(store, spec)
+    assert store.get_run(rid)["spec"]["image_size"] == 48
+    from tuneassist.runs.launch import cancel_run
+
+    cancel_run(store, rid, wait=60)

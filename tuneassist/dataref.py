@@ -6,7 +6,11 @@ Pure Python (no torch): the UI process sizes runs from these facts without loadi
 
 from __future__ import annotations
 
+import collections
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from tuneassist.errors import UserError
 
@@ -66,3 +70,50 @@ def folder_test_count(n: int) -> int:
     """Test images held out of a class of `n` images in a single-root folder (one at least, when it has
     two or more; a class of one image trains)."""
     return 0 if n < 2 else min(n - 1, max(1, round(n * FOLDER_TEST_FRACTION)))
+
+
+# An image folder's side (its images are resized to side x side): --image-size, or by default its most
+# common size. Built-in data sets are 32x32.
+DEFAULT_SIDE = 32
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+
+
+def scan_sizes(paths: list[str]) -> collections.Counter[tuple[int, int]]:
+    """(width, height) of every readable image from its header alone (no pixels decoded): what the
+    default side is chosen from. Unreadable files are left to the decode, which reports them."""
+    from PIL import Image
+
+    seen: collections.Counter[tuple[int, int]] = collections.Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    seen[(int(im.size[0]), int(im.size[1]))] += 1
+            except Exception:  # noqa: BLE001 - unreadable: the decode skips and counts it
+                continue
+    return seen
+
+
+def common_side(sizes: collections.Counter[tuple[int, int]] | dict[tuple[int, int], int]) -> int:
+    """The default side: the most common size's (its shorter side when it is not square), ties to the
+    smaller one, within MIN_IMAGE_SIZE..MAX_IMAGE_SIZE; DEFAULT_SIDE when nothing could be read."""
+    if not sizes:
+        return DEFAULT_SIDE
+    (w, h), _ = min(sizes.items(), key=lambda kv: (-kv[1], min(kv[0])))
+    return min(max(min(w, h), MIN_IMAGE_SIZE), MAX_IMAGE_SIZE)
+
+
+def folder_side(path: str | os.PathLike[str], sample: int = 2000) -> int | None:
+    """The side a folder's images train at by default, from the headers of up to `sample` of its files,
+    evenly spread (no decode): for the launcher, which records it in the run's spec (so packing on a GPU
+    and the memory probe plan for it), before any run has decoded the folder. None when it cannot tell."""
+    root = Path(path).expanduser()
+    base = root / "train" if (root / "train").is_dir() else root
+    try:
+        files = sorted(str(f) for f in base.glob("*/*") if not f.name.startswith(".") and f.is_file())
+    except OSError:
+        return None
+    step = max(1, len(files) // sample)
+    seen = scan_sizes(files[::step][:sample])
+    return common_side(seen) if seen else None

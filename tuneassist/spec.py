@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneassist.dataref import BUILTIN, parse_data
+from tuneassist.dataref import BUILTIN, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, parse_data
 from tuneassist.errors import UserError
 
 SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
@@ -199,10 +199,10 @@ class RunSpec:
         if self.checkpoint_every < 0:
             raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
         if self.image_size is not None:
-            if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 1024):
+            if not (isinstance(self.image_size, int) and MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE):
                 raise UserError(
-                    f"image size {self.image_size} must be a whole number of pixels from 8 to 1024, "
-                    "e.g. --image-size 64"
+                    f"image size {self.image_size} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
+                    f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
                 )
             if self.image_size != 32 and not self.data.startswith("folder:"):
                 raise UserError(

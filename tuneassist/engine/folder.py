@@ -19,7 +19,6 @@ to find). Unreadable files are skipped and reported in one warning that counts t
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import multiprocessing
 import os
@@ -32,12 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuneassist.dataref import FOLDER_TEST_FRACTION, folder_test_count
+from tuneassist.dataref import (
+    DEFAULT_SIDE,
+    FOLDER_TEST_FRACTION,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    common_side,
+    folder_test_count,
+    scan_sizes,
+)
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
-SIZE = 32  # the size of every other data source, and of the models' design
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+SIZE = DEFAULT_SIDE  # the size of every other data source, and of the models' design
 # 2: the cache also holds the image sizes seen (for the resize warning); 3: any size, single-root folders
 _CACHE_VERSION = 3
 _CHUNK = 256  # files per worker task: large enough to amortise IPC, small enough to balance load
@@ -116,32 +122,6 @@ class _Chunk(list):
     def __init__(self, paths: list[str], side: int) -> None:
         super().__init__(paths)
         self.side = side
-
-
-def _scan_sizes(paths: list[str]) -> collections.Counter[tuple[int, int]]:
-    """(width, height) of every readable image from its header alone (no pixels decoded): what the
-    default size is chosen from. Unreadable files are left to the decode, which reports them."""
-    from PIL import Image
-
-    seen: collections.Counter[tuple[int, int]] = collections.Counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    seen[(int(im.size[0]), int(im.size[1]))] += 1
-            except Exception:  # noqa: BLE001 - unreadable: the decode skips and counts it
-                continue
-    return seen
-
-
-def common_side(sizes: collections.Counter[tuple[int, int]]) -> int:
-    """The default side: the most common size's (its shorter side when it is not square), ties to the
-    smaller one, within MIN_IMAGE_SIZE..MAX_IMAGE_SIZE; SIZE when nothing could be read."""
-    if not sizes:
-        return SIZE
-    (w, h), _ = min(sizes.items(), key=lambda kv: (-kv[1], min(kv[0])))
-    return min(max(min(w, h), MIN_IMAGE_SIZE), MAX_IMAGE_SIZE)
 
 
 Sizes = dict[tuple[int, int], list]  # (width, height) -> [count, first file of that size]
@@ -457,7 +437,7 @@ def _decode_folder(
             paths.extend(str(d / name) for name, _, _ in files)
             labels.extend([k] * len(files))
             splits.extend([s] * len(files))
-    side = image_size if image_size is not None else common_side(_scan_sizes(paths))
+    side = image_size if image_size is not None else common_side(scan_sizes(paths))
     images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files, side)
     lab = np.asarray(labels, dtype=np.int64)
     spl = np.asarray(splits, dtype=np.int64)

@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from tuneassist.engine.models import build_model
 
 
-def _batch(model: torch.nn.Module, batch: int, channels_last: bool, device: torch.device) -> torch.Tensor:
-    x = torch.randn(batch, 3, 32, 32, device=device)
+def _batch(
+    model: torch.nn.Module, batch: int, channels_last: bool, device: torch.device, side: int = 32
+) -> torch.Tensor:
+    x = torch.randn(batch, 3, side, side, device=device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def saved_mib_per_image(
-    model_name: str, bf16: bool = True, channels_last: bool = True, batch: int = 8
+    model_name: str, bf16: bool = True, channels_last: bool = True, batch: int = 8, side: int = 32
 ) -> float:
     """MiB per image of the activations kept for backward: bf16 autocast (+ channels_last) or fp32.
 
@@ -46,7 +48,7 @@ def saved_mib_per_image(
             sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
         return t
 
-    x = _batch(model, batch, channels_last, torch.device("cpu"))
+    x = _batch(model, batch, channels_last, torch.device("cpu"), side)
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
         out = model(x)

@@ -71,7 +71,7 @@ from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
 
 FAKE_OOM_ENV = "TUNEASSIST_FAKE_OOM_ABOVE"
-IMAGE_SIZE = 32  # every data source delivers 32x32 (folders are resized on decode)
+IMAGE_SIZE = 32  # every built-in data source is 32x32; an image folder trains at its own size
 MEASURE_BATCHES = (16, 64)  # the CPU probe's two batches (the second is capped at `limit`)
 MEASURE_TIMEOUT_S = 90.0
 ROUND_TO = 8
@@ -674,7 +674,7 @@ def probe_max_batch(
 def data_facts(data: str) -> tuple[int, int]:
     """(number of classes, images the run holds in memory) of a data spec, without decoding it.
 
-    Images count train + validation + test; each is 3 x 32 x 32 uint8 in memory.
+    Images count train + validation + test; each is 3 x side x side uint8 in memory (`data_side`).
     """
     kind, arg = parse_data(data)
     if kind == "synthetic":
@@ -706,6 +706,15 @@ def data_facts(data: str) -> tuple[int, int]:
     return len(classes), n
 
 
+def data_side(data: str | None) -> int:
+    """The side a data spec's runs train at: a folder's own (see dataref.folder_side), else 32."""
+    if data is None or not data.startswith("folder:"):
+        return IMAGE_SIZE
+    from tuneassist.dataref import folder_side
+
+    return folder_side(data.partition(":")[2]) or IMAGE_SIZE
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tuneassist.engine.probe",
@@ -715,7 +724,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="data spec: sets the classes and reserves its memory")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-classes", type=int, default=None, help="when no --data is given (default 10)")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side of the test images (default: a folder:PATH's own, as its runs train; 32 otherwise)",
+    )
     p.add_argument("--start", type=int, default=64)
     p.add_argument("--limit", type=int, default=4096)
     p.add_argument("--safety", type=float, default=0.9)
@@ -732,22 +746,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.measure_step is not None:  # internal: the CPU probe's measuring process
             batches = [int(b) for b in args.measure_step.split(",")]
             out = _measure_child(
-                args.model, args.num_classes or 10, args.image_size, batches, not args.no_channels_last
+                args.model,
+                args.num_classes or 10,
+                args.image_size or IMAGE_SIZE,
+                batches,
+                not args.no_channels_last,
             )
             print(json.dumps(out), flush=True)
             return 0
         classes, images = (10, 0) if args.data is None else data_facts(args.data)
+        side = args.image_size or data_side(args.data)
         res = probe_max_batch(
             args.model,
             args.num_classes or classes,
-            args.image_size,
+            side,
             args.device,
             start=args.start,
             limit=args.limit,
             safety=args.safety,
             bf16=not args.no_bf16,
             channels_last=not args.no_channels_last,
-            data_bytes=images * 3 * args.image_size * args.image_size,
+            data_bytes=images * 3 * side * side,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -328,6 +328,12 @@ def launch_run(store: Store, spec: RunSpec, kind: str = "train", session_id: int
     its module is found in from here, so the worker that runs it imports the same file.
     """
     spec = prepare_spec(spec.validate())
+    if spec.image_size is None and spec.data.startswith("folder:"):
+        # Recorded like the model's folder: the side the run decodes at, which GPU packing and a resume
+        # then plan for (a 224x224 folder needs 49x a 32x32 one's activations per image).
+        from tuneassist.dataref import folder_side
+
+        spec.image_size = folder_side(spec.data.partition(":")[2])
     check_device(str(spec.device or "auto"))
     candidates, need = slots_for(spec.to_dict())
     if need > len(candidates):

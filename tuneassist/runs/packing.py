@@ -24,7 +24,9 @@ PACK_MAX = 4  # runs sharing one GPU at most when packing on its own
 MEMORY_SHARE = 0.8  # of the GPU's memory that packed runs may plan to use together
 RUN_BASE_MIB = 2048  # per process: CUDA context, cuDNN workspaces, the data set held on the GPU
 PEAK_FACTOR = 2.0  # peak training memory / saved activations, with room to spare
-# MiB per image kept for backward: (bf16 autocast + channels_last, fp32), batch 8, CPU-measured.
+# MiB per image kept for backward: (bf16 autocast + channels_last, fp32), batch 8, CPU-measured, at
+# MEASURED_SIDE x MEASURED_SIDE; a run's image_size scales it by the pixels.
+MEASURED_SIDE = 32
 SAVED_MIB_PER_IMAGE: dict[str, tuple[float, float]] = {
     "simple3": (0.297, 0.461),
     "resnet20": (0.790, 1.451),
@@ -41,6 +43,8 @@ def need_mib(spec: dict[str, Any]) -> float | None:
     if saved is None or int(spec.get("devices") or 1) > 1:
         return None
     per_image = saved[0] if spec.get("bf16", True) else saved[1]
+    side = int(spec.get("image_size") or MEASURED_SIDE)  # activations grow with the pixels
+    per_image *= (side / MEASURED_SIDE) ** 2
     return RUN_BASE_MIB + PEAK_FACTOR * per_image * int(spec.get("batch_size") or 128)
 
 
