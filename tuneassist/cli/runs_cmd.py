@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tuneassist.curves import Curves, finite_points
@@ -454,11 +455,42 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "tensorboard":
+        target = getattr(args, "dir", None) or args.output
+        if not target:
+            raise UserError(
+                f"--format tensorboard writes a folder; e.g. tuneassist runs export {args.run_id} "
+                "--format tensorboard tb/"
+            )
+        n = export_run(open_store(args), args.run_id, "tensorboard", target)
+        where = Path(target).expanduser() / f"run-{args.run_id}"
+        print(f"wrote {n} rows of run {args.run_id} to {printable(where)}; view with: tensorboard --logdir "
+              f"{printable(target)}", file=sys.stderr)  # fmt: skip
+        return 0
     store = open_store(args)
     n = export_run(store, args.run_id, args.format, args.output)
     if args.output:
         print(f"wrote {n} rows of run {args.run_id} to {args.output}", file=sys.stderr)
     return 0
+
+
+class _FormatAction(argparse.Action):
+    """`--format csv|jsonl` or `--format tensorboard DIR`: the folder follows its format (a positional
+    after an option would be lost to argparse's matching of `ID` first)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None
+    ) -> None:
+        fmt, *rest = values
+        if fmt not in EXPORT_FORMATS:
+            parser.error(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+        if len(rest) > (1 if fmt == "tensorboard" else 0):
+            extra = rest[1:] if fmt == "tensorboard" else rest
+            parser.error(f"--format {fmt}: unexpected {' '.join(extra)!r} (only tensorboard takes a DIR)")
+        ns.format, ns.dir = fmt, (rest[0] if rest else None)
+
+
+EXPORT_FORMATS = ("csv", "jsonl", "tensorboard")
 
 
 def _run_id(text: str) -> int:
@@ -534,10 +566,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_workspace(r)
     r.set_defaults(func=cmd_resume)
 
-    e = sub.add_parser("export", help="write a run's metrics as CSV or JSON lines")
+    e = sub.add_parser(
+        "export", help="write a run's metrics as CSV or JSON lines, or TensorBoard event files in DIR"
+    )
     e.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
     e.add_argument(
-        "--format", choices=("csv", "jsonl"), required=True, help="csv or jsonl (one row per line)"
+        "--format",
+        nargs="+",
+        action=_FormatAction,
+        required=True,
+        metavar=("FORMAT", "DIR"),
+        help="csv, jsonl (one row per line), or tensorboard DIR (event files in DIR/run-ID)",
     )
     e.add_argument("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)")
     _add_workspace(e)

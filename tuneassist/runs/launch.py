@@ -421,9 +421,16 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
 def export_run(
     store: Store, run_id: int, fmt: str, out: str | os.PathLike[str] | TextIO | None = None
 ) -> int:
-    """Write a run's metric rows as CSV or JSON lines (to a file path, an open file or stdout)."""
+    """Write a run's metric rows as CSV or JSON lines (to a file path, an open file or stdout), or as
+    TensorBoard event files under the folder `out` (tuneassist.runs.tbexport, which loads torch)."""
+    if fmt == "tensorboard":
+        from tuneassist.runs.tbexport import export_tensorboard
+
+        if out is not None and not isinstance(out, str | os.PathLike):
+            raise UserError("--format tensorboard writes a folder, not to a stream; give DIR")
+        return export_tensorboard(store, run_id, out)
     if fmt not in ("csv", "jsonl"):
-        raise UserError(f"unknown export format {fmt!r}; use csv or jsonl")
+        raise UserError(f"unknown export format {fmt!r}; use csv, jsonl or tensorboard")
     store.get_run(run_id, refresh=False)
     rows = store.metrics(run_id)
 
