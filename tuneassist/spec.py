@@ -105,6 +105,9 @@ class RunSpec:
     # Where a `module:function` model's module was found when the run was launched (the sys.path entry);
     # every worker imports it from there, whatever directory it starts in. See tuneassist.usercode.
     model_dir: str | None = None
+    # Your own training function, `module:function` (`--train`): it trains your model on your data with
+    # this spec's hyperparameters (tuneassist.engine.usertrain); `model` then names the same function.
+    train_fn: str | None = None
     num_threads: int | None = None  # CPU threads for torch (None: torch default)
 
     @property
@@ -198,6 +201,14 @@ class RunSpec:
             )
         if self.checkpoint_every < 0:
             raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
+        if self.train_fn is not None:
+            if not is_module_function(self.train_fn):
+                raise UserError(
+                    f"--train {self.train_fn!r} is not a module:function; use e.g. --train mytrain:train "
+                    "(a function(hp, report) that trains your model)"
+                )
+            if self.devices > 1:
+                raise UserError(f"--train {self.train_fn} runs your function on one device; drop --devices")
         if self.image_size is not None:
             if not (isinstance(self.image_size, int) and MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE):
                 raise UserError(

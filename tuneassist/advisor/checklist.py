@@ -234,6 +234,7 @@ class Checklist:
     baseline: bool = True  # train the untuned baseline beside the final run
     allow_import: bool = False  # the user's consent to import a module:function model (tune --allow-import)
     model_dir: str | None = None  # where that module was found at launch (tuneassist.usercode)
+    train_fn: str | None = None  # the user's own training function, tune --train (engine/usertrain.py)
     session_id: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
@@ -406,6 +407,7 @@ class Checklist:
             eval_subset=self.plan.eval_subset,
             allow_import=self.allow_import,
             model_dir=self.model_dir,
+            train_fn=self.train_fn,
         )
         base.update(kw)
         return RunSpec(**base).validate()

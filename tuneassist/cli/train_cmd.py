@@ -61,6 +61,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--model", default="simple3", help=f"{', '.join(BUILTIN_MODELS)} or module:function (your own net)"
     )
     p.add_argument(
+        "--train",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="your own training function(hp, report), which trains your model on your data with the "
+        "run's hyperparameters (see examples/cifar_style.py); needs --allow-import",
+    )
+    p.add_argument(
         "--allow-import", action="store_true", help="allow --model module:function to import your module"
     )
     p.add_argument("--batch-size", type=_posint, default=128, help="total batch size (default 128)")
@@ -186,6 +193,8 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
     )
     if args.wd is not None:
         kw["weight_decay"] = args.wd
+    if getattr(args, "train", None):  # the function trains its own model: it names the run's model too
+        kw.update(train_fn=args.train, model=args.train)
     kw.update(over)
     from tuneassist.usercode import prepare_spec
 
@@ -385,13 +394,15 @@ def render_lr_find(result: dict[str, Any]) -> str:
     s = result["suggestion"]
     lines = range_test_lines(result["curve"], s, color=sys.stdout.isatty())
     data, model = shlex.quote(str(result["spec"]["data"])), shlex.quote(str(result["spec"]["model"]))
+    train = result["spec"].get("train_fn")
+    net = f"--train {shlex.quote(str(train))} --allow-import" if train else f"--model {model}"
     if s.get("min_lr") is None or s.get("max_lr") is None:  # no range: the failure's advice is the news
         retry = s.get("retry_range")
         lr = f" --lr {retry[0]:.3g}:{retry[1]:.3g}" if retry else ""
-        lines.append(f"Next: tuneassist lr-find --data {data} --model {model}{lr} (see the note above)")
+        lines.append(f"Next: tuneassist lr-find --data {data} {net}{lr} (see the note above)")
     else:
         lines.append(
-            f"Next: tuneassist train --data {data} --model {model} "
+            f"Next: tuneassist train --data {data} {net} "
             f"--schedule onecycle --lr {s['min_lr']:.3g}:{s['max_lr']:.3g} --momentum 0.95:0.85"
         )
     return "\n".join(lines)
@@ -416,6 +427,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "wd_exclude_bn_bias",
             "nesterov",
             "optimizer",
+            "train_fn",
             "schedule",
             "lr_min",
             "lr_max",

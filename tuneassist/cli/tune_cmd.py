@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "it is found in now)",
     )
     p.add_argument(
+        "--train",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="run the whole checklist on your own training function(hp, report), your model on your data "
+        "(see examples/cifar_style.py); needs --allow-import",
+    )
+    p.add_argument(
         "--budget",
         choices=("quick", "standard", "paper"),
         default="quick",
@@ -182,6 +189,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         name = _profile_name(args, session.checklist.data, session.checklist.model, session.checklist.budget)
         _say(quiet, f"resuming session {session.id} ({session.name})")
     else:
+        if args.train:  # the function trains its own model: it names the runs' model too
+            args.model = args.train
         name = _profile_name(args, args.data, args.model, args.budget)
         from tuneassist.runs.probe_client import probe_in_subprocess
         from tuneassist.usercode import consent_error, is_user_model, locate_module
@@ -204,7 +213,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                     f"memory probe: the largest batch of {args.model} that fits · {elapsed:.0f} s of 120"
                 )
 
-        probe = probe_in_subprocess(
+        probe = None if args.train else probe_in_subprocess(  # your function builds its own batches
             args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
             model_dir=model_dir, on_wait=probing,
         )  # fmt: skip
@@ -227,6 +236,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             baseline=not args.no_baseline,
             allow_import=args.allow_import and model_dir is not None,
             model_dir=model_dir,
+            train_fn=args.train,
             time_s=args.time,
             images_per_s=ips if args.time else None,
         )

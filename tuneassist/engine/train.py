@@ -280,6 +280,10 @@ def train(
 ) -> dict[str, Any]:
     """Run `spec` to the end (finished, diverged or cancelled) and return the end event."""
     spec.validate()
+    if spec.train_fn is not None:  # the user's own training function (--train module:function)
+        from tuneassist.engine.usertrain import train_user
+
+        return train_user(spec, on_event, should_stop, checkpoint_path, resume)
     emit: EventSink = on_event or (lambda e: None)
     stop = should_stop or (lambda: False)
     ckpt_path = Path(checkpoint_path) if checkpoint_path else None

@@ -89,6 +89,7 @@ TOP_KEYS: dict[str, tuple[str, str]] = {
     "weight_decay": ("0 or a positive number", "weight_decay = 1e-4"),
     "nesterov": ("true or false", "nesterov = false"),
     "optimizer": ("one of: " + ", ".join(OPTIMIZERS), 'optimizer = "sgd"'),
+    "train": ("a module:function, your training function", 'train = "mytrain:train"'),
     "wd_exclude_bn_bias": ("true or false", "wd_exclude_bn_bias = false"),
     "notes": ("a string", 'notes = "..."'),
 }
@@ -163,6 +164,7 @@ class Profile:
     nesterov: bool = False
     # sgd (the paper's: momentum, L2 WD), adam (beta1 = momentum, L2 WD), adamw (decoupled WD)
     optimizer: str = "sgd"
+    train_fn: str | None = None  # your own training function (tune --train): `model` names it too
     wd_exclude_bn_bias: bool = False
     schedule: str = "onecycle"
     rise_fraction: float = 0.45
@@ -203,6 +205,8 @@ class Profile:
             d["nesterov"] = True
         if self.optimizer != "sgd":
             d["optimizer"] = self.optimizer
+        if self.train_fn:
+            d["train"] = self.train_fn
         if self.wd_exclude_bn_bias:
             d["wd_exclude_bn_bias"] = True
         if self.notes:
@@ -344,6 +348,7 @@ TOP_TYPES = {
     "weight_decay": "num",
     "nesterov": "bool",
     "optimizer": "str",
+    "train": "str",
     "wd_exclude_bn_bias": "bool",
     "notes": "str",
 }
@@ -453,6 +458,12 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
             f"{where}: optimizer {optimizer!r} is not supported; use one of {', '.join(OPTIMIZERS)}, "
             'e.g. optimizer = "sgd"'
         )
+    train_fn = raw.get("train")
+    if train_fn is not None and (not is_module_function(train_fn) or raw["model"] != train_fn):
+        raise UserError(
+            f"{where}: train {train_fn!r} must be a module:function and the profile's model the same, "
+            f'e.g. train = "mytrain:train" with model = "mytrain:train"'
+        )
     if optimizer != "sgd" and raw.get("nesterov", False):
         raise UserError(f'{where}: nesterov applies to SGD only; remove it or use optimizer = "sgd"')
 
@@ -535,6 +546,7 @@ def profile_from_dict(raw: Mapping[str, Any], where: str = "profile") -> Profile
         notes=raw.get("notes", ""),
         nesterov=raw.get("nesterov", False),
         optimizer=optimizer,
+        train_fn=train_fn,
         wd_exclude_bn_bias=raw.get("wd_exclude_bn_bias", False),
         schedule=kind,
         rise_fraction=float(rise),
@@ -756,6 +768,7 @@ def profile_to_runspec(profile: Profile, *, allow_import: bool = False, **overri
         wd_exclude_bn_bias=profile.wd_exclude_bn_bias,
         nesterov=profile.nesterov,
         optimizer=profile.optimizer,
+        train_fn=profile.train_fn,
         epochs=float(profile.epochs),
         batch_size=profile.batch_size,
         devices=profile.devices,
@@ -804,6 +817,7 @@ def profile_from_runspec(
         description=description,
         nesterov=spec.nesterov,
         optimizer=spec.optimizer,
+        train_fn=spec.train_fn,
         wd_exclude_bn_bias=spec.wd_exclude_bn_bias,
         rise_fraction=spec.rise_fraction,
         final_div=spec.final_div,

@@ -1,0 +1,1 @@
+"""Examples of your own code that tuneassist runs (`--train examples.cifar_style:train`)."""
