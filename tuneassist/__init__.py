@@ -25,10 +25,11 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str) -> Any:
     """`tuneassist.range_test` and the rest of the API, imported from tuneassist.api when first used."""
-    if name in _API:
-        from tuneassist import api
+    if name in _API or name == "api":
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("tuneassist.api")  # not `from tuneassist import api`: that asks here
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'tuneassist' has no attribute {name!r}")
 
 
