@@ -204,6 +204,7 @@ def test_import_tuneassist_does_not_import_torch() -> None:
     code = (
         "import sys, tuneassist\n"
         "tuneassist.suggest_lr, tuneassist.diagnose, tuneassist.track, tuneassist.read_curve\n"
+        "assert tuneassist.api.read_range_test is not None\n"
         "import tuneassist.cli.main\n"
         "assert 'range_test' in dir(tuneassist)\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
