@@ -132,7 +132,36 @@ def test_divergence_found_inside_an_unflagged_curve() -> None:
 def test_robust_to_noise_across_seeds() -> None:
     answers = [suggest_lr(*range_curve(noise=0.3, seed=k)[:2], diverged_at_lr=3.0).max_lr for k in range(8)]
     assert max(answers) / min(answers) <= 3.0
-    assert all(0.3 <= a <= 1.5 for a in answers)
+    # Between the end of the descent (LR 1 by construction) read low by the noise, and the margin.
+    assert all(0.3 <= a <= 3.0 / 1.5 for a in answers)
+
+
+def test_the_top_sits_midway_across_the_floor_before_the_blow_up() -> None:
+    """A loss that lies flat from LR 0.01 to 1 before it blows up at 1.5 (as simple3's on real CIFAR-10):
+    the top is the floor's middle on the log scale, not where the descent ends; and the nearer the
+    blow-up, the lower the top (the same descent, a floor one decade shorter, a top half a decade down)."""
+
+    def floored(blowup: float) -> tuple[np.ndarray, np.ndarray, float]:
+        lx = np.linspace(-4, 1, 300)
+        y = 2.3 - 0.7 / (1 + np.exp(-(lx + 2.6) / 0.25))
+        y = y + 0.01 * np.random.default_rng(0).standard_normal(len(lx))
+        k = int(np.argmax(lx > math.log10(blowup)))
+        return 10 ** lx[:k], y[:k], float(10 ** lx[k])
+
+    s = suggest_lr(*floored(1.5)[:2], diverged_at_lr=floored(1.5)[2])
+    end = s.estimates["descent_end"]
+    assert end is not None and 0.005 <= end <= 0.05
+    assert s.estimates["floor_middle"] == pytest.approx(math.sqrt(end * s.estimates["divergence"]))
+    assert s.max_lr == round_sig(s.estimates["floor_middle"])
+    assert "midway (log scale) between the end of the descent" in s.explanation
+    shorter = suggest_lr(*floored(0.15)[:2], diverged_at_lr=floored(0.15)[2])
+    assert shorter.estimates["descent_end"] == pytest.approx(end, rel=0.3)
+    assert s.max_lr / shorter.max_lr == pytest.approx(math.sqrt(10), rel=0.6)
+    # Without a blow-up in the range there is no floor to cross: the end of the descent, a lower bound.
+    lx = np.linspace(-4, 1, 300)
+    flat = suggest_lr(10**lx, 2.3 - 0.7 / (1 + np.exp(-(lx + 2.6) / 0.25)))
+    assert flat.estimates["floor_middle"] is None and flat.failure == "no_divergence"
+    assert flat.max_lr == pytest.approx(round_sig(flat.estimates["descent_end"]))
 
 
 def test_flat_curve() -> None:

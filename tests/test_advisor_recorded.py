@@ -121,10 +121,11 @@ def test_simple3_range_test_reading() -> None:
     assert s.max_lr is not None and s.min_lr is not None and s.failure is None, s.explanation
     # Below the blow-up, with the margin the rule promises.
     assert s.max_lr <= c.diverged_lr / 1.5
-    # Inside the stretch where the recorded loss still falls: after the fall began, before the curve
-    # turns back up, at a point where most of the fall has happened.
+    # On the floor past the end of the descent (where 1cycle trains best, benchmarks/lr_rule.py): after
+    # the fall began, before the curve turns back up, where the loss still holds most of its fall.
     assert region["began"] < s.max_lr < region["turn"]
-    assert _fallen_fraction(region, s.max_lr) > 0.75
+    assert _fallen_fraction(region, s.max_lr) > 0.6
+    assert s.max_lr >= s.estimates["descent_end"]
     assert s.min_lr == pytest.approx(s.max_lr / 10, rel=0.3)
     assert s.estimates["val_min"] is not None  # the recorded validation curve was read
     assert s.confidence in ("medium", "high")

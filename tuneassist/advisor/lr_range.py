@@ -17,6 +17,15 @@ Estimates (all on the smoothed curve, x = log10 LR):
 - ``divergence``: where the loss blew up (the training loss, or the validation loss staying above
   10x its best); a bound, not a vote: the max LR stays 1.5x below it.
 
+The estimates that agree locate ``descent_end``, where the loss stops falling. That is not yet the top
+of 1cycle: on real data the loss then lies on a floor for one to two decades before it blows up, and
+1cycle trains best well onto that floor (the large LRs regularise; the ramp gives the net time to
+adapt). The top is ``floor_middle``, the middle of the floor on the log scale, sqrt(descent_end x
+divergence). Measured by ``benchmarks/lr_rule.py`` on real CIFAR-10 against a 1cycle grid at the
+final run's length: the end of the descent read 2-8x too low on simple3 and a no-BN net, the floor's
+middle was the grid's best (``benchmarks/results/lr-rule-*.json``). Without a blow-up in the range
+the end of the descent is used, as a lower bound (the reading asks for a longer range).
+
 numpy only: importable without torch, testable on recorded curves.
 """
 
@@ -146,6 +155,11 @@ class LRSuggestion:
         d["agreement"] = list(self.agreement)
         d["retry_range"] = list(self.retry_range) if self.retry_range else None
         return d
+
+
+def _times(r: float) -> str:
+    """A safety factor for a sentence: '1.5x', '12x'."""
+    return f"{r:.1f}x" if r < 3 else f"{r:.0f}x"
 
 
 def _valid_prefix(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
@@ -291,6 +305,8 @@ def suggest_lr(
         "min_div10": None,
         "divergence": div_lr,
         "val_min": val_min,
+        "descent_end": None,
+        "floor_middle": None,
     }
     evidence: dict[str, float | None] = {}
 
@@ -420,12 +436,17 @@ def suggest_lr(
     logs = sorted(math.log10(votes[n]) for n in group)
     mid = len(logs) // 2
     centre = 10 ** (logs[mid] if len(logs) % 2 else 0.5 * (logs[mid - 1] + logs[mid]))
+    estimates["descent_end"] = centre
     cap = div_lr / DIVERGENCE_MARGIN if div_lr is not None else math.inf
-    raw_max = min(centre, cap)
+    # The top of 1cycle: midway (on the log scale) across the floor between the end of the descent and
+    # the blow-up (see the module notes). Without a blow-up the end of the descent is a lower bound.
+    top = math.sqrt(centre * div_lr) if div_lr is not None and div_lr > centre else centre
+    estimates["floor_middle"] = top if div_lr is not None and div_lr > centre else None
+    raw_max = min(top, cap)
     max_lr = round_sig(raw_max)
     if max_lr > cap:
         max_lr = floor_sig(raw_max)
-    capped = centre > cap
+    capped = top > cap
 
     # Min LR: a tenth of the top, unless the loss had not started to fall there yet.
     min_lr = round_sig(max_lr / 10)
@@ -487,6 +508,12 @@ def suggest_lr(
         f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {tail}. "
         f"Agreement: {word} ({k} of {n})."
     )
+    if div_lr is not None and top > centre:
+        explanation += (
+            f" The top sits midway (log scale) between the end of the descent, {fmt_num(centre)}, and the "
+            f"blow-up: large LRs regularise, and it stays {_times(math.sqrt(div_lr / centre))} below the "
+            "blow-up."
+        )
     if capped:
         explanation += f" Kept {DIVERGENCE_MARGIN:g}x below the divergence point."
     explanation += min_note
