@@ -19,13 +19,15 @@ from tuneassist.tui.fmt import run_status
 def test_runs_table_fits_the_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cols: int
 ) -> None:
+    import sys
+
     ws = tmp_path / "ws"
     seed_store(ws)
-    monkeypatch.setenv("COLUMNS", "1000")
-    assert main(["--workspace", str(ws), "runs"]) == 0
+    monkeypatch.setenv("COLUMNS", str(cols))
+    assert main(["--workspace", str(ws), "runs"]) == 0  # not a terminal: every column, as before
     wide = capsys.readouterr().out.splitlines()
     assert max(map(len, wide)) > 120 and "BEST VAL LOSS" in wide[0]  # what used to wrap
-    monkeypatch.setenv("COLUMNS", str(cols))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal of `cols` columns
     assert main(["--workspace", str(ws), "runs"]) == 0
     out = capsys.readouterr().out.splitlines()
     table = out[: len(wide) - sum(1 for ln in wide if ln.startswith("run "))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -269,7 +268,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
     from tuneassist.cli.status import term_width
 
-    fit = term_width(sys.stdout) if sys.stdout.isatty() or os.environ.get("COLUMNS") else None
+    fit = term_width(sys.stdout) if sys.stdout.isatty() else None  # a pipe or file gets every column
     print(_table(rows, header, fit))
     bad = [r for r in runs if r["status"] in ("failed", "lost") and r["error"]]
     for r in bad[-3:]:
