@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -312,6 +314,28 @@ def test_folder_pool_decoding_matches_in_process(tmp_path: Path, monkeypatch: py
     assert pool_results == [3]  # 604 files in chunks of 256, decoded by the worker processes
     for a, b in zip(serial[1:], pooled[1:], strict=True):
         assert torch.equal(a, b)
+
+
+def test_folder_pool_decoders_die_on_sigterm_in_a_worker_whose_handler_only_sets_a_flag() -> None:
+    """The background worker's SIGTERM handler logs and asks the run to stop; forked decoders inherited
+    it, so the pool's SIGTERM at its exit could leave one blocked on the log lock it was forked
+    holding, and the worker waited on it for ever (a `tune` on a new image folder hung). Each decoder
+    must take SIGTERM's default (die) and leave Ctrl-C to the parent."""
+    code = """
+import signal, sys
+from tuneassist.engine import folder
+
+def disposition(chunk):
+    term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    return (term is signal.SIG_DFL, intr is signal.SIG_IGN)
+
+folder._decode_chunk = disposition
+signal.signal(signal.SIGTERM, lambda *_: None)   # as tuneassist.runs.worker: only sets a flag
+print(folder._decode_in_pool([["a"], ["b"], ["c"]], 2))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.strip() == "[(True, True), (True, True), (True, True)]"
 
 
 def test_folder_cache_is_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -166,6 +167,14 @@ def _report(done: int, total: int) -> None:
             pass
 
 
+def _pool_child_init() -> None:
+    """A forked decoder must die on the pool's SIGTERM: it inherits the worker's handler, which only sets
+    a stop flag (cancel a run gracefully), so the pool's exit waited on it for ever (a `tune` on a new
+    image folder hung in its range test). Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
     """Decode chunks in `procs` worker processes; None if workers cannot be started here."""
     methods = multiprocessing.get_all_start_methods()
@@ -175,7 +184,7 @@ def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
-            pool = ctx.Pool(procs)
+            pool = ctx.Pool(procs, initializer=_pool_child_init)
     except (OSError, AssertionError, ValueError):  # e.g. inside a daemonic process, or out of processes
         return None
     total, done, results = sum(len(c) for c in chunks), 0, []
