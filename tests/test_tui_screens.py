@@ -111,7 +111,8 @@ def _record(
 
 
 def range_curve(n: int = 300, lo: float = 1e-4, hi: float = 10.0) -> tuple[list, list]:
-    """A range test that falls from 2.3, bottoms out near LR 0.5 and blows up past 3 (diverged at 4.1)."""
+    """A range test that falls from 2.3, bottoms out near LR 0.5 and blows up past 3 (diverged at 4.1):
+    read as 1cycle 0.2 → 2.0, the floor's middle between 0.56 and 4.1."""
     rng = np.random.default_rng(0)
     lrs = lo * (hi / lo) ** (np.arange(n) / (n - 1))
     x = np.log10(lrs)
@@ -245,14 +246,14 @@ def test_checklist_steps(seeded: tuple[Path, dict]) -> None:
         assert len(text.splitlines()) == h and max(len(x) for x in text.splitlines()) <= w
         assert "session 1: synthetic · simple3" in text
         assert "1 · LR range test (done)" in text
-        assert "Chosen: 0.06 → 0.6 (recommended)" in flat(text)
+        assert "Chosen: 0.2 → 2.0 (recommended)" in flat(text)
         assert "diverged 4.1" in text  # the divergence marker on the plot
         assert "1e-4" in text and "0.01" in text  # log x axis over the range tested
         assert "[═" in text  # the chosen range marked on the LR axis
         assert "train loss" in text and "val loss" in text
         assert "● 1 running" in text
         assert "r run" in text and "a accept" in text and "? help" in text  # footer keys
-    assert "LR range     ✓ 0.06 → 0.6" in rng[(100, 30)]  # the full sidebar at 100 columns
+    assert "LR range     ✓ 0.2 → 2.0" in rng[(100, 30)]  # the full sidebar at 100 columns
     assert " 1 ✓" in rng[(80, 24)] and "›3 ●" in rng[(80, 24)]  # numbers and symbols at 80
     for text in sweep.values():
         assert "3 · Momentum (running)" in text
