@@ -86,6 +86,18 @@ class Runner:
         return r
 
 
+def provenance(script: str, argv: list[str] | None) -> dict[str, str]:
+    """How a results file was made: the command, date, torch and machine."""
+    import torch
+
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
 def _acc(r: dict[str, Any]) -> float:
     return float(r["test_acc"]) if r.get("test_acc") is not None and r["outcome"] == "finished" else 0.0
 
@@ -122,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/...)")
     a = p.parse_args(argv)
-
-    import torch
 
     from tuneassist.advisor.grids import model_kind
     from tuneassist.advisor.sweep import same_value
@@ -202,10 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         regret[name] = {"best": best["value"], "best_acc": _acc(best), "chosen": chosen[name],
                         "chosen_acc": mine_acc, "regret_points": 100 * (_acc(best) - mine_acc)}  # fmt: skip
     res = {
-        "command": "python benchmarks/advisor_regret.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": dt.date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **provenance("advisor_regret.py", argv),
         "data": a.data, "model": a.model, "epochs": a.epochs, "budget": a.budget,
         "tune_wall_s": summary["wall_s"], "tune_steps": summary["steps"],
         "profile": {"lr": [prof.lr_min, prof.lr_max], "tbs": prof.batch_size, "momentum": chosen["momentum"],

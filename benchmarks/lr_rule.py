@@ -20,11 +20,8 @@ Slow: run by hand, results committed under benchmarks/results/lr-rule-*.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 from dataclasses import replace
@@ -100,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean regret {sum(total) / max(len(total), 1):.2f} points over {len(total)} nets")
         return 0
 
-    import torch
-
-    from benchmarks.advisor_regret import Runner
+    from benchmarks.advisor_regret import Runner, provenance
     from tuneassist.advisor.checklist import Checklist
     from tuneassist.engine.train import train
 
@@ -137,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["outcome"] == "diverged" or (r["test_acc"] is not None and r["test_acc"] < 0.15):
             break  # beyond the ceiling: every larger LR diverges too
     res = {
-        "command": "python benchmarks/lr_rule.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": dt.date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **provenance("lr_rule.py", argv),
         "data": a.data, "model": a.model, "epochs": a.epochs, "budget": a.budget,
         "range_spec": range_spec.to_dict(), "range_tbs": range_spec.batch_size, "range": curves,
         "grid_tbs": grid_tbs, "grid_momentum": list(mom), "grid_wd": base.weight_decay, "grid": grid,
