@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneassist import _API
 from tuneassist.advisor.diagnosis import Diagnosis
 from tuneassist.advisor.diagnosis import diagnose as _diagnose
 from tuneassist.advisor.lr_range import LRSuggestion, suggest_lr
@@ -43,17 +44,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = [
-    "Diagnosis",
-    "LRSuggestion",
-    "RangeTestResult",
-    "TrackedRun",
-    "diagnose",
-    "range_test",
-    "read_curve",
-    "suggest_lr",
-    "track",
-]
+__all__ = list(_API)  # one list: what the package re-exports lazily is what this module exports
 
 # The range test's defaults, as `tuneassist lr-find` runs it (about 4 epochs, 100..400 steps).
 DEFAULT_LR_RANGE = (1e-5, 10.0)
