@@ -440,8 +440,9 @@ def suggest_lr(
     cap = div_lr / DIVERGENCE_MARGIN if div_lr is not None else math.inf
     # The top of 1cycle: midway (on the log scale) across the floor between the end of the descent and
     # the blow-up (see the module notes). Without a blow-up the end of the descent is a lower bound.
-    top = math.sqrt(centre * div_lr) if div_lr is not None and div_lr > centre else centre
-    estimates["floor_middle"] = top if div_lr is not None and div_lr > centre else None
+    floor = div_lr is not None and div_lr > centre
+    top = math.sqrt(centre * div_lr) if floor else centre
+    estimates["floor_middle"] = top if floor else None
     raw_max = min(top, cap)
     max_lr = round_sig(raw_max)
     if max_lr > cap:
@@ -508,11 +509,11 @@ def suggest_lr(
         f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {tail}. "
         f"Agreement: {word} ({k} of {n})."
     )
-    if div_lr is not None and top > centre:
+    if floor:
+        assert div_lr is not None
         explanation += (
             f" The top sits midway (log scale) between the end of the descent, {fmt_num(centre)}, and the "
-            f"blow-up: large LRs regularise, and it stays {_times(math.sqrt(div_lr / centre))} below the "
-            "blow-up."
+            f"blow-up: large LRs regularise, and it stays {_times(div_lr / max_lr)} below the blow-up."
         )
     if capped:
         explanation += f" Kept {DIVERGENCE_MARGIN:g}x below the divergence point."
