@@ -275,25 +275,74 @@ def _dedupe(lx: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ux, sums / counts
 
 
-def suggest_lr(
+@dataclass
+class _Reading:
+    """What is known about a range test while it is read: the estimates so far, the numbers behind
+    them, and the divergence point (which later steps may move lower)."""
+
+    estimates: dict[str, float | None]
+    evidence: dict[str, float | None]
+    lr_start: float | None  # the first LR of the test, before any cut
+    div_lr: float | None
+    val_min: float | None
+    val_div: bool  # the divergence point is where the validation loss blew up
+
+    def fail(self, kind: str, sentence: str, advice: str, retry: tuple[float, float] | None) -> LRSuggestion:
+        """No LR range: the curve cannot be read; `advice` says how to re-run it."""
+        return LRSuggestion(
+            max_lr=None,
+            min_lr=None,
+            confidence="low",
+            estimates=self.estimates,
+            failure=kind,
+            advice=advice,
+            explanation=f"No LR range suggested: {sentence} {advice}",
+            retry_range=retry,
+            evidence=self.evidence,
+        )
+
+    def start_lower(self, sentence: str) -> LRSuggestion:
+        """The loss blew up before it could fall: re-run from two decades below the start."""
+        assert self.div_lr is not None
+        lo = (self.lr_start or self.div_lr / 10) / 100
+        return self.fail(
+            "diverged_immediately",
+            sentence,
+            f"Start lower: re-run the range test from {fmt_num(lo)} to {fmt_num(self.div_lr)}.",
+            (lo, self.div_lr),
+        )
+
+
+@dataclass
+class _Curve:
+    """The training loss on the log-LR axis, smoothed and cut at the blow-up."""
+
+    lx: np.ndarray  # log10 LR
+    x: np.ndarray  # LR
+    y: np.ndarray  # the raw loss
+    ys: np.ndarray  # the smoothed loss
+    level: float  # where the smoothed loss started (the first tenth of the span)
+    scale: float
+    fall: float  # how far the smoothed loss fell to its minimum
+    sigma: float  # step-to-step noise of the raw loss around the smoothed one
+    sigma_s: float  # that noise left in the smoothed curve
+
+
+def _read_inputs(
     lrs: Sequence[float],
     losses: Sequence[float],
-    val_lrs: Sequence[float] | None = None,
-    val_losses: Sequence[float] | None = None,
-    *,
-    diverged_at_lr: float | None = None,
-) -> LRSuggestion:
-    """Read a range test (train loss per step, optional validation loss at some LRs) into a 1cycle range.
-
-    `diverged_at_lr` is the LR at which the engine stopped the test for divergence, if it did.
-    """
+    val_lrs: Sequence[float] | None,
+    val_losses: Sequence[float] | None,
+    diverged_at_lr: float | None,
+) -> tuple[np.ndarray, np.ndarray, _Reading]:
+    """The finite part of the curve, and the divergence point from the engine, a NaN or the val loss."""
     x, y = _check_inputs(lrs, losses, "range test")
     lr_start = float(x[0]) if len(x) and math.isfinite(x[0]) else None
     x, y, nan_lr = _valid_prefix(x, y)
     div_lr = min((v for v in (diverged_at_lr, nan_lr) if v is not None), default=None)
 
     val_min: float | None = None
-    val_div = False  # the divergence point is where the validation loss blew up
+    val_div = False
     if val_lrs is not None and val_losses is not None and len(val_lrs):
         val_min, v_bad = _val_minimum(val_lrs, val_losses)
         if v_bad is not None and (div_lr is None or v_bad < div_lr):
@@ -308,52 +357,26 @@ def suggest_lr(
         "descent_end": None,
         "floor_middle": None,
     }
-    evidence: dict[str, float | None] = {}
+    return x, y, _Reading(estimates, {}, lr_start, div_lr, val_min, val_div)
 
-    def fail(kind: str, sentence: str, advice: str, retry: tuple[float, float] | None) -> LRSuggestion:
-        return LRSuggestion(
-            max_lr=None,
-            min_lr=None,
-            confidence="low",
-            estimates=estimates,
-            failure=kind,
-            advice=advice,
-            explanation=f"No LR range suggested: {sentence} {advice}",
-            retry_range=retry,
-            evidence=evidence,
-        )
 
-    def start_lower(sentence: str) -> LRSuggestion:
-        assert div_lr is not None
-        lo = (lr_start or div_lr / 10) / 100
-        return fail(
-            "diverged_immediately",
-            sentence,
-            f"Start lower: re-run the range test from {fmt_num(lo)} to {fmt_num(div_lr)}.",
-            (lo, div_lr),
-        )
+def _skip_warmup(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the warm-up, on the log-LR axis: the first steps move the loss for reasons unrelated to the
+    LR (batch-norm statistics settling, the first updates away from the initialisation).
 
-    # Skip the warm-up: the first few steps move the loss for reasons unrelated to the LR
-    # (batch-norm statistics settling, the first updates away from the initialisation).
-    # In a linear test the first steps already span decades, so skip only what lies in the first
-    # tenth of the log-LR span.
+    In a linear test the first steps already span decades, so only what lies in the first tenth of the
+    log-LR span is skipped."""
     n_all = len(y)
     skip = 0
     if n_all >= 2 * MIN_POINTS:
         lx_all = np.log10(x)
         early = int(np.sum(lx_all < lx_all[0] + 0.1 * (lx_all[-1] - lx_all[0])))
         skip = min(max(3, round(0.05 * n_all)), early, n_all // 4)
-    lx, y = _dedupe(np.log10(x[skip:]), y[skip:])
-    if len(y) < MIN_POINTS:
-        if div_lr is not None:
-            return start_lower(f"the loss blew up at LR {fmt_num(div_lr)}, after only {n_all} steps.")
-        return fail(
-            "too_short",
-            f"only {n_all} steps were recorded.",
-            "Run the range test longer (a few hundred steps) so the curve can be read.",
-            None,
-        )
+    return _dedupe(np.log10(x[skip:]), y[skip:])
 
+
+def _smoothed_curve(lx: np.ndarray, y: np.ndarray, r: _Reading) -> _Curve:
+    """Smooth the loss, find the blow-up inside the recorded curve, cut it there, and measure the noise."""
     gaps = np.diff(lx)
     step = float(np.median(gaps))
     span = max(SPAN_FRACTION * float(lx[-1] - lx[0]), 2.0 * step)
@@ -380,15 +403,15 @@ def suggest_lr(
     if len(above):
         j = i_min + int(above[0])
         seen = float(10 ** lx[j])
-        if div_lr is None or seen < div_lr:
-            div_lr, val_div = seen, False
-            estimates["divergence"] = div_lr
+        if r.div_lr is None or seen < r.div_lr:
+            r.div_lr, r.val_div = seen, False
+            r.estimates["divergence"] = r.div_lr
         lx, y, ys = lx[: max(j, 1)], y[: max(j, 1)], ys[: max(j, 1)]
     x = 10**lx
 
     sigma = robust_sigma(y - ys)
     sigma_s = sigma / math.sqrt(3.0 * max(span / step, 1.0))
-    evidence.update(
+    r.evidence.update(
         start_loss=level,
         min_loss=y_min,
         fall=fall,
@@ -397,124 +420,192 @@ def suggest_lr(
         lr_last=float(x[-1]),
         smoothing_span_decades=span,
     )
+    return _Curve(lx, x, y, ys, level, scale, fall, sigma, sigma_s)
 
-    if fall < max(0.03 * scale, 4.0 * sigma_s):
-        if div_lr is not None and lr_start is not None and div_lr < 10 * lr_start:
-            return start_lower(f"the loss did not fall before it blew up at LR {fmt_num(div_lr)}.")
-        if div_lr is not None:
-            return fail(
-                "flat",
-                f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(div_lr)}, "
-                "where it blew up.",
-                "The model is not learning: check the labels, the input normalisation and the model, "
-                "then re-run the range test with more steps.",
-                None,
-            )
-        return fail(
+
+def _flat_failure(c: _Curve, r: _Reading) -> LRSuggestion | None:
+    """No answer when the loss did not fall by more than its noise (and 3% of its level)."""
+    if c.fall >= max(0.03 * c.scale, 4.0 * c.sigma_s):
+        return None
+    x, div_lr = c.x, r.div_lr
+    if div_lr is not None and r.lr_start is not None and div_lr < 10 * r.lr_start:
+        return r.start_lower(f"the loss did not fall before it blew up at LR {fmt_num(div_lr)}.")
+    if div_lr is not None:
+        return r.fail(
             "flat",
-            f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(float(x[-1]))} "
-            f"(it moved {fall:.2g} from {level:.3g}).",
-            f"The range is too low or the model is not learning: re-run up to {fmt_num(float(x[-1]) * 100)}, "
-            "and check the labels, the input normalisation and the model.",
-            (float(x[0]), float(x[-1]) * 100),
+            f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(div_lr)}, "
+            "where it blew up.",
+            "The model is not learning: check the labels, the input normalisation and the model, "
+            "then re-run the range test with more steps.",
+            None,
         )
+    return r.fail(
+        "flat",
+        f"the loss did not fall between LR {fmt_num(float(x[0]))} and {fmt_num(float(x[-1]))} "
+        f"(it moved {c.fall:.2g} from {c.level:.3g}).",
+        f"The range is too low or the model is not learning: re-run up to {fmt_num(float(x[-1]) * 100)}, "
+        "and check the labels, the input normalisation and the model.",
+        (float(x[0]), float(x[-1]) * 100),
+    )
 
-    # Estimates on the smoothed curve, before its minimum.
-    grad = np.gradient(ys, lx)
-    i_min = int(np.argmin(ys))
+
+def _descent_estimates(c: _Curve, estimates: dict[str, float | None]) -> int:
+    """The steepest, valley and min/10 estimates on the smoothed curve before its minimum; returns the
+    index of that minimum."""
+    grad = np.gradient(c.ys, c.lx)
+    i_min = int(np.argmin(c.ys))
     g = grad[: i_min + 1]
     i_steep = int(np.argmin(g))
     if g[i_steep] < 0:
-        estimates["steepest"] = float(x[i_steep])
+        estimates["steepest"] = float(c.x[i_steep])
         still = np.nonzero(g[i_steep:] <= 0.1 * g[i_steep])[0]
-        estimates["valley"] = float(x[i_steep + int(still[-1])])
-    estimates["min_div10"] = float(x[i_min]) / 10
+        estimates["valley"] = float(c.x[i_steep + int(still[-1])])
+    estimates["min_div10"] = float(c.x[i_min]) / 10
+    return i_min
 
+
+def _agreement(estimates: dict[str, float | None], lr_min_loss: float) -> tuple[list[str], int, float]:
+    """The estimates that agree, how many voted, and the end of the descent they locate (their median
+    on the log scale). min/10 votes as the minimum itself (see the module notes)."""
     votes = {n: v for n in ("valley", "steepest", "val_min") if (v := estimates[n]) is not None}
-    votes["min_div10"] = float(x[i_min])  # min/10 votes as the minimum itself (see the module notes)
+    votes["min_div10"] = lr_min_loss
     group = _cluster(votes, prefer=("val_min", "valley", "min_div10", "steepest"))
     logs = sorted(math.log10(votes[n]) for n in group)
     mid = len(logs) // 2
     centre = 10 ** (logs[mid] if len(logs) % 2 else 0.5 * (logs[mid - 1] + logs[mid]))
-    estimates["descent_end"] = centre
+    return group, len(votes), centre
+
+
+def _floor_middle(
+    centre: float, div_lr: float | None, estimates: dict[str, float | None]
+) -> tuple[float, bool]:
+    """The top of 1cycle: midway (on the log scale) across the floor between the end of the descent and
+    the blow-up (see the module notes), kept DIVERGENCE_MARGIN below the blow-up. Without a blow-up the
+    end of the descent is a lower bound. Returns the max LR, rounded, and whether the margin capped it."""
     cap = div_lr / DIVERGENCE_MARGIN if div_lr is not None else math.inf
-    # The top of 1cycle: midway (on the log scale) across the floor between the end of the descent and
-    # the blow-up (see the module notes). Without a blow-up the end of the descent is a lower bound.
-    floor = div_lr is not None and div_lr > centre
-    top = math.sqrt(centre * div_lr) if floor else centre
-    estimates["floor_middle"] = top if floor else None
+    top = math.sqrt(centre * div_lr) if div_lr is not None and div_lr > centre else centre
+    estimates["floor_middle"] = top if div_lr is not None and div_lr > centre else None
     raw_max = min(top, cap)
     max_lr = round_sig(raw_max)
     if max_lr > cap:
         max_lr = floor_sig(raw_max)
-    capped = top > cap
+    return max_lr, top > cap
 
-    # Min LR: a tenth of the top, unless the loss had not started to fall there yet.
+
+def _min_lr(c: _Curve, i_min: int, max_lr: float, evidence: dict[str, float | None]) -> tuple[float, str]:
+    """Min LR: a tenth of the top, unless the loss had not started to fall there yet (then where it
+    started, with the sentence that says so)."""
     min_lr = round_sig(max_lr / 10)
     min_note = ""
-    started = np.nonzero(ys[: i_min + 1] <= level - 0.1 * fall)[0]
+    started = np.nonzero(c.ys[: i_min + 1] <= c.level - 0.1 * c.fall)[0]
     if len(started):
-        start_lr = float(x[int(started[0])])
+        start_lr = float(c.x[int(started[0])])
         evidence["fall_starts"] = start_lr
-        seen_before = np.nonzero(x[: int(started[0])] >= max_lr / 10)[0]
+        seen_before = np.nonzero(c.x[: int(started[0])] >= max_lr / 10)[0]
         if start_lr > 2 * max_lr / 10 and len(seen_before):
             min_lr = round_sig(min(start_lr, max_lr / 3))
             min_note = f" Min LR {fmt_num(min_lr)}, not max/10: below it the loss had not started to fall."
+    return min_lr, min_note
 
-    # Failures that still leave a usable, uncertain answer.
-    failure: str | None = None
-    advice: str | None = None
-    retry: tuple[float, float] | None = None
+
+def _failure_advice(
+    c: _Curve, i_min: int, max_lr: float, div_lr: float | None
+) -> tuple[str | None, str | None, tuple[float, float] | None]:
+    """Failures that still leave a usable, uncertain answer: a noisy curve, or one still falling at the
+    end of the range. Returns (failure, advice, the range to re-run)."""
+    x, sigma, fall = c.x, c.sigma, c.fall
     # Did the loss turn up by the end? Read the raw tail: the smoothed edge lags by the span.
-    k_tail = max(5, len(y) // 50)
-    end_rise = float(np.median(y[-k_tail:]) - ys[i_min])
+    k_tail = max(5, len(c.y) // 50)
+    end_rise = float(np.median(c.y[-k_tail:]) - c.ys[i_min])
     if sigma > NOISY_RATIO * fall:
-        failure = "noisy"
         advice = (
             f"The curve is noisy (step-to-step noise {sigma:.2g} against a fall of {fall:.2g}): re-run with "
             "a larger batch or more steps, or repeat with another seed and report the spread."
         )
-        retry = (float(x[0]), float(x[-1]))
-    elif div_lr is None and end_rise < max(0.03 * fall, 3.0 * sigma / math.sqrt(k_tail)):
-        failure = "no_divergence"
+        return "noisy", advice, (float(x[0]), float(x[-1]))
+    if div_lr is None and end_rise < max(0.03 * fall, 3.0 * sigma / math.sqrt(k_tail)):
         advice = (
             f"The loss was still falling at the end of the range (LR {fmt_num(float(x[-1]))}): extend the "
             f"range, re-run up to {fmt_num(float(x[-1]) * 10)}; treat {fmt_num(max_lr)} as a lower bound."
         )
-        retry = (float(x[0]), float(x[-1]) * 10)
+        return "no_divergence", advice, (float(x[0]), float(x[-1]) * 10)
+    return None, None, None
 
-    k, n = len(group), len(votes)
-    if failure:
-        confidence = "low"
-    else:
-        confidence = "high" if k >= 3 else "medium" if k == 2 else "low"
+
+def _lr_sentence(
+    r: _Reading, lr_last: float, min_lr: float, max_lr: float, agreement: tuple[int, int], centre: float
+) -> str:
+    """'Use 1cycle LR 0.02 → 0.2. Valley …; val loss lowest at …, diverges at …. Agreement: fair (2 of 4).'
+    and, when the top sits on the floor, why it is there."""
+    est, div_lr, val_min = r.estimates, r.div_lr, r.val_min
+    k, n = agreement
     word = "good" if k >= 3 else "fair" if k == 2 else "poor"
-
     parts = [
-        f"{label} {fmt_num(estimates[name])}"
+        f"{label} {fmt_num(est[name])}"
         for name, label in (("valley", "Valley"), ("steepest", "steepest"), ("min_div10", "min/10"))
-        if estimates[name] is not None
+        if est[name] is not None
     ]
     if div_lr is None:
-        div_txt = f"no divergence up to {fmt_num(float(x[-1]))}"
-    elif val_div:
+        div_txt = f"no divergence up to {fmt_num(lr_last)}"
+    elif r.val_div:
         div_txt = f"{'' if val_min is not None else 'val loss '}blows up at {fmt_num(div_lr)}"
     else:
         div_txt = f"diverges at {fmt_num(div_lr)}"
     val_txt = "no validation curve to read"
     if val_min is not None:
         val_txt = f"val loss lowest at {fmt_num(val_min)}"
-    tail = f"{val_txt} and {div_txt}" if val_div and val_min is not None else f"{val_txt}, {div_txt}"
-    explanation = (
+    tail = f"{val_txt} and {div_txt}" if r.val_div and val_min is not None else f"{val_txt}, {div_txt}"
+    text = (
         f"Use 1cycle LR {fmt_num(min_lr)} → {fmt_num(max_lr)}. {', '.join(parts)}; {tail}. "
         f"Agreement: {word} ({k} of {n})."
     )
-    if floor:
+    if est["floor_middle"] is not None:
         assert div_lr is not None
-        explanation += (
+        text += (
             f" The top sits midway (log scale) between the end of the descent, {fmt_num(centre)}, and the "
             f"blow-up: large LRs regularise, and it stays {_times(div_lr / max_lr)} below the blow-up."
         )
+    return text
+
+
+def suggest_lr(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    val_lrs: Sequence[float] | None = None,
+    val_losses: Sequence[float] | None = None,
+    *,
+    diverged_at_lr: float | None = None,
+) -> LRSuggestion:
+    """Read a range test (train loss per step, optional validation loss at some LRs) into a 1cycle range.
+
+    `diverged_at_lr` is the LR at which the engine stopped the test for divergence, if it did.
+    """
+    x, y, r = _read_inputs(lrs, losses, val_lrs, val_losses, diverged_at_lr)
+    lx, y = _skip_warmup(x, y)
+    if len(y) < MIN_POINTS:
+        if r.div_lr is not None:
+            return r.start_lower(f"the loss blew up at LR {fmt_num(r.div_lr)}, after only {len(x)} steps.")
+        return r.fail(
+            "too_short",
+            f"only {len(x)} steps were recorded.",
+            "Run the range test longer (a few hundred steps) so the curve can be read.",
+            None,
+        )
+    c = _smoothed_curve(lx, y, r)
+    flat = _flat_failure(c, r)
+    if flat is not None:
+        return flat
+
+    i_min = _descent_estimates(c, r.estimates)
+    group, n_votes, centre = _agreement(r.estimates, float(c.x[i_min]))
+    r.estimates["descent_end"] = centre
+    max_lr, capped = _floor_middle(centre, r.div_lr, r.estimates)
+    min_lr, min_note = _min_lr(c, i_min, max_lr, r.evidence)
+    failure, advice, retry = _failure_advice(c, i_min, max_lr, r.div_lr)
+
+    k = len(group)
+    confidence = "low" if failure else "high" if k >= 3 else "medium" if k == 2 else "low"
+    explanation = _lr_sentence(r, float(c.x[-1]), min_lr, max_lr, (k, n_votes), centre)
     if capped:
         explanation += f" Kept {DIVERGENCE_MARGIN:g}x below the divergence point."
     explanation += min_note
@@ -524,12 +615,12 @@ def suggest_lr(
         max_lr=max_lr,
         min_lr=min_lr,
         confidence=confidence,
-        estimates=estimates,
+        estimates=r.estimates,
         failure=failure,
         advice=advice,
         explanation=explanation,
-        agreement=(k, n),
+        agreement=(k, n_votes),
         agreeing=sorted(group),
         retry_range=retry,
-        evidence=evidence,
+        evidence=r.evidence,
     )
