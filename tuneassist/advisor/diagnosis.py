@@ -101,55 +101,57 @@ def _wd_factor(current: Mapping[str, float] | None, model: str | None) -> float:
     return 3.0
 
 
-def diagnose(
-    train_steps: Sequence[float],
-    train_loss: Sequence[float | None],
-    val_steps: Sequence[float],
-    val_loss: Sequence[float | None],
-    val_acc: Sequence[float | None] | None = None,
-    *,
-    current: Mapping[str, float] | None = None,
-    model: str | None = None,
-    window_fraction: float = 1 / 3,
-    num_classes: int | None = None,
-) -> Diagnosis:
-    """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
+@dataclass
+class _Window:
+    """The last window of the validation curve, read with a straight line, and the numbers behind it."""
 
-    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values;
-    `model` (optional) picks the first WD to add to a run without any. With `num_classes`, a run whose
-    val accuracy is still near chance is "not_learning", never a good fit.
-    Losses may contain None or NaN (a blown-up step); that reads as diverged.
-    """
-    ts, tl = _arr(train_steps), _arr(train_loss)
-    vs, vl = _arr(val_steps), _arr(val_loss)
-    va = _arr(val_acc) if val_acc is not None and len(val_acc) == len(vl) else None
-    if len(ts) != len(tl) or len(vs) != len(vl):
-        raise ValueError("steps and losses must have the same length")
+    wx: np.ndarray  # steps of the window
+    wy: np.ndarray  # val loss in the window
+    level: float  # mean absolute val loss in the window: what a change is measured against
+    change: float  # fitted change over the window
+    sigma: float  # residual jitter around the line
+    t: float  # change / its standard error
+    i_med: int  # index of the best val loss on a 3-point running median
+    i_min: int  # index of the recorded val loss quoted as the best
+    v_min: float
+    rebound: float  # the fitted end of the window above the best
+    evidence: dict[str, float | int | str | None]
+    t_change_rel: float | None  # relative change of the train loss over the window
+    nums: str  # the numbers in words, for the sentences
 
+    @property
+    def span(self) -> tuple[int, int]:
+        return (int(self.wx[0]), int(self.wx[-1]))
+
+
+def _nan_diverged(
+    ts: np.ndarray, tl: np.ndarray, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float] | None
+) -> Diagnosis | None:
+    """Diverged when any loss is NaN/inf: at the first step where one became so."""
     bad_t = np.nonzero(~np.isfinite(tl))[0]
     bad_v = np.nonzero(~np.isfinite(vl))[0]
-    if len(bad_t) or len(bad_v):
-        firsts = [float(ts[bad_t[0]])] if len(bad_t) else []
-        firsts += [float(vs[bad_v[0]])] if len(bad_v) else []
-        at = min(firsts)
-        return Diagnosis(
-            kind="diverged",
-            evidence={"diverged_at_step": int(at)},
-            remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
-            change={"lr_max": 1 / 3},
-            explanation=f"Diverged: the loss became NaN/inf at step {int(at)}; the LR is too high for this "
-            "setup.",
-        )
-    if len(vl) < MIN_EVALS:
-        return Diagnosis(
-            kind="too_short",
-            evidence={"evaluations": len(vl)},
-            remedy=f"Evaluate more often or train longer: at least {MIN_EVALS} validation points are needed.",
-            explanation=f"Too short to tell: {len(vl)} validation point(s).",
-        )
+    if not (len(bad_t) or len(bad_v)):
+        return None
+    firsts = [float(ts[bad_t[0]])] if len(bad_t) else []
+    firsts += [float(vs[bad_v[0]])] if len(bad_v) else []
+    at = min(firsts)
+    return Diagnosis(
+        kind="diverged",
+        evidence={"diverged_at_step": int(at)},
+        remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+        change={"lr_max": 1 / 3},
+        explanation=f"Diverged: the loss became NaN/inf at step {int(at)}; the LR is too high for this "
+        "setup.",
+    )
 
+
+def _read_window(
+    ts: np.ndarray, tl: np.ndarray, vs: np.ndarray, vl: np.ndarray, va: np.ndarray | None, fraction: float
+) -> _Window:
+    """Fit the last `fraction` of the evaluations (at least 3), find the best val loss, and the train
+    curve over the same steps."""
     n = len(vl)
-    w = min(n, max(3, math.ceil(n * window_fraction)))
+    w = min(n, max(3, math.ceil(n * fraction)))
     wx, wy = vs[-w:], vl[-w:]
     level = float(max(np.mean(np.abs(wy)), 1e-12))
     change, sigma, se = _fit(wx, wy)
@@ -162,7 +164,6 @@ def diagnose(
     v_min = float(med[i_med])
     i_min = max(0, i_med - 1) + int(np.argmin(np.abs(vl[max(0, i_med - 1) : i_med + 2] - v_min)))
     end_fit = float(np.mean(wy) + change / 2)  # the fitted line at the window's end
-    rebound = end_fit - v_min
 
     evidence: dict[str, float | int | str | None] = {
         "val_change": change,
@@ -190,97 +191,165 @@ def diagnose(
         evidence["val_acc_last"] = float(va[-1])
         evidence["val_acc_change"], _, _ = _fit(wx, va[-w:])
 
-    window = (int(wx[0]), int(wx[-1]))
     gap = evidence["gap"]
     gap_txt = f", train/val gap {gap:.3g}" if isinstance(gap, float) else ""
-    rel = change / level * 100
-    nums = f"val loss {rel:+.1f}% over steps {window[0]}–{window[1]}, noise {sigma:.2g}{gap_txt}"
+    nums = (
+        f"val loss {change / level * 100:+.1f}% over steps {int(wx[0])}–{int(wx[-1])}, noise {sigma:.2g}"
+        f"{gap_txt}"
+    )
+    return _Window(
+        wx, wy, level, change, sigma, t, i_med, i_min, v_min, end_fit - v_min, evidence, t_change_rel, nums
+    )
 
-    if num_classes and num_classes > 1:
-        chance = 1.0 / num_classes
-        acc_last = evidence.get("val_acc_last")
-        near = (
-            acc_last <= CHANCE_FACTOR * chance + 0.02
-            if isinstance(acc_last, float)
-            else float(vl[-1]) >= 0.97 * math.log(num_classes)
-        )
-        if near:
-            what = (
-                f"val accuracy {100 * acc_last:.1f}%"
-                if isinstance(acc_last, float)
-                else f"val loss {vl[-1]:.3g}"
-            )
-            return Diagnosis(
-                kind="not_learning",
-                evidence={**evidence, "chance_acc": chance},
-                remedy="Train longer before reading it; if it stays at chance, check the data and labels, "
-                f"then {_more('lr_max', current, 1 / 3)} (or raise it, if the loss never fell).",
-                explanation=f"Not learning yet: {what} is near chance ({100 * chance:.0f}% for {num_classes} "
-                "classes), so no fit can be read.",
-                window=window,
-            )
 
-    first = float(vl[0])
-    if v_min > 0 and float(vl[-1]) > 3 * v_min and float(vl[-1]) > first:
+def _near_chance(
+    win: _Window, vl: np.ndarray, num_classes: int | None, current: Mapping[str, float] | None
+) -> Diagnosis | None:
+    """Not learning yet: val accuracy (else val loss) still near chance, so no fit can be read."""
+    if not (num_classes and num_classes > 1):
+        return None
+    chance = 1.0 / num_classes
+    acc_last = win.evidence.get("val_acc_last")
+    near = (
+        acc_last <= CHANCE_FACTOR * chance + 0.02
+        if isinstance(acc_last, float)
+        else float(vl[-1]) >= 0.97 * math.log(num_classes)
+    )
+    if not near:
+        return None
+    what = f"val accuracy {100 * acc_last:.1f}%" if isinstance(acc_last, float) else f"val loss {vl[-1]:.3g}"
+    return Diagnosis(
+        kind="not_learning",
+        evidence={**win.evidence, "chance_acc": chance},
+        remedy="Train longer before reading it; if it stays at chance, check the data and labels, "
+        f"then {_more('lr_max', current, 1 / 3)} (or raise it, if the loss never fell).",
+        explanation=f"Not learning yet: {what} is near chance ({100 * chance:.0f}% for {num_classes} "
+        "classes), so no fit can be read.",
+        window=win.span,
+    )
+
+
+def _val_climbed(
+    win: _Window, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float] | None
+) -> Diagnosis | None:
+    """Diverged without a NaN: the val loss ended over 3x its best and above where it started."""
+    v_min = win.v_min
+    if not (v_min > 0 and float(vl[-1]) > 3 * v_min and float(vl[-1]) > float(vl[0])):
+        return None
+    return Diagnosis(
+        kind="diverged",
+        evidence=win.evidence,
+        remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+        change={"lr_max": 1 / 3},
+        explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, over 3x its best {v_min:.3g} (step "
+        f"{int(vs[win.i_min])}) and above its start.",
+        window=win.span,
+    )
+
+
+def _rising(
+    win: _Window, vs: np.ndarray, current: Mapping[str, float] | None, model: str | None
+) -> Diagnosis:
+    """The val loss rises at the end: unstable when the train loss rises too, else overfitting."""
+    if win.t_change_rel is not None and win.t_change_rel > TREND:
         return Diagnosis(
             kind="diverged",
-            evidence=evidence,
-            remedy=f"{_more('lr_max', current, 1 / 3)} and run again.",
+            evidence={**win.evidence, "unstable": "train and val loss both rising"},
+            remedy=f"{_more('lr_max', current, 1 / 3)}: training is unstable.",
             change={"lr_max": 1 / 3},
-            explanation=f"Diverged: val loss climbed to {vl[-1]:.3g}, over 3x its best {v_min:.3g} (step "
-            f"{int(vs[i_min])}) and above its start.",
-            window=window,
+            explanation=f"Unstable: train and val loss both rise at the end ({win.nums}); "
+            "the run is on its way to diverging.",
+            window=win.span,
         )
-
-    rising = (change > TREND * level and t > 2) or (
-        i_med < n - w and rebound > max(0.05 * level, 3 * sigma) and change >= 0
+    return Diagnosis(
+        kind="overfitting",
+        evidence=win.evidence,
+        remedy=f"{_more('weight_decay', current, 3, model)}; if that is not enough, regularise more in "
+        "other ways (stronger augmentation, a smaller TBS).",
+        change={"weight_decay": _wd_factor(current, model)},
+        explanation=f"Overfitting: val loss rises from its best {win.v_min:.3g} at step {int(vs[win.i_min])} "
+        f"while train loss does not ({win.nums}).",
+        window=win.span,
     )
-    falling = change < -TREND * level and t < -2
+
+
+def _trend(
+    win: _Window, n: int, vs: np.ndarray, current: Mapping[str, float] | None, model: str | None
+) -> Diagnosis:
+    """The window's trend, against its jitter: rising, falling, too noisy to tell, or flat (a good fit)."""
+    change, level, t, sigma = win.change, win.level, win.t, win.sigma
+    w = len(win.wx)
+    rising = (change > TREND * level and t > 2) or (
+        win.i_med < n - w and win.rebound > max(0.05 * level, 3 * sigma) and change >= 0
+    )
     if rising:
-        if t_change_rel is not None and t_change_rel > TREND:
-            return Diagnosis(
-                kind="diverged",
-                evidence={**evidence, "unstable": "train and val loss both rising"},
-                remedy=f"{_more('lr_max', current, 1 / 3)}: training is unstable.",
-                change={"lr_max": 1 / 3},
-                explanation=f"Unstable: train and val loss both rise at the end ({nums}); "
-                "the run is on its way to diverging.",
-                window=window,
-            )
-        return Diagnosis(
-            kind="overfitting",
-            evidence=evidence,
-            remedy=f"{_more('weight_decay', current, 3, model)}; if that is not enough, regularise more in "
-            "other ways (stronger augmentation, a smaller TBS).",
-            change={"weight_decay": _wd_factor(current, model)},
-            explanation=f"Overfitting: val loss rises from its best {v_min:.3g} at step {int(vs[i_min])} "
-            f"while train loss does not ({nums}).",
-            window=window,
-        )
-    if falling:
+        return _rising(win, vs, current, model)
+    if change < -TREND * level and t < -2:
         return Diagnosis(
             kind="underfitting",
-            evidence=evidence,
+            evidence=win.evidence,
             remedy=f"{_more('lr_max', current, 2)} or {_more('weight_decay', current, 1 / 3)}, "
             "or train longer.",
             change={"lr_max": 2.0},
-            explanation=f"Underfitting: val loss is still falling steadily ({nums}).",
-            window=window,
+            explanation=f"Underfitting: val loss is still falling steadily ({win.nums}).",
+            window=win.span,
         )
     if sigma > NOISE * level:
         return Diagnosis(
             kind="too_noisy",
-            evidence=evidence,
+            evidence=win.evidence,
             remedy=f"{_more('batch_size', current, 2)}, evaluate on more images, or train longer "
             "to read a trend.",
             explanation=f"Too noisy to tell: the val loss jitters by {sigma:.2g} ({sigma / level * 100:.0f}% "
-            f"of its level) with no clear trend ({nums}).",
-            window=window,
+            f"of its level) with no clear trend ({win.nums}).",
+            window=win.span,
         )
     return Diagnosis(
         kind="good_fit",
-        evidence=evidence,
+        evidence=win.evidence,
         remedy="Keep these values.",
-        explanation=f"Good fit: val loss has flattened ({nums}).",
-        window=window,
+        explanation=f"Good fit: val loss has flattened ({win.nums}).",
+        window=win.span,
+    )
+
+
+def diagnose(
+    train_steps: Sequence[float],
+    train_loss: Sequence[float | None],
+    val_steps: Sequence[float],
+    val_loss: Sequence[float | None],
+    val_acc: Sequence[float | None] | None = None,
+    *,
+    current: Mapping[str, float] | None = None,
+    model: str | None = None,
+    window_fraction: float = 1 / 3,
+    num_classes: int | None = None,
+) -> Diagnosis:
+    """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
+
+    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values;
+    `model` (optional) picks the first WD to add to a run without any. With `num_classes`, a run whose
+    val accuracy is still near chance is "not_learning", never a good fit.
+    Losses may contain None or NaN (a blown-up step); that reads as diverged.
+    """
+    ts, tl = _arr(train_steps), _arr(train_loss)
+    vs, vl = _arr(val_steps), _arr(val_loss)
+    va = _arr(val_acc) if val_acc is not None and len(val_acc) == len(vl) else None
+    if len(ts) != len(tl) or len(vs) != len(vl):
+        raise ValueError("steps and losses must have the same length")
+    nan = _nan_diverged(ts, tl, vs, vl, current)
+    if nan is not None:
+        return nan
+    if len(vl) < MIN_EVALS:
+        return Diagnosis(
+            kind="too_short",
+            evidence={"evaluations": len(vl)},
+            remedy=f"Evaluate more often or train longer: at least {MIN_EVALS} validation points are needed.",
+            explanation=f"Too short to tell: {len(vl)} validation point(s).",
+        )
+    win = _read_window(ts, tl, vs, vl, va, window_fraction)
+    return (
+        _near_chance(win, vl, num_classes, current)
+        or _val_climbed(win, vs, vl, current)
+        or _trend(win, len(vl), vs, current, model)
     )
