@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuneassist.advisor.grids import first_weight_decay, model_kind
-from tuneassist.advisor.lr_range import fmt_num, fmt_sci, round_sig
+from tuneassist.advisor.numfmt import fmt_num, fmt_sci, round_sig
 
 KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short", "not_learning")
 MIN_EVALS = 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from tuneassist.advisor.lr_range import fmt_num, round_sig
+from tuneassist.advisor.numfmt import fmt_num, round_sig
 
 
 def model_kind(model: str) -> str:

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from tuneassist.advisor.numfmt import floor_sig, fmt_num, round_sig
+
 # Estimates agree when they lie within this factor of each other.
 AGREE_FACTOR = 3.0
 # The max LR stays this factor below the divergence point.
@@ -51,53 +53,6 @@ NOISY_RATIO = 0.35
 VAL_BLOWUP = 10.0
 
 FAILURES = ("flat", "no_divergence", "diverged_immediately", "noisy", "too_short")
-
-
-def fmt_num(x: float | None) -> str:
-    """Short human form of a hyperparameter: 3.0, 0.35, 1e-4, 0 (two significant digits)."""
-    if x is None:
-        return "—"
-    if x == 0:
-        return "0"
-    if not math.isfinite(x):
-        return str(x)
-    a = abs(x)
-    if a < 1e-3 or a >= 1e5:
-        mant, _, exp = f"{x:.1e}".partition("e")
-        mant = mant.rstrip("0").rstrip(".")
-        return f"{mant}e{int(exp)}"
-    s = f"{x:.2g}"
-    if "e" in s:  # .2g switches to exponent for e.g. 1.2e+02
-        s = f"{x:.0f}"
-    if 1 <= a < 10 and "." not in s:
-        s += ".0"
-    return s
-
-
-def fmt_sci(x: float) -> str:
-    """Weight decays read best as powers of ten: 1e-2, 3e-5, 0."""
-    if x == 0:
-        return "0"
-    mant, _, exp = f"{x:.1e}".partition("e")
-    mant = mant.rstrip("0").rstrip(".")
-    return f"{mant}e{int(exp)}"
-
-
-def round_sig(x: float, digits: int = 1) -> float:
-    """Round to `digits` significant digits (0.84 -> 0.8, 2.6 -> 3)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    k = digits - 1 - math.floor(math.log10(abs(x)))
-    return round(x, k)
-
-
-def floor_sig(x: float, digits: int = 1) -> float:
-    """Round down to `digits` significant digits (2.7 -> 2), for values that must stay below a cap."""
-    if x <= 0 or not math.isfinite(x):
-        return x
-    k = digits - 1 - math.floor(math.log10(x))
-    scale = 10.0**k
-    return math.floor(x * scale * (1 + 1e-12)) / scale
 
 
 def smooth_log(log_lr: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:

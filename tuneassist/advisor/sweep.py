@@ -39,7 +39,7 @@ from tuneassist.advisor.grids import (
     rescale_lr_for_batch,
     weight_decay_grid,
 )
-from tuneassist.advisor.lr_range import fmt_num, fmt_sci
+from tuneassist.advisor.numfmt import fmt_num, fmt_sci
 from tuneassist.advisor.sweep_noise import (
     PAIR_WINDOW,
     Gap,
