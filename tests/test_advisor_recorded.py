@@ -210,7 +210,7 @@ def test_wd_sweep_picks_a_grid_value_and_says_why() -> None:
 
 def test_wd_sweep_through_the_checklist() -> None:
     cl = Checklist(data="synthetic", model="simple3", budget="quick")
-    keys = [c["key"] for c in cl._default_candidates("weight_decay")]
+    keys = [c["key"] for c in cl.default_candidates("weight_decay")]
     assert keys == ["wd1e-2", "wd1e-3", "wd1e-4"]
     curves = {k: _events(_run("wd_sweep_simple3", i)) for i, k in enumerate(keys)}
     rec = cl.recommend("weight_decay", curves)

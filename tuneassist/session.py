@@ -356,9 +356,9 @@ class TuningSession:
             # Keep the range as [low, high]: that is the form the checklist builds its range-test spec from.
             if not values:
                 raise UserError("give one LR range low:high, e.g. 1e-4:10")
-            norm = cl._normalise(step, values[-1])
+            norm = cl.normalise(step, values[-1])
             cl.candidates[step] = [{"key": "range", "value": [norm["lr_min"], norm["lr_max"]]}]
-            cl._forget_runs(step)
+            cl.forget_runs(step)
         else:
             cl.set_candidates(step, values)
 

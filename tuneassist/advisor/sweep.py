@@ -164,7 +164,7 @@ class SweepCandidate:
     train_loss: Sequence[float | None] | None = None
     diverged: bool = False
     label: str | None = None
-    run_id: str | None = None
+    run_id: int | str | None = None  # the store's run id
     num_classes: int | None = None  # so a run near chance reads "not learning", not a good fit
 
 
@@ -179,7 +179,7 @@ class SweepRow:
     status: str  # 'ok' | 'diverged' | 'no data'
     rank: int | None
     winner: bool = False
-    run_id: str | None = None
+    run_id: int | str | None = None  # the store's run id
 
 
 @dataclass

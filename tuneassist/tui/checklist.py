@@ -286,7 +286,7 @@ class ChecklistScreen(LiveScreen):
         try:
             text = cl.propose(step).explanation
         except UserError:
-            text = cl._explain(step)
+            text = cl.explain(step)
         ips, source = self._images_per_s()
         est = cl.estimate_seconds(images_per_s=ips).get(step)
         if est and not s.step_runs(step):
