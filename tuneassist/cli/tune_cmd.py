@@ -172,90 +172,97 @@ def _comparison(final: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from tuneassist.advisor.checklist import STEP_TITLES
+def _user_model_dir(args: argparse.Namespace) -> str | None:
+    """For a module:function model: the user's consent and the module's folder, before the probe imports
+    it (None for a built-in model)."""
+    from tuneassist.usercode import consent_error, is_user_model, locate_module
+
+    if not is_user_model(args.model):
+        return None
+    from tuneassist.spec import RunSpec
+
+    RunSpec(data=args.data, model=args.model).validate()  # a malformed name: that error first
+    if not args.allow_import:
+        raise consent_error(args.model)
+    return str(locate_module(args.model)[0])
+
+
+def _probe(args: argparse.Namespace, model_dir: str | None, quiet: bool) -> dict[str, Any] | None:
+    """The memory probe (the largest batch that fits), with a live line while it runs; None with --train
+    (your function builds its own batches) or when it could not tell."""
+    from tuneassist.cli.status import StatusLine
+    from tuneassist.runs.probe_client import probe_in_subprocess
+
+    status = StatusLine(sys.stderr)
+
+    def probing(elapsed: float) -> None:
+        if not quiet:
+            status.show(f"memory probe: the largest batch of {args.model} that fits · {elapsed:.0f} s of 120")
+
+    probe = None if args.train else probe_in_subprocess(
+        args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
+        model_dir=model_dir, on_wait=probing,
+    )  # fmt: skip
+    status.clear()
+    if probe:
+        _say(quiet, f"Memory probe: {probe['explanation']}")
+    return probe
+
+
+def _new_session(args: argparse.Namespace, store: Any, quiet: bool) -> tuple[Any, str]:
+    """Probe memory, plan the checklist and create its session; returns it with the profile name."""
     from tuneassist.runs.launch import detect_gpus
-    from tuneassist.runs.store import Store
-    from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, sharing_text
+    from tuneassist.session import TuningSession, estimate_train_size, expected_throughput
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be at least 1 (the final run's length)")
-    if args.refine is not None and args.refine < 0:
-        raise UserError(f"--refine {args.refine} must be 0 or more")
-    store = Store(getattr(args, "workspace", None))
-    quiet = args.json
-    if args.resume:
-        session = TuningSession(store, int(store.get_session(args.resume)["id"]))
-        name = _profile_name(args, session.checklist.data, session.checklist.model, session.checklist.budget)
-        _say(quiet, f"resuming session {session.id} ({session.name})")
-    else:
-        if args.train:  # the function trains its own model: it names the runs' model too
-            args.model = args.train
-        name = _profile_name(args, args.data, args.model, args.budget)
-        from tuneassist.runs.probe_client import probe_in_subprocess
-        from tuneassist.usercode import consent_error, is_user_model, locate_module
+    if args.train:  # the function trains its own model: it names the runs' model too
+        args.model = args.train
+    name = _profile_name(args, args.data, args.model, args.budget)
+    model_dir = _user_model_dir(args)
+    probe = _probe(args, model_dir, quiet)
+    refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
+    ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
+    session = TuningSession.create(
+        store,
+        args.data,
+        args.model,
+        budget=args.budget,
+        devices=args.devices,
+        train_size=estimate_train_size(args.data),
+        max_fit=probe["max_batch"] if probe else None,
+        start_batch=args.batch_size,
+        epochs=args.epochs,
+        refine=refine,
+        baseline=not args.no_baseline,
+        allow_import=args.allow_import and model_dir is not None,
+        model_dir=model_dir,
+        train_fn=args.train,
+        time_s=args.time,
+        images_per_s=ips if args.time else None,
+    )
+    if args.time:
+        _say(quiet, session.checklist.time_plan_text())
+    secs = session.checklist.estimate_seconds(images_per_s=ips)
+    _say(
+        quiet,
+        f"session {session.id}: {args.data} · {args.model} · budget {args.budget}; "
+        f"about {secs['total'] / 60:.0f} min at {ips:,.0f} img/s ({source}). Ctrl-C stops waiting; the "
+        f"runs go on (continue with: tuneassist tune --resume {session.id})",
+    )
+    return session, name
 
-        model_dir = None
-        if is_user_model(args.model):  # consent and the module's folder, before the probe imports it
-            from tuneassist.spec import RunSpec
 
-            RunSpec(data=args.data, model=args.model).validate()  # a malformed name: that error first
-            if not args.allow_import:
-                raise consent_error(args.model)
-            model_dir = str(locate_module(args.model)[0])
-        from tuneassist.cli.status import StatusLine
+def _autopilot(session: Any, store: Any, quiet: bool) -> bool:
+    """Advance the session, accepting each recommendation, until the checklist is done (True) or the
+    user stops waiting (False); a failed or unusable step is a UserError naming the way on."""
+    from tuneassist.advisor.checklist import STEP_TITLES
+    from tuneassist.session import sharing_text
 
-        status = StatusLine(sys.stderr)
-
-        def probing(elapsed: float) -> None:
-            if not quiet:
-                status.show(
-                    f"memory probe: the largest batch of {args.model} that fits · {elapsed:.0f} s of 120"
-                )
-
-        probe = None if args.train else probe_in_subprocess(  # your function builds its own batches
-            args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
-            model_dir=model_dir, on_wait=probing,
-        )  # fmt: skip
-        status.clear()
-        if probe:
-            _say(quiet, f"Memory probe: {probe['explanation']}")
-        refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
-        ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
-        session = TuningSession.create(
-            store,
-            args.data,
-            args.model,
-            budget=args.budget,
-            devices=args.devices,
-            train_size=estimate_train_size(args.data),
-            max_fit=probe["max_batch"] if probe else None,
-            start_batch=args.batch_size,
-            epochs=args.epochs,
-            refine=refine,
-            baseline=not args.no_baseline,
-            allow_import=args.allow_import and model_dir is not None,
-            model_dir=model_dir,
-            train_fn=args.train,
-            time_s=args.time,
-            images_per_s=ips if args.time else None,
-        )
-        if args.time:
-            _say(quiet, session.checklist.time_plan_text())
-        secs = session.checklist.estimate_seconds(images_per_s=ips)
-        _say(
-            quiet,
-            f"session {session.id}: {args.data} · {args.model} · budget {args.budget}; "
-            f"about {secs['total'] / 60:.0f} min at {ips:,.0f} img/s ({source}). Ctrl-C stops waiting; the "
-            f"runs go on (continue with: tuneassist tune --resume {session.id})",
-        )
-    cl = session.checklist
     waiter = Waiter(store, quiet)
     try:
         while True:
             turn = session.advance(accept=True)
             if turn.event == "done":
-                break
+                return True
             title = STEP_TITLES[turn.step or "final"]
             if turn.event == "launched":
                 _say(quiet, f"{title}: started runs {', '.join(map(str, turn.run_ids))}")
@@ -279,8 +286,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _say(
             False, f"\nstopped waiting; the runs go on. Continue with: tuneassist tune --resume {session.id}"
         )
-        return 130
+        return False
 
+
+def _report(args: argparse.Namespace, session: Any, name: str) -> None:
+    """Save the profile and say how it compares (JSON with --json)."""
+    from tuneassist.advisor.checklist import STEP_TITLES
+
+    cl = session.checklist
     path = session.save_profile(name)
     final = cl.final or {}
     lr = cl.decisions["lr_range"].value if "lr_range" in cl.decisions else None
@@ -300,7 +313,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(summary, default=str))
-        return 0
+        return
     print(cl.summary_text())
     line = f"\nSaved profile ({cmp['variant'] or 'final'}): test accuracy {_pct(final.get('test_acc'))}"
     for k, what in (("baseline", "untuned baseline"), ("lr_only", "LR-only profile")):
@@ -309,4 +322,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
             line += f"; {what} {_pct(r.get('test_acc'))} ({cmp[f'gain_vs_{k}_points']:+.2f} points)"
     print(line)
     print(f"Profile saved: {path}\nRe-run it with: tuneassist train --profile {path}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuneassist.runs.store import Store
+    from tuneassist.session import TuningSession
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1 (the final run's length)")
+    if args.refine is not None and args.refine < 0:
+        raise UserError(f"--refine {args.refine} must be 0 or more")
+    store = Store(getattr(args, "workspace", None))
+    quiet = args.json
+    if args.resume:
+        session = TuningSession(store, int(store.get_session(args.resume)["id"]))
+        name = _profile_name(args, session.checklist.data, session.checklist.model, session.checklist.budget)
+        _say(quiet, f"resuming session {session.id} ({session.name})")
+    else:
+        session, name = _new_session(args, store, quiet)
+    if not _autopilot(session, store, quiet):
+        return 130
+    _report(args, session, name)
     return 0
