@@ -317,6 +317,29 @@ def test_a_wild_candidate_does_not_break_the_noise_estimate() -> None:
     assert "broken estimate" in r.explanation or all(not x.tie for x in r.rows)
 
 
+def test_a_pair_where_one_swings_wildly_is_not_a_tie() -> None:
+    """The issue's TBS pair on real data: "2.35 vs 31.2 for 1024, within noise 59". Two candidates
+    (no spread of three to judge the noise by), the larger one near divergence: its val loss swings
+    between 3 and 90 but stays above the other's at every evaluation. That is not a tie."""
+    calm = val_curve(2.35, 0.01, seed=1)
+    swings = np.array([6.0, 48.0, 9.0, 60.0, 14.0, 41.0, 7.5, 55.0, 12.0, 31.0] * 2)
+    swings[-6:] = [70.0, 4.0, 90.0, 3.0, 85.0, 5.0]
+    cands = [
+        {"value": 512, "steps": STEPS, "val_loss": calm},
+        {"value": 1024, "steps": STEPS, "val_loss": calm + swings},
+    ]
+    r = rank_sweep("batch_size", cands, start=1024)
+    assert r.winner == 512
+    row = next(x for x in r.rows if x.value == 1024)
+    assert not row.tie and row.rank == 2
+    assert "every one of 5 paired evaluations" in r.explanation
+    # The same swings with the sign flipping at one evaluation are noise again: no sign-test shortcut.
+    mixed = swings.copy()
+    mixed[-3] = -2.0
+    r2 = rank_sweep("batch_size", [cands[0], {**cands[1], "val_loss": calm + mixed}], start=1024)
+    assert "every one of" not in r2.explanation
+
+
 def test_a_start_value_that_trails_on_both_metrics_does_not_stay() -> None:
     """Real CIFAR-10, simple3, tune's momentum step (0.33-epoch runs): 0.9 had val loss 1.07 and 62.6%
     against 1.16 and 59.4% for the start 0.95-0.85, within noise on each. Keeping the start would be a

@@ -86,6 +86,7 @@ class Gap(NamedTuple):
     thr: float
     paired: int  # evaluations compared pairwise (0: the curves' own jitter was used)
     broken: float | None = None  # the first noise figure, when it exceeded the candidates' spread
+    every: float | None = None  # the smallest trail, when it trails at every paired evaluation
 
 
 def mend_broken(gaps: dict[int, Gap], values: list[float], jitter_thr: Callable[[], float]) -> dict[int, Gap]:
@@ -147,16 +148,33 @@ def trailing_gaps(
             continue
         d = paired_diffs(xs[i], series[i], xs[lead], series[lead], at, k, upto)
         if d is not None:
-            worse = -d if higher else d
-            n = len(d)
-            se = float(np.std(d, ddof=1)) / math.sqrt(n)
-            out[i] = Gap(float(np.mean(worse)), max(t95(n - 1) * se, TIE_FLOOR * abs(ref)), n)
+            out[i] = _paired_gap(-d if higher else d, TIE_FLOOR * abs(ref))
         else:
             if unpaired_thr is None:
                 unpaired_thr = jitter_thr()
             trail = (ref - at_[i]) if higher else (at_[i] - ref)
             out[i] = Gap(trail, unpaired_thr, 0)
     return mend_broken(out, [at_[i] for i in idx], jitter_thr)
+
+
+def _paired_gap(worse: np.ndarray, floor: float) -> Gap:
+    """The paired gap against its t-interval, or against its own smallest trail when the candidate
+    trails at every paired evaluation by more than twice the tie floor.
+
+    A candidate whose curve swings wildly (one that is close to diverging) inflates the spread of
+    the differences, so the t-interval can call a gap that holds at every evaluation a tie (the
+    issue's TBS pair "2.35 vs 31.2, within noise 59"). Trailing at all of 4 or more evaluations is
+    itself the evidence (a sign test: under a tie, 1 chance in 16 or fewer), whatever the swings.
+    Twice the floor, because neighbouring evaluations are correlated: a tiny steady offset between
+    two calm curves is left to the t-interval.
+    """
+    n = len(worse)
+    gap = float(np.mean(worse))
+    thr = max(t95(n - 1) * float(np.std(worse, ddof=1)) / math.sqrt(n), floor)
+    least = float(np.min(worse))
+    if n >= 4 and least > 2 * floor and thr >= gap:
+        return Gap(gap, least, n, every=least)
+    return Gap(gap, thr, n)
 
 
 def gap_words(g: Gap, acc: bool) -> str:
@@ -170,6 +188,11 @@ def gap_words(g: Gap, acc: bool) -> str:
         if g.broken is not None
         else ""
     )
+    if g.every is not None:
+        return (
+            f"it trails at every one of {g.paired} paired evaluations, by {fmt(g.every)} at the least "
+            f"({fmt(g.gap)} on average): a gap that holds at every evaluation is not noise"
+        )
     if g.paired:
         return (
             f"the gap, {fmt(g.gap)} on average over {g.paired} paired evaluations, is larger than the "
