@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tuneassist.errors import UserError
-from tuneassist.runs import store as store_mod
+from tuneassist.runs import schema as store_mod
 from tuneassist.runs.store import SCHEMA_VERSION, MetricWriter, Store, resolve_workspace
 
 CPU = (["cpu"], 1)

@@ -395,23 +395,7 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
                 f"with: tuneassist runs resume {run_id} --from-start"
             )
 
-    def fn(c: Any) -> int:
-        row = c.execute("SELECT status, checkpoint_step FROM runs WHERE id = ?", (int(run_id),)).fetchone()
-        if row is None:
-            raise UserError(f"no run {run_id} in {store.workspace}; list runs with: tuneassist runs")
-        status, step = row
-        if status not in ("lost", "cancelled"):
-            hint = "it is still going" if status in ("queued", "running") else "start a new run instead"
-            raise UserError(f"run {run_id} is {status}; only lost or cancelled runs can be resumed ({hint})")
-        c.execute(
-            "UPDATE runs SET status = 'queued', resume = ?, cancel_requested = 0, pid = NULL, ended = NULL, "
-            "error = NULL, outcome = NULL, checkpoint_step = CASE WHEN ? THEN checkpoint_step END, "
-            "checkpoint_epoch = CASE WHEN ? THEN checkpoint_epoch END WHERE id = ?",
-            (int(has_checkpoint), int(has_checkpoint), int(has_checkpoint), run_id),
-        )
-        return int(step or 0) if has_checkpoint else 0
-
-    from_step = store.write(fn)
+    from_step = store.requeue_for_resume(run_id, keep_checkpoint=has_checkpoint)
     if from_start and checkpoint.exists():  # never resumed from later: keep it only for inspection
         os.replace(checkpoint, checkpoint.with_name(checkpoint.name + ".bad"))
     advance_queue(store)
