@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the advisor reads curves too: runs is only a type here, never imported by it
+    from tuneassist.runs.rows import Run
 
 # Run statuses whose stored outcome is the end of the curves (a failed or lost run has none to read).
 _READ_OUTCOME = ("finished", "diverged", "cancelled")
@@ -25,6 +28,30 @@ _READ_OUTCOME = ("finished", "diverged", "cancelled")
 
 def _f(v: Any) -> float:
     return math.nan if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class _RunView:
+    """What the curves take from a stored run: a `Run` from the store, or a plain mapping of its
+    columns (recorded runs, tests)."""
+
+    id: int | str | None
+    attempt: int
+    status: str | None
+    info: Mapping[str, Any]
+    outcome: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, run: Run | Mapping[str, Any]) -> _RunView:
+        if isinstance(run, Mapping):
+            return cls(
+                run.get("id"),
+                int(run.get("attempt") or 0),
+                run.get("status"),
+                run.get("info") or {},
+                run.get("outcome") or {},
+            )
+        return cls(run.id, run.attempt, run.status, run.info, run.outcome)
 
 
 def finite_points(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -84,27 +111,29 @@ class Curves:
         return c
 
     @classmethod
-    def for_run(cls, run: Mapping[str, Any]) -> Curves:
+    def for_run(cls, run: Run | Mapping[str, Any]) -> Curves:
         """Empty curves for a stored run, to fill with `add_rows` as its rows arrive."""
-        c = cls(run_id=run.get("id"), attempt=int(run.get("attempt") or 0))
+        view = _RunView.of(run)
+        c = cls(run_id=view.id, attempt=view.attempt)
         c.note_run(run)
         return c
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any]) -> Curves:
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: Run | Mapping[str, Any]) -> Curves:
         """A stored run's curves from all its metric rows, with its outcome once it has ended."""
         c = cls.for_run(run)
         c.add_rows(rows)
-        out = run.get("outcome")
-        if run.get("status") in _READ_OUTCOME and out:
-            c.outcome = out.get("outcome", run["status"])
+        view = _RunView.of(run)
+        out = view.outcome
+        if view.status in _READ_OUTCOME and out:
+            c.outcome = out.get("outcome", view.status)
             c.diverged_lr = out.get("diverged_lr")
             c.end = dict(out)
         return c
 
-    def note_run(self, run: Mapping[str, Any]) -> None:
+    def note_run(self, run: Run | Mapping[str, Any]) -> None:
         """Take what the worker learned at the start (steps per epoch, classes) once the row has it."""
-        info = run.get("info") or {}
+        info = _RunView.of(run).info
         if self.steps_per_epoch is None:
             self.steps_per_epoch = info.get("steps_per_epoch")
         if self.num_classes is None:
