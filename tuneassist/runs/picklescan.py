@@ -41,7 +41,6 @@ def checkpoint_problem(path: Path) -> str | None:
     only listed, never run. The UI and `runs resume` use it to refuse a bad checkpoint at once with a
     clear reason; the worker's own load (torch.load weights_only=True) stays the real safety gate.
     """
-    import pickletools
     import zipfile
 
     try:
@@ -59,8 +58,17 @@ def checkpoint_problem(path: Path) -> str | None:
         return "is truncated or damaged (not a complete archive; a write was cut short)"
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-    # Walk the opcodes with a shadow stack (values kept for strings only), as pickletools.dis does, so
-    # STACK_GLOBAL's module and name are the real operands, not just the last strings seen.
+    return _pickle_problem(data)
+
+
+def _pickle_problem(data: bytes) -> str | None:
+    """Why a pickle holds more than tensors (or is unreadable), or None; its opcodes are only listed.
+
+    Walk the opcodes with a shadow stack (values kept for strings only), as pickletools.dis does, so
+    STACK_GLOBAL's module and name are the real operands, not just the last strings seen.
+    """
+    import pickletools
+
     mark = object()
     stack: list[Any] = []
     memo: dict[int, Any] = {}
