@@ -181,7 +181,7 @@ class TuningSession:
     def reload(self) -> None:
         """Read the session as it is in the store now (another window or the CLI may have changed it)."""
         row = self.store.get_session(self.id)
-        state = row.get("state") or {}
+        state = row["state"]  # decoded by the store: {} when it holds none
         if "checklist" not in state:
             raise UserError(f"session {self.id} holds no checklist; create a new one with tuneassist tune")
         self.name = row.get("name") or f"session {self.id}"
@@ -223,7 +223,7 @@ class TuningSession:
     def latest(cls, store: Store) -> TuningSession | None:
         """The most recent session that holds a checklist (what `tuneassist` reopens)."""
         for row in reversed(store.list_sessions()):
-            if "checklist" in (row.get("state") or {}):
+            if "checklist" in row["state"]:
                 return cls(store, int(row["id"]))
         return None
 

@@ -74,8 +74,8 @@ class Database:
                 raise UserError(msg) from None
             with contextlib.suppress(OSError):
                 ws.chmod(0o700)  # mkdir's mode is masked by the umask
-        self._check_trusted(ws, "workspace")
-        self._check_trusted(ws / "runs", "run folder")
+        check_trusted(ws, "workspace")
+        check_trusted(ws / "runs", "run folder")
         if not self.db_path.exists():
             try:
                 fd = os.open(self.db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -85,8 +85,6 @@ class Database:
             except OSError as e:
                 msg = f"cannot create {self.db_path} ({e.strerror}); pass a writable --workspace DIR"
                 raise UserError(msg) from None
-
-    _check_trusted = staticmethod(check_trusted)
 
     def _damaged(self, why: str) -> UserError:
         p = self.db_path
@@ -398,7 +396,7 @@ class Database:
             os.mkdir(runs, 0o700)
             with contextlib.suppress(OSError):
                 os.chmod(runs, 0o700)  # mkdir's mode is masked by the umask
-        self._check_trusted(runs, "run folder")
+        check_trusted(runs, "run folder")
         d = runs / str(int(run_id))
         try:
             os.mkdir(d, 0o700)
