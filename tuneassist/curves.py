@@ -15,12 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:  # the advisor reads curves too: runs is only a type here, never imported by it
-    from tuneassist.runs.rows import Run
 
 # Run statuses whose stored outcome is the end of the curves (a failed or lost run has none to read).
 _READ_OUTCOME = ("finished", "diverged", "cancelled")
@@ -30,10 +27,26 @@ def _f(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+class StoredRun(Protocol):
+    """What the curves read of the store's `Run` (tuneassist.runs.rows), by shape: the advisor reads
+    curves too and must never import the store."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
+    @property
+    def outcome(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class _RunView:
-    """What the curves take from a stored run: a `Run` from the store, or a plain mapping of its
-    columns (recorded runs, tests)."""
+    """What the curves take from a stored run: a `StoredRun`, or a plain mapping of its columns
+    (recorded runs, tests)."""
 
     id: int | str | None
     attempt: int
@@ -42,7 +55,7 @@ class _RunView:
     outcome: Mapping[str, Any]
 
     @classmethod
-    def of(cls, run: Run | Mapping[str, Any]) -> _RunView:
+    def of(cls, run: StoredRun | Mapping[str, Any]) -> _RunView:
         if isinstance(run, Mapping):
             return cls(
                 run.get("id"),
@@ -111,7 +124,7 @@ class Curves:
         return c
 
     @classmethod
-    def for_run(cls, run: Run | Mapping[str, Any]) -> Curves:
+    def for_run(cls, run: StoredRun | Mapping[str, Any]) -> Curves:
         """Empty curves for a stored run, to fill with `add_rows` as its rows arrive."""
         view = _RunView.of(run)
         c = cls(run_id=view.id, attempt=view.attempt)
@@ -119,7 +132,7 @@ class Curves:
         return c
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: Run | Mapping[str, Any]) -> Curves:
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: StoredRun | Mapping[str, Any]) -> Curves:
         """A stored run's curves from all its metric rows, with its outcome once it has ended."""
         c = cls.for_run(run)
         c.add_rows(rows)
@@ -131,7 +144,7 @@ class Curves:
             c.end = dict(out)
         return c
 
-    def note_run(self, run: Run | Mapping[str, Any]) -> None:
+    def note_run(self, run: StoredRun | Mapping[str, Any]) -> None:
         """Take what the worker learned at the start (steps per epoch, classes) once the row has it."""
         info = _RunView.of(run).info
         if self.steps_per_epoch is None:
