@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tuneassist.errors import UserError
-from tuneassist.runs import store as store_mod
+from tuneassist.runs import schema as store_mod
 from tuneassist.runs.store import SCHEMA_VERSION, MetricWriter, Store, resolve_workspace
 
 CPU = (["cpu"], 1)
@@ -570,3 +571,32 @@ def test_a_run_handed_to_a_loading_standby_keeps_its_heartbeat(tmp_path: Path) -
         loaded.set()
         keeper.join()
         assert time.time() - s.get_run(run_id, refresh=False)["heartbeat"] < 1.0
+
+
+def test_runs_come_back_typed_with_the_stored_columns_kept(tmp_path: Path) -> None:
+    """A run is a typed Run: the spec parsed once (None when this version cannot read it), empty
+    outcome/info until there are some, progress and ETA derived in one place; the columns stay
+    readable by name, exactly as stored (what `runs --json` prints)."""
+    from tuneassist.runs.store import Run
+    from tuneassist.spec import RunSpec
+
+    with Store(tmp_path) as s:
+        good = s.add_run(RunSpec(model="resnet20", epochs=2).to_dict(), "train")
+        old = s.add_run({"model": "simple3", "from_the_future": 1}, "train")
+        run = s.get_run(good)
+        assert isinstance(run, Run) and run.status == "queued" and run.kind == "train"
+        assert run.spec is not None and run.spec.model == "resnet20" and run.model == "resnet20"
+        assert run.outcome == {} and run.info == {} and run["outcome"] is None
+        assert run.progress == (0, None) and run.eta() is None and run.elapsed() is None
+        assert (
+            run.total_epochs == 2.0
+            and run["spec"] == run.spec_data == RunSpec(model="resnet20", epochs=2).to_dict()
+        )
+        s.update_run(good, status="running", started=100.0, last_step=9, info={"total_steps": 40})
+        run = s.get_run(good, refresh=False)
+        assert run.progress == (10, 40) and run.elapsed(now=110.0) == 10.0
+        stale = s.get_run(old)
+        assert stale.spec is None and stale.spec_data == {"model": "simple3", "from_the_future": 1}
+        assert [r.id for r in s.list_runs(refresh=False)] == [good, old]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            run.status = "finished"  # type: ignore[misc]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,46 @@ _READ_OUTCOME = ("finished", "diverged", "cancelled")
 
 def _f(v: Any) -> float:
     return math.nan if v is None else float(v)
+
+
+class StoredRun(Protocol):
+    """What the curves read of the store's `Run` (tuneassist.runs.rows), by shape: the advisor reads
+    curves too and must never import the store."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
+    @property
+    def outcome(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class _RunView:
+    """What the curves take from a stored run: a `StoredRun`, or a plain mapping of its columns
+    (recorded runs, tests)."""
+
+    id: int | str | None
+    attempt: int
+    status: str | None
+    info: Mapping[str, Any]
+    outcome: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, run: StoredRun | Mapping[str, Any]) -> _RunView:
+        if isinstance(run, Mapping):
+            return cls(
+                run.get("id"),
+                int(run.get("attempt") or 0),
+                run.get("status"),
+                run.get("info") or {},
+                run.get("outcome") or {},
+            )
+        return cls(run.id, run.attempt, run.status, run.info, run.outcome)
 
 
 def finite_points(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -84,27 +124,29 @@ class Curves:
         return c
 
     @classmethod
-    def for_run(cls, run: Mapping[str, Any]) -> Curves:
+    def for_run(cls, run: StoredRun | Mapping[str, Any]) -> Curves:
         """Empty curves for a stored run, to fill with `add_rows` as its rows arrive."""
-        c = cls(run_id=run.get("id"), attempt=int(run.get("attempt") or 0))
+        view = _RunView.of(run)
+        c = cls(run_id=view.id, attempt=view.attempt)
         c.note_run(run)
         return c
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any]) -> Curves:
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: StoredRun | Mapping[str, Any]) -> Curves:
         """A stored run's curves from all its metric rows, with its outcome once it has ended."""
         c = cls.for_run(run)
         c.add_rows(rows)
-        out = run.get("outcome")
-        if run.get("status") in _READ_OUTCOME and out:
-            c.outcome = out.get("outcome", run["status"])
+        view = _RunView.of(run)
+        out = view.outcome
+        if view.status in _READ_OUTCOME and out:
+            c.outcome = out.get("outcome", view.status)
             c.diverged_lr = out.get("diverged_lr")
             c.end = dict(out)
         return c
 
-    def note_run(self, run: Mapping[str, Any]) -> None:
+    def note_run(self, run: StoredRun | Mapping[str, Any]) -> None:
         """Take what the worker learned at the start (steps per epoch, classes) once the row has it."""
-        info = run.get("info") or {}
+        info = _RunView.of(run).info
         if self.steps_per_epoch is None:
             self.steps_per_epoch = info.get("steps_per_epoch")
         if self.num_classes is None:

@@ -7,9 +7,8 @@ TUI, so a session started in one can be continued in the other. It never imports
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ from tuneassist.curves import Curves
 from tuneassist.dataref import after_holdout, parse_data
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import launch_run
-from tuneassist.runs.store import Store, fmt_time
+from tuneassist.runs.store import Run, Store, fmt_time
 
 T = TypeVar("T")
 
@@ -105,10 +104,10 @@ def expected_throughput(store: Store | None, model: str, on_gpu: bool) -> tuple[
     """
     if store is not None:
         try:
-            runs = [r for r in store.list_runs(refresh=False) if (r.get("spec") or {}).get("model") == model]
+            runs = [r for r in store.list_runs(refresh=False) if r.model == model]
         except (UserError, OSError):
             runs = []
-        vals = [float(r["images_per_s"]) for r in runs[-8:] if r.get("images_per_s")]
+        vals = [float(r.images_per_s) for r in runs[-8:] if r.images_per_s]
         if vals:
             vals.sort()
             return vals[len(vals) // 2], f"measured on {len(vals)} run{'s' if len(vals) > 1 else ''}"
@@ -117,10 +116,11 @@ def expected_throughput(store: Store | None, model: str, on_gpu: bool) -> tuple[
     return ips, f"assumed for {model} on {'a GPU' if on_gpu else 'the CPU'}"
 
 
-def sharing(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+def sharing(runs: Sequence[Run | Mapping[str, Any]]) -> dict[str, float] | None:
     """How runs shared the devices: wall time from the first start to the last end, their own run times
-    added up (what one after another would roughly have taken), and the most at once. Ended runs only."""
-    spans = [(float(r["started"]), float(r["ended"])) for r in runs if r.get("started") and r.get("ended")]
+    added up (what one after another would roughly have taken), and the most at once. Ended runs only
+    (a screen's placeholder for a run gone from the store, an empty mapping, counts as none)."""
+    spans = [(float(r.started), float(r.ended)) for r in runs if isinstance(r, Run) and r.started and r.ended]
     if not spans:
         return None
     # An end before a start at the same moment: a run that ends frees its slot for the next.
@@ -181,7 +181,7 @@ class TuningSession:
     def reload(self) -> None:
         """Read the session as it is in the store now (another window or the CLI may have changed it)."""
         row = self.store.get_session(self.id)
-        state = row.get("state") or {}
+        state = row["state"]  # decoded by the store: {} when it holds none
         if "checklist" not in state:
             raise UserError(f"session {self.id} holds no checklist; create a new one with tuneassist tune")
         self.name = row.get("name") or f"session {self.id}"
@@ -190,16 +190,10 @@ class TuningSession:
 
     def stored_rev(self) -> int:
         """The revision in the store, read in SQL without decoding the state: asked on every UI poll."""
-        row = self.store.read(
-            lambda c: c.execute(
-                "SELECT CASE WHEN json_valid(state) THEN json_extract(state, '$.rev') END "
-                "FROM sessions WHERE id = ?",
-                (self.id,),
-            ).fetchone()
-        )
-        if row is None:
+        rev = self.store.session_rev(self.id)
+        if rev is None:
             self.store.get_session(self.id)  # the one-line "no session N" error
-        return int(row[0] or 0) if row else 0
+        return rev or 0
 
     def sync(self) -> bool:
         """Reload when someone else saved since we read; True when the session changed."""
@@ -229,7 +223,7 @@ class TuningSession:
     def latest(cls, store: Store) -> TuningSession | None:
         """The most recent session that holds a checklist (what `tuneassist` reopens)."""
         for row in reversed(store.list_sessions()):
-            if "checklist" in (row.get("state") or {}):
+            if "checklist" in row["state"]:
                 return cls(store, int(row["id"]))
         return None
 
@@ -239,17 +233,8 @@ class TuningSession:
         Compare-and-swap on a revision number, in one write transaction: two windows (or a window
         and `tune`) can never overwrite each other's decisions or detach each other's runs.
         """
-        text = json.dumps({"checklist": self.checklist.to_dict(), "rev": self.rev + 1})
-
-        def swap(c: Any) -> bool:
-            row = c.execute("SELECT state FROM sessions WHERE id = ?", (self.id,)).fetchone()
-            current = json.loads(row[0] or "{}") if row else {}
-            if int(current.get("rev") or 0) != self.rev:
-                return False
-            c.execute("UPDATE sessions SET state = ? WHERE id = ?", (text, self.id))
-            return True
-
-        if not self.store.write(swap):
+        state = {"checklist": self.checklist.to_dict(), "rev": self.rev + 1}
+        if not self.store.swap_session_state(self.id, self.rev, state):
             raise SessionConflict(f"session {self.id} was changed elsewhere")
         self.rev += 1
 
@@ -300,7 +285,7 @@ class TuningSession:
         return ids
 
     def _active(self, run_id: int) -> bool:
-        return self.store.get_run(run_id, refresh=False)["status"] in ("queued", "running")
+        return self.store.get_run(run_id, refresh=False).status in ("queued", "running")
 
     def seed_for(self, step: str) -> int:
         """The seed of the step's runs: 0, or the seed of its latest re-run."""
@@ -322,9 +307,7 @@ class TuningSession:
     def _rerun(self, step: str) -> list[int]:
         cl = self.checklist
         active = [
-            r
-            for r in self.step_runs(step).values()
-            if self.store.get_run(r)["status"] in ("queued", "running")
+            r for r in self.step_runs(step).values() if self.store.get_run(r).status in ("queued", "running")
         ]
         if active:
             raise UserError(
@@ -366,15 +349,15 @@ class TuningSession:
         runs = self.step_runs(step)
         if not runs:
             return False
-        return all(self.store.get_run(r)["status"] in ENDED for r in runs.values())
+        return all(self.store.get_run(r).status in ENDED for r in runs.values())
 
     def step_timing(self, step: str) -> dict[str, float] | None:
         """How the step's ended runs shared the devices (see `sharing`)."""
         return sharing([self.store.get_run(r, refresh=False) for r in self.step_runs(step).values()])
 
-    def failed_runs(self, step: str) -> list[dict[str, Any]]:
+    def failed_runs(self, step: str) -> list[Run]:
         runs = [self.store.get_run(r) for r in self.step_runs(step).values()]
-        return [r for r in runs if r["status"] in ("failed", "lost", "cancelled")]
+        return [r for r in runs if r.status in ("failed", "lost", "cancelled")]
 
     def recommend(self, step: str | None = None) -> Recommendation | None:
         """The advisor's reading of the step's runs, or None while they are still going."""
@@ -403,12 +386,12 @@ class TuningSession:
             return Advance(step, "waiting", runs)
         failed = self.failed_runs(step)
         if failed and len(failed) == len(runs):
-            why = failed[0].get("error") or failed[0]["status"]
+            why = failed[0].error or failed[0].status
             return Advance(
                 step,
                 "failed",
                 runs,
-                message=f"every run of step {title!r} ended {failed[0]['status']} ({why})",
+                message=f"every run of step {title!r} ended {failed[0].status} ({why})",
             )
         rec = self.recommend(step)
         if rec is None:
@@ -427,9 +410,7 @@ class TuningSession:
     def _measured_speed(self, run_ids: list[int]) -> float | None:
         """The fastest training img/s these runs measured (None when none did)."""
         measured = [
-            float(r["images_per_s"])
-            for i in run_ids
-            if (r := self.store.get_run(i, refresh=False)).get("images_per_s")
+            float(r.images_per_s) for i in run_ids if (r := self.store.get_run(i, refresh=False)).images_per_s
         ]
         return max(measured) if measured else None
 
@@ -486,7 +467,7 @@ class TuningSession:
             d = cl.decisions.get(step)
             label = d.label if d else None
             stale = bool(d and d.stale)
-            statuses = [self.store.get_run(r, refresh=False)["status"] for r in runs.values()]
+            statuses = [self.store.get_run(r, refresh=False).status for r in runs.values()]
             if d and stale:
                 status = "stale"
             elif d:

@@ -11,13 +11,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuneassist.curves import Curves, finite_points
 from tuneassist.errors import UserError, printable
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
-from tuneassist.runs.store import ACTIVE, STATUSES, Store, elapsed, fmt_time
+from tuneassist.runs.store import ACTIVE, STATUSES, Run, Store, fmt_time
 from tuneassist.spec import RunSpec
 from tuneassist.text import g, pct
 
@@ -72,28 +73,19 @@ def hyperparameters(spec: dict[str, Any]) -> str:
     return f"{sched} lr {lr} m {mom} wd {g('weight_decay')} bs {spec.get('batch_size') or '?'} {length}"
 
 
-def total_epochs(run: dict[str, Any]) -> float | None:
-    info = run.get("info") or {}
-    if info.get("epochs"):
-        return float(info["epochs"])
-    spec = run["spec"]
-    return None if spec.get("steps") else float(spec.get("epochs") or 0)
-
-
-def run_summary(run: dict[str, Any], sessions: dict[int, str] | None = None) -> dict[str, Any]:
-    """A run as the JSON row of `tuneassist runs --json`."""
-    spec = run["spec"]
-    info = run.get("info") or {}
-    sid = run.get("session_id")
+def run_summary(run: Run, sessions: dict[int, str] | None = None) -> dict[str, Any]:
+    """A run as the JSON row of `tuneassist runs --json` (spec and outcome exactly as stored)."""
+    spec = run.spec_data
+    sid = run.session_id
     return {
-        "id": run["id"],
+        "id": run.id,
         "session_id": sid,
         "session": (sessions or {}).get(sid) if sid is not None else None,
-        "kind": run["kind"],
-        "status": run["status"],
-        "device": run["device"],
-        "model": spec.get("model"),
-        "data": spec.get("data"),
+        "kind": run.kind,
+        "status": run.status,
+        "device": run.device,
+        "model": run.model,
+        "data": run.data,
         "hyperparameters": {
             k: spec.get(k)
             for k in (
@@ -108,22 +100,20 @@ def run_summary(run: dict[str, Any], sessions: dict[int, str] | None = None) -> 
                 "steps",
             )
         },
-        "step": (run["outcome"] or {}).get(
-            "step", None if run["last_step"] is None else run["last_step"] + 1
-        ),
-        "total_steps": info.get("total_steps"),
-        "epoch": (run["outcome"] or {}).get("epoch", run["last_epoch"]),
-        "best_val_loss": run["best_val_loss"],
-        "best_val_acc": run["best_val_acc"],
-        "images_per_s": run["images_per_s"],
-        "elapsed_s": elapsed(run),
-        "created": run["created"],
-        "started": run["started"],
-        "ended": run["ended"],
-        "checkpoint_step": run["checkpoint_step"],
-        "error": run["error"],
-        "outcome": run["outcome"],
-        "spec": spec,
+        "step": run.outcome.get("step", None if run.last_step is None else run.last_step + 1),
+        "total_steps": run.info.get("total_steps"),
+        "epoch": run.epoch,
+        "best_val_loss": run.best_val_loss,
+        "best_val_acc": run.best_val_acc,
+        "images_per_s": run.images_per_s,
+        "elapsed_s": run.elapsed(),
+        "created": run.created,
+        "started": run.started,
+        "ended": run.ended,
+        "checkpoint_step": run.checkpoint_step,
+        "error": run.error,
+        "outcome": run.columns["outcome"],
+        "spec": run.columns["spec"],
     }
 
 
@@ -198,15 +188,15 @@ def launch_background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int
     run = store.get_run(run_id)
     flag = _ws_flag(args)
     if getattr(args, "json", False):
-        print(json.dumps({"run_id": run_id, "status": run["status"], "device": run["device"]}))
+        print(json.dumps({"run_id": run_id, "status": run.status, "device": run.device}))
         return 0
-    if run["status"] == "running":
-        where = f"started on {run['device']} (worker pid {run['pid']})"
-    elif run["status"] == "queued":
-        busy = [r["id"] for r in store.list_runs(status="running", refresh=False)]
+    if run.status == "running":
+        where = f"started on {run.device} (worker pid {run.pid})"
+    elif run.status == "queued":
+        busy = [r.id for r in store.list_runs(status="running", refresh=False)]
         where = "queued: its device is busy" + (f" with run {', '.join(map(str, busy))}" if busy else "")
     else:
-        where = f"{run['status']}: {run['error'] or ''}".rstrip(": ")
+        where = f"{run.status}: {run.error or ''}".rstrip(": ")
     print(f"run {run_id} ({kind}) {where}.")
     print(f"  watch it:   tuneassist runs watch {run_id}{flag}")
     print(f"  all runs:   tuneassist runs{flag}")
@@ -227,7 +217,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.status:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()]
     runs = store.list_runs(session=args.session, status=statuses)
-    if any(r["status"] == "queued" for r in runs) and not store.read_only:
+    if any(r.status == "queued" for r in runs) and not store.read_only:
         advance_queue(store)  # a lost run may have freed a slot: let the queue move
         runs = store.list_runs(session=args.session, status=statuses, refresh=False)
     sessions = {s["id"]: s["name"] or str(s["id"]) for s in store.list_sessions()}
@@ -245,43 +235,42 @@ def cmd_list(args: argparse.Namespace) -> int:
               "BEST VAL LOSS", "BEST VAL ACC", "IMG/S", "ELAPSED"]  # fmt: skip
     rows = []
     for r in runs:
-        total = total_epochs(r)
-        epoch = (r["outcome"] or {}).get("epoch", r["last_epoch"])
-        ep = "-" if epoch is None else f"{epoch:.2f}"
+        total = r.total_epochs
+        ep = "-" if r.epoch is None else f"{r.epoch:.2f}"
         if total:
             ep += f"/{total:.3g}"
         rows.append(
             [
-                str(r["id"]),
-                printable(sessions.get(r["session_id"], "-") if r["session_id"] is not None else "-"),
-                r["status"],
-                printable(r["kind"]),
-                printable(r["spec"].get("model")),
-                printable(r["spec"].get("data")),
-                printable(hyperparameters(r["spec"])),
+                str(r.id),
+                printable(sessions.get(r.session_id, "-") if r.session_id is not None else "-"),
+                r.status,
+                printable(r.kind),
+                printable(r.model),
+                printable(r.data),
+                printable(hyperparameters(r.spec_data)),
                 ep,
-                g(r["best_val_loss"]),
-                pct(r["best_val_acc"]),
-                "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
-                fmt_time(elapsed(r)),
+                g(r.best_val_loss),
+                pct(r.best_val_acc),
+                "-" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
+                fmt_time(r.elapsed()),
             ]
         )
     from tuneassist.cli.status import term_width
 
     fit = term_width(sys.stdout) if sys.stdout.isatty() else None  # a pipe or file gets every column
     print(_table(rows, header, fit))
-    bad = [r for r in runs if r["status"] in ("failed", "lost") and r["error"]]
+    bad = [r for r in runs if r.status in ("failed", "lost") and r.error]
     for r in bad[-3:]:
-        print(f"run {r['id']} {r['status']}: {printable(r['error'])}")
+        print(f"run {r.id} {r.status}: {printable(r.error)}")
     return 0
 
 
-def describe_end(run: dict[str, Any], flag: str = "") -> str:
+def describe_end(run: Run, flag: str = "") -> str:
     """One line saying how a run ended and what to do next."""
-    rid, status, out = run["id"], run["status"], run.get("outcome") or {}
+    rid, status, out = run.id, run.status, run.outcome
     if status in ("failed", "lost"):
         hint = f"; resume it with: tuneassist runs resume {rid}{flag}" if status == "lost" else ""
-        return f"run {rid} {status}: {printable(run['error'])}{hint}"
+        return f"run {rid} {status}: {printable(run.error)}{hint}"
     parts = [f"run {rid} {status}"]
     if out:
         parts.append(
@@ -304,22 +293,21 @@ def _last(xs: list[float]) -> float | None:
     return xs[-1] if xs and math.isfinite(xs[-1]) else None
 
 
-def _progress_line(run: dict[str, Any], curves: Curves) -> str:
-    info = run.get("info") or {}
-    total = info.get("total_steps")
-    if run["status"] == "queued":
-        return f"run {run['id']} queued: waiting for a free device slot"
+def _progress_line(run: Run, curves: Curves) -> str:
+    total = run.total_steps
+    if run.status == "queued":
+        return f"run {run.id} queued: waiting for a free device slot"
     if curves.last_step < 0:
-        return f"run {run['id']} {run['status']} on {run['device']}: starting (loading data and model)"
+        return f"run {run.id} {run.status} on {run.device}: starting (loading data and model)"
     step = curves.last_step + 1
     share = f" ({100 * step / total:.0f}%)" if total else ""
     eta = ""
-    el = elapsed(run)
+    el = run.elapsed()
     if total and el and step:
         eta = f"  ETA {fmt_time(el / step * (total - step))}"
     loss, lr = _last(curves.train_loss), _last(curves.lrs)
     text = (
-        f"run {run['id']} {run['status']}  epoch {curves.epochs_done():.2f}/{g(total_epochs(run))}  "
+        f"run {run.id} {run.status}  epoch {curves.epochs_done():.2f}/{g(run.total_epochs)}  "
         f"step {step}/{total or '?'}{share}  train loss {g(loss)}  lr {g(lr)}"
     )
     if curves.eval_steps:
@@ -330,16 +318,16 @@ def _progress_line(run: dict[str, Any], curves: Curves) -> str:
     return text + f"  {fmt_time(el)}{eta}"
 
 
-def _plot(run: dict[str, Any], curves: Curves) -> str:
+def _plot(run: Run, curves: Curves) -> str:
     from tuneassist.cli.termplot import plot_lines
 
-    if run["kind"] == "lr_find" or str(run["spec"].get("schedule", "")).startswith("range_"):
+    if run.kind == "lr_find" or run.schedule.startswith("range_"):
         return plot_lines(
             {
                 "train loss": finite_points(curves.lrs, curves.train_loss),
                 "val loss": finite_points(curves.eval_lrs(), curves.val_loss),
             },
-            title=f"run {run['id']}: loss vs learning rate",
+            title=f"run {run.id}: loss vs learning rate",
             xlabel="learning rate (log)",
             ylabel="loss",
             logx=True,
@@ -349,7 +337,7 @@ def _plot(run: dict[str, Any], curves: Curves) -> str:
             "train loss": finite_points(curves.epochs, curves.train_loss),
             "val loss": finite_points(curves.eval_epochs, curves.val_loss),
         },
-        title=f"run {run['id']} ({run['spec'].get('model')} on {run['spec'].get('data')}): loss vs epoch",
+        title=f"run {run.id} ({run.model} on {run.data}): loss vs epoch",
         xlabel="epoch",
         ylabel="loss",
     )
@@ -362,18 +350,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     flag = _ws_flag(args)
     live = sys.stdout.isatty() and not args.no_plot
     curves = Curves.for_run(run)
-    attempt = run["attempt"]
+    attempt = run.attempt
     shown_status = None
     printed_eval = -1
     plot_note: str | None = None
     try:
         while True:
             run = store.get_run(run_id)
-            if run["attempt"] != attempt:  # resumed: steps past the checkpoint were redone
-                attempt = run["attempt"]
+            if run.attempt != attempt:  # resumed: steps past the checkpoint were redone
+                attempt = run.attempt
                 curves = Curves.for_run(run)
                 printed_eval = -1
-            ended = run["status"] not in ACTIVE
+            ended = run.status not in ACTIVE
             if ended:  # a complete, final read (evaluations stored after the last poll included)
                 curves = Curves.for_run(run)
             curves.note_run(run)
@@ -391,7 +379,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     sys.stdout.write("Ctrl-C stops watching; the run keeps going.\n")
                 sys.stdout.flush()
             else:
-                if run["status"] != shown_status:
+                if run.status != shown_status:
                     print(_progress_line(run, curves), flush=True)
                 for i, step in enumerate(curves.eval_steps):
                     if step <= printed_eval:
@@ -403,11 +391,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     printed_eval = step
-            shown_status = run["status"]
+            shown_status = run.status
             if ended:
                 print(describe_end(run, flag), flush=True)
-                return 0 if run["status"] in _ENDED_OK else 1
-            if run["status"] == "queued" and not store.read_only:
+                return 0 if run.status in _ENDED_OK else 1
+            if run.status == "queued" and not store.read_only:
                 advance_queue(store)
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -421,8 +409,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     run = store.get_run(args.run_id)
     flag = _ws_flag(args)
     if getattr(args, "json", False):
-        print(json.dumps({"id": args.run_id, "status": run["status"], "stopping": status == "running",
-                          "error": run.get("error")}))  # fmt: skip
+        print(json.dumps({"id": args.run_id, "status": run.status, "stopping": status == "running",
+                          "error": run.error}))  # fmt: skip
         return 0
     if status == "running":
         print(
@@ -539,47 +527,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _list_options(ls)
     ls.set_defaults(func=cmd_list)
 
-    w = sub.add_parser("watch", help="follow a run live; Ctrl-C stops watching, never the run")
-    w.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
-    w.add_argument("--interval", type=_positive, default=1.0, help="seconds between redraws (1)")
-    w.add_argument("--no-plot", action="store_true", help="progress lines only, no terminal plot")
-    _add_workspace(w)
-    w.set_defaults(func=cmd_watch)
+    _one_run(
+        sub, "watch", "follow a run live; Ctrl-C stops watching, never the run", cmd_watch,
+        _opt("--interval", type=_positive, default=1.0, help="seconds between redraws (1)"),
+        _opt("--no-plot", action="store_true", help="progress lines only, no terminal plot"),
+    )  # fmt: skip
+    _one_run(
+        sub, "cancel", "stop a run gracefully (metrics and a checkpoint are kept)", cmd_cancel,
+        _opt("--no-wait", action="store_true", help="return at once instead of waiting for it to stop"),
+        _opt("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)"),
+        _opt("--json", action="store_true", help="print the run's id and status as JSON"),
+    )  # fmt: skip
+    _one_run(
+        sub, "resume", "continue a lost or cancelled run from its last checkpoint", cmd_resume,
+        _opt("--from-start", action="store_true",
+             help="train from step 0, setting the checkpoint aside (when it is damaged or untrusted)"),
+        _opt("--json", action="store_true", help="print the run's id, status and start step as JSON"),
+    )  # fmt: skip
+    _one_run(
+        sub, "export", "write a run's metrics as CSV or JSON lines, or TensorBoard event files in DIR",
+        cmd_export,
+        _opt("--format", nargs="+", action=_FormatAction, required=True, metavar=("FORMAT", "DIR"),
+             help="csv, jsonl (one row per line), or tensorboard DIR (event files in DIR/run-ID)"),
+        _opt("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)"),
+    )  # fmt: skip
 
-    c = sub.add_parser("cancel", help="stop a run gracefully (metrics and a checkpoint are kept)")
-    c.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
-    c.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for it to stop")
-    c.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)")
-    c.add_argument("--json", action="store_true", help="print the run's id and status as JSON")
-    _add_workspace(c)
-    c.set_defaults(func=cmd_cancel)
 
-    r = sub.add_parser("resume", help="continue a lost or cancelled run from its last checkpoint")
-    r.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
-    r.add_argument(
-        "--from-start",
-        action="store_true",
-        help="train from step 0, setting the checkpoint aside (when it is damaged or untrusted)",
-    )
-    r.add_argument("--json", action="store_true", help="print the run's id, status and start step as JSON")
-    _add_workspace(r)
-    r.set_defaults(func=cmd_resume)
+def _opt(*flags: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One option of a `runs ACTION ID` parser, as `add_argument` takes it."""
+    return flags, kw
 
-    e = sub.add_parser(
-        "export", help="write a run's metrics as CSV or JSON lines, or TensorBoard event files in DIR"
-    )
-    e.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
-    e.add_argument(
-        "--format",
-        nargs="+",
-        action=_FormatAction,
-        required=True,
-        metavar=("FORMAT", "DIR"),
-        help="csv, jsonl (one row per line), or tensorboard DIR (event files in DIR/run-ID)",
-    )
-    e.add_argument("--output", "-o", default=None, metavar="FILE", help="file to write (default: stdout)")
-    _add_workspace(e)
-    e.set_defaults(func=cmd_export)
+
+def _one_run(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace], int],
+    *options: tuple[tuple[str, ...], dict[str, Any]],
+) -> argparse.ArgumentParser:
+    """A `runs ACTION ID [options] [--workspace DIR]` parser: every action on one run reads its id
+    the same way."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
+    for flags, kw in options:
+        p.add_argument(*flags, **kw)
+    _add_workspace(p)
+    p.set_defaults(func=func)
+    return p
 
 
 __all__ = ["register", "add_background_option", "launch_background", "open_store", "UserError"]

@@ -262,8 +262,8 @@ def _spare_core(store: Store) -> bool:
     cores = cpu_cores()
     used = 0
     for r in running:
-        spec = r["spec"]
-        if not str(r.get("device") or "").startswith("cpu"):
+        spec = r.spec_data
+        if not str(r.device or "").startswith("cpu"):
             continue
         used += int(spec.get("num_threads") or cores) * int(spec.get("devices") or 1)
     return used < cores
@@ -359,7 +359,7 @@ def cancel_run(store: Store, run_id: int, wait: float = 0.0) -> str:
     deadline = time.monotonic() + wait
     while status == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
-        status = store.get_run(run_id)["status"]
+        status = store.get_run(run_id).status
     return status
 
 
@@ -374,16 +374,16 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
     checkpoint = store.checkpoint_path(run_id)
     has_checkpoint = checkpoint.exists() and not from_start
     run = store.get_run(run_id, refresh=False)
-    if run["kind"] == "track":  # no worker can train it: the user's own script did (tuneassist.track)
+    if run.kind == "track":  # no worker can train it: the user's own script did (tuneassist.track)
         raise UserError(
             f"run {run_id} was logged by your own script (tuneassist.track); tuneassist cannot resume it: "
             "run your script again (it logs a new run)"
         )
-    stopped = run["status"] in ("lost", "cancelled")
-    if stopped and not from_start and not has_checkpoint and run["checkpoint_step"]:
+    stopped = run.status in ("lost", "cancelled")
+    if stopped and not from_start and not has_checkpoint and run.checkpoint_step:
         # The store says it was saved: resuming from step 0 would silently replace the curve so far.
         raise UserError(
-            f"checkpoint {checkpoint} is missing (the store recorded one at step {run['checkpoint_step']}); "
+            f"checkpoint {checkpoint} is missing (the store recorded one at step {run.checkpoint_step}); "
             f"nothing was changed: put it back, or resume run {run_id} from step 0 (the curve restarts): "
             f"tuneassist runs resume {run_id} --from-start"
         )
@@ -395,27 +395,11 @@ def resume_run(store: Store, run_id: int, from_start: bool = False) -> dict[str,
                 f"with: tuneassist runs resume {run_id} --from-start"
             )
 
-    def fn(c: Any) -> int:
-        row = c.execute("SELECT status, checkpoint_step FROM runs WHERE id = ?", (int(run_id),)).fetchone()
-        if row is None:
-            raise UserError(f"no run {run_id} in {store.workspace}; list runs with: tuneassist runs")
-        status, step = row
-        if status not in ("lost", "cancelled"):
-            hint = "it is still going" if status in ("queued", "running") else "start a new run instead"
-            raise UserError(f"run {run_id} is {status}; only lost or cancelled runs can be resumed ({hint})")
-        c.execute(
-            "UPDATE runs SET status = 'queued', resume = ?, cancel_requested = 0, pid = NULL, ended = NULL, "
-            "error = NULL, outcome = NULL, checkpoint_step = CASE WHEN ? THEN checkpoint_step END, "
-            "checkpoint_epoch = CASE WHEN ? THEN checkpoint_epoch END WHERE id = ?",
-            (int(has_checkpoint), int(has_checkpoint), int(has_checkpoint), run_id),
-        )
-        return int(step or 0) if has_checkpoint else 0
-
-    from_step = store.write(fn)
+    from_step = store.requeue_for_resume(run_id, keep_checkpoint=has_checkpoint)
     if from_start and checkpoint.exists():  # never resumed from later: keep it only for inspection
         os.replace(checkpoint, checkpoint.with_name(checkpoint.name + ".bad"))
     advance_queue(store)
-    return {"from_step": from_step, "checkpoint": has_checkpoint, "status": store.get_run(run_id)["status"]}
+    return {"from_step": from_step, "checkpoint": has_checkpoint, "status": store.get_run(run_id).status}
 
 
 def export_run(

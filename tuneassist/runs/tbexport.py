@@ -57,13 +57,13 @@ def export_tensorboard(store: Store, run_id: int, out: str | os.PathLike[str] | 
         raise UserError(f"{printable(log_dir)} exists and is not a folder; choose another DIR")
     rows = store.metrics(run_id)
     # a row's wall is seconds of training (summed over resumes): counted from the first start
-    started = float(run.get("started") or run.get("created") or 0.0) - float(run.get("wall_base") or 0.0)
+    started = float(run.started or run.created or 0.0) - float(run.wall_base or 0.0)
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         w = _writer(log_dir)
         try:
-            w.add_text("run", f"run {run_id} ({run.get('kind')}, {run.get('status')})", 0)
-            w.add_text("spec", "```\n" + json.dumps(run["spec"], indent=1, default=str) + "\n```", 0)
+            w.add_text("run", f"run {run_id} ({run.kind}, {run.status})", 0)
+            w.add_text("spec", "```\n" + json.dumps(run.columns["spec"], indent=1, default=str) + "\n```", 0)
             for r in rows:
                 step = int(r["step"])
                 wall = started + float(r["wall"]) if r.get("wall") is not None and started else None

@@ -21,7 +21,7 @@ from typing import Any
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new
 from tuneassist.runs.launch import advance_queue, detect_gpus, placement, slots_for
-from tuneassist.runs.store import MetricWriter, Store, heartbeat_interval
+from tuneassist.runs.store import MetricWriter, Run, Store, heartbeat_interval
 from tuneassist.spec import RunSpec
 
 log = logging.getLogger("tuneassist.worker")
@@ -52,9 +52,9 @@ class Heartbeat(threading.Thread):
                     if not self.store.update_run(self.run_id, _only_if=owner, heartbeat=time.time()):
                         self._abandon()
                 run = self.store.get_run(self.run_id, refresh=False)
-                if run["status"] != "running" or run["attempt"] != self.attempt:
+                if run.status != "running" or run.attempt != self.attempt:
                     self._abandon()
-                if run["cancel_requested"] and not self.cancelled:
+                if run.cancel_requested and not self.cancelled:
                     log.info("cancel requested; stopping at the next check")
                     self.cancelled = True
                     self.stop_flag.set()
@@ -75,21 +75,21 @@ class Heartbeat(threading.Thread):
         self.join()
 
 
-def _claim(store: Store, run_id: int) -> dict[str, Any] | None:
+def _claim(store: Store, run_id: int) -> Run | None:
     """Make the run ours: running, this pid, a fresh heartbeat. None if it is not ours to run."""
     run = store.get_run(run_id, refresh=False)
-    if run["status"] == "queued":
+    if run.status == "queued":
         # Started by hand (or a launcher died between insert and claim): take a slot like a launcher would.
         if not store.claim_queued(slots_for, placement(store), only=run_id):
             log.info("run %d stays queued: its device has no free slot", run_id)
             return None
         run = store.get_run(run_id, refresh=False)
-    if run["status"] != "running" or run["pid"] not in (None, os.getpid()):
-        log.info("run %d is %s (pid %s); not starting it", run_id, run["status"], run["pid"])
+    if run.status != "running" or run.pid not in (None, os.getpid()):
+        log.info("run %d is %s (pid %s); not starting it", run_id, run.status, run.pid)
         return None
     if not store.update_run(
         run_id,
-        _only_if={"status": "running", "attempt": run["attempt"], "pid": run["pid"]},
+        _only_if={"status": "running", "attempt": run.attempt, "pid": run.pid},
         pid=os.getpid(),
         heartbeat=time.time(),
     ):
@@ -120,9 +120,9 @@ class _Recorder:
     """Turns engine events into metric rows and run updates."""
 
     def __init__(
-        self, store: Store, run: dict[str, Any], writer: MetricWriter, resume: bool, stopping: threading.Event
+        self, store: Store, run: Run, writer: MetricWriter, resume: bool, stopping: threading.Event
     ) -> None:
-        self.store, self.run_id, self.attempt = store, run["id"], run["attempt"]
+        self.store, self.run_id, self.attempt = store, run.id, run.attempt
         self.stopping = stopping
         self.deferred_checkpoint: dict[str, Any] = {}
         self.writer = writer
@@ -192,8 +192,8 @@ def run_worker(store: Store, run_id: int, warm: bool = False) -> int:
     run = _claim(store, run_id)
     if run is None:
         return 0
-    attempt = run["attempt"]
-    log.info("run %d attempt %d on %s, pid %d", run_id, attempt, run["device"], os.getpid())
+    attempt = run.attempt
+    log.info("run %d attempt %d on %s, pid %d", run_id, attempt, run.device, os.getpid())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -208,10 +208,12 @@ def run_worker(store: Store, run_id: int, warm: bool = False) -> int:
     owner = {"status": "running", "attempt": attempt}
     result: dict[str, Any]
     try:
-        spec = RunSpec.from_dict(run["spec"])
-        _select_device(spec, (run["device"] or "").split(","), warm)
+        # A fresh spec (the device is picked into it), and from_dict's one-line error for keys this
+        # version does not know.
+        spec = RunSpec.from_dict(run.columns["spec"])
+        _select_device(spec, (run.device or "").split(","), warm)
         checkpoint = store.run_dir(run_id) / "checkpoint.pt"
-        resume = bool(run["resume"]) and checkpoint.exists()
+        resume = run.resume and checkpoint.exists()
         recorder = _Recorder(store, run, writer, resume, stop)
         if spec.devices > 1:  # torchrun + DDP; rank 0's events come back to `recorder` in this process
             from tuneassist.engine.ddp_launch import run_distributed as train

@@ -16,21 +16,11 @@ from tuneassist.advisor.lr_range import fmt_num, suggest_lr
 from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import cancel_run, resume_run
+from tuneassist.runs.store import Run
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.chart import Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog
-from tuneassist.tui.fmt import (
-    elapsed,
-    eta,
-    fmt_time,
-    g,
-    hyper,
-    pct,
-    progress,
-    progress_text,
-    run_kind,
-    run_status,
-)
+from tuneassist.tui.fmt import fmt_time, g, hyper, pct, progress_text, run_kind, run_status
 from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, TopBar, sync_table
 
@@ -69,22 +59,22 @@ def log_tail(path: Any, n: int = LOG_LINES) -> list[str]:
     return list(deque(data.splitlines(), maxlen=n))
 
 
-def is_range(run: dict[str, Any]) -> bool:
-    return str((run.get("spec") or {}).get("schedule", "")).startswith("range_")
+def is_range(run: Run) -> bool:
+    return run.schedule.startswith("range_")
 
 
-def run_chart(run: dict[str, Any], c: Curves, metric: int = 0) -> tuple[str, Chart]:
+def run_chart(run: Run, c: Curves, metric: int = 0) -> tuple[str, Chart]:
     """A run's curves: loss vs LR for a range test, else loss (or val accuracy) vs epoch."""
     if is_range(run):
         from tuneassist.tui.checklist import range_ylim
 
-        spec = run.get("spec") or {}
+        spec = run.spec_data
         series = [
             Series("train loss (smoothed)", c.lrs, ema(c.train_loss), "cyan"),
             Series("val loss", c.eval_lrs(), c.val_loss, "magenta"),
         ]
         vlines = []
-        d_lr = (run.get("outcome") or {}).get("diverged_lr")
+        d_lr = run.outcome.get("diverged_lr")
         if d_lr:
             vlines.append(VLine(float(d_lr), f"diverged {fmt_num(d_lr)}", "red"))
         xlim = (spec.get("lr_min"), spec.get("lr_max")) if spec.get("lr_min") and spec.get("lr_max") else None
@@ -104,16 +94,16 @@ def run_chart(run: dict[str, Any], c: Curves, metric: int = 0) -> tuple[str, Cha
     return "loss vs epoch", chart
 
 
-def run_reading(run: dict[str, Any], c: Curves) -> Text:
+def run_reading(run: Run, c: Curves) -> Text:
     """What a run says: its error, how it ended, and the advisor's diagnosis of its curves."""
     t = Text()
-    status = run["status"]
+    status = run.status
     if status in ("failed", "lost"):
         t.append(f"✗ {status}: ", style="bold red")
-        t.append(f"{run.get('error') or 'no error recorded'}\n")
+        t.append(f"{run.error or 'no error recorded'}\n")
         if status == "lost":
             t.append("u resumes it from its last checkpoint.\n")
-    out = run.get("outcome") or {}
+    out = run.outcome
     if out.get("reason"):
         t.append(f"{status}: {out['reason']}\n", style="bold")
     if status == "cancelled":
@@ -136,7 +126,7 @@ def run_reading(run: dict[str, Any], c: Curves) -> Text:
             else:
                 t.append("Too few steps yet to read the range test.")
         else:
-            spec = run.get("spec") or {}
+            spec = run.spec_data
             d = diagnose(
                 c.steps,
                 c.train_loss,
@@ -194,40 +184,46 @@ class RunsScreen(LiveScreen):
         t.focus()
         self.mark_ready()
 
-    def _visible(self) -> list[dict[str, Any]]:
+    def _visible(self) -> list[Run]:
         app = self.tapp
         sid = app.session.id if (app.session and self.only_session) else None
         wanted = STATUS_FILTERS[self.status_filter]
-        runs = [r for r in app.live.session_runs(sid) if wanted is None or r["status"] in wanted]
-        return sorted(runs, key=lambda r: -int(r["id"]))
+        runs = [r for r in app.live.session_runs(sid) if wanted is None or r.status in wanted]
+        return sorted(runs, key=lambda r: -r.id)
 
     def refresh_live(self, res: PollResult | None) -> None:
         runs = self._visible()
         rows = []
         for r in runs:
-            spec = r.get("spec") or {}
             rows.append(
                 (
-                    str(r["id"]),
+                    str(r.id),
                     run_kind(r),
-                    run_status(r["status"], bool(r.get("cancel_requested")), r),
+                    run_status(r.status, r.cancel_requested, r),
                     progress_text(r),
-                    g(r.get("best_val_loss"), 4),
-                    pct(r.get("best_val_acc")),
-                    "-" if not r.get("images_per_s") else f"{r['images_per_s']:,.0f}",
-                    fmt_time(elapsed(r)),
-                    fmt_time(eta(r)),
-                    hyper(spec),
-                    f"{spec.get('model')} · {spec.get('data')}",
+                    g(r.best_val_loss, 4),
+                    pct(r.best_val_acc),
+                    "-" if not r.images_per_s else f"{r.images_per_s:,.0f}",
+                    fmt_time(r.elapsed()),
+                    fmt_time(r.eta()),
+                    hyper(r.spec_data),
+                    f"{r.model} · {r.data}",
                 )
             )
-        sync_table(self.query_one("#table", DataTable), [str(r["id"]) for r in runs], rows)
-        self._ids = [int(r["id"]) for r in runs]
+        sync_table(self.query_one("#table", DataTable), [str(r.id) for r in runs], rows)
+        self._ids = [r.id for r in runs]
         scope = (
             f"session {self.tapp.session.id}" if (self.only_session and self.tapp.session) else "all sessions"
         )
         self.sub_title = f"{scope} · {self.status_filter}"
         self._show_line()
+
+    def _selected(self) -> int:
+        """The selected run's id; a one-line error when the table has none selected."""
+        rid = self.selected_id()
+        if rid is None:
+            raise UserError("no run selected")
+        return rid
 
     def selected_id(self) -> int | None:
         table = self.query_one("#table", DataTable)
@@ -243,11 +239,11 @@ class RunsScreen(LiveScreen):
         rid = self.selected_id()
         run = self.tapp.live.run(rid) if rid is not None else None
         if run is not None:
-            if run["status"] in ("failed", "lost") and run.get("error"):
-                t.append(f"\nrun {rid} {run['status']}: ", style="bold red")
-                t.append(str(run["error"]).splitlines()[0])
-            elif (run.get("outcome") or {}).get("reason"):
-                t.append(f"\nrun {rid} {run['status']}: {run['outcome']['reason']}")
+            if run.status in ("failed", "lost") and run.error:
+                t.append(f"\nrun {rid} {run.status}: ", style="bold red")
+                t.append(str(run.error).splitlines()[0])
+            elif run.outcome.get("reason"):
+                t.append(f"\nrun {rid} {run.status}: {run.outcome['reason']}")
             else:
                 t.append(f"\nrun {rid}: enter opens its curves and log")
         self.query_one("#line", Static).update(t)
@@ -261,10 +257,7 @@ class RunsScreen(LiveScreen):
 
     @guarded
     def action_open(self) -> None:
-        rid = self.selected_id()
-        if rid is None:
-            raise UserError("no run selected")
-        self.app.push_screen(RunDetailScreen(rid))
+        self.app.push_screen(RunDetailScreen(self._selected()))
 
     def action_filter_session(self) -> None:
         self.only_session = not self.only_session
@@ -277,25 +270,17 @@ class RunsScreen(LiveScreen):
 
     @guarded
     def action_cancel(self) -> None:
-        rid = self.selected_id()
-        if rid is None:
-            raise UserError("no run selected")
-        confirm_cancel(self, rid)
+        confirm_cancel(self, self._selected())
 
     @guarded
     def action_resume(self) -> None:
-        rid = self.selected_id()
-        if rid is None:
-            raise UserError("no run selected")
-        do_resume(self, rid)
+        do_resume(self, self._selected())
 
 
 def confirm_cancel(screen: LiveScreen, rid: int) -> None:
     run = screen.tapp.live.run(rid)
-    if run is None or run["status"] not in ("queued", "running", "lost"):
-        raise UserError(
-            f"run {rid} is {run['status'] if run else 'gone'}; only queued or running runs cancel"
-        )
+    if run is None or run.status not in ("queued", "running", "lost"):
+        raise UserError(f"run {rid} is {run.status if run else 'gone'}; only queued or running runs cancel")
 
     def go(yes: bool | None) -> None:
         if yes:
@@ -368,30 +353,28 @@ class RunDetailScreen(LiveScreen):
             head.update(f"run {self.run_id} is no longer in the store")
             return
         c = live.curve(self.run_id)
-        spec = run.get("spec") or {}
-        done, total = progress(run)
+        spec = run.spec_data
+        done, total = run.progress
         t = Text()
-        t.append(f"Run {run['id']} · {run_kind(run)} · ", style="bold")
-        t.append_text(run_status(run["status"], bool(run.get("cancel_requested")), run))
+        t.append(f"Run {run.id} · {run_kind(run)} · ", style="bold")
+        t.append_text(run_status(run.status, run.cancel_requested, run))
         if done or total:
             t.append(f" · step {done}/{total or '?'}")
-        if run.get("images_per_s"):
-            t.append(f" · {run['images_per_s']:,.0f} img/s")
-        t.append(f" · elapsed {fmt_time(elapsed(run))}")
-        if eta(run) is not None:
-            t.append(f" · ETA {fmt_time(eta(run))}")
-        t.append(f"\n{spec.get('model')} on {spec.get('data')} · {spec.get('schedule')} · {hyper(spec)}")
-        t.append(f" · device {run.get('device') or '-'}")
-        if run.get("best_val_loss") is not None:
-            t.append(
-                f"\nbest val loss {g(run['best_val_loss'], 4)} · best val acc {pct(run.get('best_val_acc'))}"
-            )
+        if run.images_per_s:
+            t.append(f" · {run.images_per_s:,.0f} img/s")
+        t.append(f" · elapsed {fmt_time(run.elapsed())}")
+        if run.eta() is not None:
+            t.append(f" · ETA {fmt_time(run.eta())}")
+        t.append(f"\n{run.model} on {run.data} · {spec.get('schedule')} · {hyper(spec)}")
+        t.append(f" · device {run.device or '-'}")
+        if run.best_val_loss is not None:
+            t.append(f"\nbest val loss {g(run.best_val_loss, 4)} · best val acc {pct(run.best_val_acc)}")
         head.update(t)
         title, chart = run_chart(run, c, self.metric)
         plot = self.query_one(PlotView)
         plot.border_title = title
         plot.set_chart(chart)
-        key = (c.version, run["status"], run.get("error"), c.attempt)
+        key = (c.version, run.status, run.error, c.attempt)
         if key != self._diag_key:
             self._diag_key = key
             diag = self.query_one("#diag", Static)
