@@ -68,7 +68,7 @@ def _arr(v: Sequence[float | None] | None) -> np.ndarray:
     return np.asarray([] if v is None else v, dtype=float).ravel()
 
 
-def _more(name: str, current: Mapping[str, float] | None, factor: float, model: str | None = None) -> str:
+def _more(name: str, current: Mapping[str, float | None] | None, factor: float, model: str | None = None) -> str:
     """'raise WD to 3e-4' style phrase when the current value is known, else a relative one.
 
     From WD 0 there is no multiple to raise: the first value is the smallest non-zero one of the net
@@ -94,7 +94,7 @@ def _more(name: str, current: Mapping[str, float] | None, factor: float, model: 
     return f"{verb} {label} to {fmt(round_sig(v * factor))} (from {fmt(v)})"
 
 
-def _wd_factor(current: Mapping[str, float] | None, model: str | None) -> float:
+def _wd_factor(current: Mapping[str, float | None] | None, model: str | None) -> float:
     """x3 on the current WD; from 0, the value `_more` names (the low end of the net kind's grid)."""
     if (current or {}).get("weight_decay") == 0:
         return first_weight_decay(model) if model is not None else 1e-5
@@ -125,7 +125,7 @@ class _Window:
 
 
 def _nan_diverged(
-    ts: np.ndarray, tl: np.ndarray, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float] | None
+    ts: np.ndarray, tl: np.ndarray, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float | None] | None
 ) -> Diagnosis | None:
     """Diverged when any loss is NaN/inf: at the first step where one became so."""
     bad_t = np.nonzero(~np.isfinite(tl))[0]
@@ -203,7 +203,7 @@ def _read_window(
 
 
 def _near_chance(
-    win: _Window, vl: np.ndarray, num_classes: int | None, current: Mapping[str, float] | None
+    win: _Window, vl: np.ndarray, num_classes: int | None, current: Mapping[str, float | None] | None
 ) -> Diagnosis | None:
     """Not learning yet: val accuracy (else val loss) still near chance, so no fit can be read."""
     if not (num_classes and num_classes > 1):
@@ -230,7 +230,7 @@ def _near_chance(
 
 
 def _val_climbed(
-    win: _Window, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float] | None
+    win: _Window, vs: np.ndarray, vl: np.ndarray, current: Mapping[str, float | None] | None
 ) -> Diagnosis | None:
     """Diverged without a NaN: the val loss ended over 3x its best and above where it started."""
     v_min = win.v_min
@@ -248,7 +248,7 @@ def _val_climbed(
 
 
 def _rising(
-    win: _Window, vs: np.ndarray, current: Mapping[str, float] | None, model: str | None
+    win: _Window, vs: np.ndarray, current: Mapping[str, float | None] | None, model: str | None
 ) -> Diagnosis:
     """The val loss rises at the end: unstable when the train loss rises too, else overfitting."""
     if win.t_change_rel is not None and win.t_change_rel > TREND:
@@ -274,7 +274,7 @@ def _rising(
 
 
 def _trend(
-    win: _Window, n: int, vs: np.ndarray, current: Mapping[str, float] | None, model: str | None
+    win: _Window, n: int, vs: np.ndarray, current: Mapping[str, float | None] | None, model: str | None
 ) -> Diagnosis:
     """The window's trend, against its jitter: rising, falling, too noisy to tell, or flat (a good fit)."""
     change, level, t, sigma = win.change, win.level, win.t, win.sigma
@@ -320,7 +320,7 @@ def diagnose(
     val_loss: Sequence[float | None],
     val_acc: Sequence[float | None] | None = None,
     *,
-    current: Mapping[str, float] | None = None,
+    current: Mapping[str, float | None] | None = None,
     model: str | None = None,
     window_fraction: float = 1 / 3,
     num_classes: int | None = None,

@@ -81,13 +81,13 @@ def _pickle_problem(data: bytes) -> str | None:
                 if not _safe_global(module, attr):
                     return f"holds a pickled object ({module}.{attr}), not just tensors"
             elif name == "STACK_GLOBAL":
-                module, attr = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
-                if not (isinstance(module, str) and isinstance(attr, str)):
+                named = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                if not (isinstance(named[0], str) and isinstance(named[1], str)):
                     return "holds a pickled object (a global it names indirectly), not just tensors"
-                if not _safe_global(module, attr):
-                    return f"holds a pickled object ({module}.{attr}), not just tensors"
+                if not _safe_global(*named):
+                    return f"holds a pickled object ({named[0]}.{named[1]}), not just tensors"
             if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1] if stack else None
+                memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = stack[-1] if stack else None
                 continue
             before, after = op.stack_before, op.stack_after
             if pickletools.markobject in before or (name == "POP" and stack and stack[-1] is mark):
@@ -103,7 +103,7 @@ def _pickle_problem(data: bytes) -> str | None:
             if name in strings:
                 stack.append(arg)
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(int(arg)))
+                stack.append(memo.get(int(arg or 0)))
             elif name == "DUP":
                 stack.extend([top, top])
             else:

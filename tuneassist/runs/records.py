@@ -19,6 +19,13 @@ from tuneassist.runs.rows import Run, loads, session_dict
 from tuneassist.runs.schema import METRIC_FIELDS, STATUSES
 
 
+
+def _row_id(rid: int | None) -> int:
+    """The id SQLite gave the row an INSERT just made (a cursor's lastrowid is None only before one)."""
+    if rid is None:
+        raise RuntimeError("the run store's INSERT gave no row id")
+    return rid
+
 class Records(Liveness):
     """Reading and writing the settings, sessions, runs and metric rows."""
 
@@ -155,7 +162,7 @@ class Records(Liveness):
                 "INSERT INTO runs (session_id, kind, spec, status, created) VALUES (?, ?, ?, 'queued', ?)",
                 (session_id, kind, text, time.time()),
             ).lastrowid
-            return int(rid), True
+            return _row_id(rid), True
 
         run_id, inserted = self._write(fn)
         if inserted:
@@ -170,7 +177,7 @@ class Records(Liveness):
 
         def fn(c: sqlite3.Connection) -> int:
             now = time.time()
-            return int(
+            return _row_id(
                 c.execute(
                     "INSERT INTO runs (kind, spec, status, host, heartbeat, attempt, created, started, info) "
                     "VALUES (?, ?, 'running', ?, ?, 1, ?, ?, ?)",
