@@ -68,7 +68,9 @@ def _arr(v: Sequence[float | None] | None) -> np.ndarray:
     return np.asarray([] if v is None else v, dtype=float).ravel()
 
 
-def _more(name: str, current: Mapping[str, float | None] | None, factor: float, model: str | None = None) -> str:
+def _more(
+    name: str, current: Mapping[str, float | None] | None, factor: float, model: str | None = None
+) -> str:
     """'raise WD to 3e-4' style phrase when the current value is known, else a relative one.
 
     From WD 0 there is no multiple to raise: the first value is the smallest non-zero one of the net

@@ -19,7 +19,6 @@ from tuneassist.runs.rows import Run, loads, session_dict
 from tuneassist.runs.schema import METRIC_FIELDS, STATUSES
 
 
-
 def _row_id(rid: int | None) -> int:
     """The id SQLite gave the row an INSERT just made (a cursor's lastrowid is None only before one)."""
     if rid is None:

@@ -77,7 +77,8 @@ def run_chart(run: Run, c: Curves, metric: int = 0) -> tuple[str, Chart]:
         d_lr = run.outcome.get("diverged_lr")
         if d_lr:
             vlines.append(VLine(float(d_lr), f"diverged {fmt_num(d_lr)}", "red"))
-        xlim = (float(spec["lr_min"]), float(spec["lr_max"])) if spec.get("lr_min") and spec.get("lr_max") else None
+        lo, hi = spec.get("lr_min"), spec.get("lr_max")
+        xlim = (float(lo), float(hi)) if lo and hi else None
         chart = Chart(series, vlines, logx=True, xlim=xlim, ylim=range_ylim(c), xlabel="LR")
         return "loss vs LR (log)", chart
     if metric % 2 == 1:
