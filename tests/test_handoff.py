@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from tuneassist.errors import UserError
-from tuneassist.profiles import export_profile, profile_to_runspec
-from tuneassist.profiles.schema import (
+from tuneassist.profiles import (
     Profile,
     dumps_toml,
+    export_profile,
     loads_profile,
     profile_from_dict,
     profile_from_runspec,
+    profile_to_runspec,
 )
 from tuneassist.spec import RunSpec
 

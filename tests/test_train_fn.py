@@ -80,7 +80,7 @@ def test_consent_and_broken_functions_end_in_one_line(tmp_path: Path) -> None:
 
 def test_a_profile_keeps_the_training_function() -> None:
     from tuneassist.errors import UserError
-    from tuneassist.profiles.schema import dumps_toml, loads_profile, profile_from_runspec, profile_to_runspec
+    from tuneassist.profiles import dumps_toml, loads_profile, profile_from_runspec, profile_to_runspec
     from tuneassist.spec import RunSpec
 
     spec = RunSpec(model=EXAMPLE, train_fn=EXAMPLE, allow_import=True, lr_min=0.04, lr_max=0.4).validate()
@@ -103,7 +103,7 @@ def test_a_profile_keeps_the_training_function() -> None:
 def test_tune_runs_the_whole_quick_checklist_on_the_users_function(tmp_path: Path) -> None:
     """Every step of the quick checklist through background workers on the example's own data and net,
     and a profile that names the function (minutes on 2 cores: marked slow)."""
-    from tuneassist.profiles.schema import load_profile
+    from tuneassist.profiles import load_profile
 
     args = ["tune", "--train", EXAMPLE, "--allow-import", "--data", "synthetic:1000", "--budget", "quick",
             "--epochs", "2", "--no-baseline", "--name", "mine", "--json"]  # fmt: skip

@@ -28,7 +28,7 @@ def _spec(**kw: Any) -> None:
 
 
 def _profile(**over: Any) -> None:
-    from tuneassist.profiles.schema import profile_from_dict
+    from tuneassist.profiles import profile_from_dict
 
     raw: dict[str, Any] = dict(
         name="p", data="cifar10", model="resnet20", lr_min=0.1, lr_max=1.0, momentum_max=0.95,
@@ -115,7 +115,7 @@ DATA = [
 def test_one_data_reference_parser(data: str) -> None:
     from tuneassist.dataref import parse_data
     from tuneassist.engine.data import parse_spec
-    from tuneassist.profiles.schema import check_data
+    from tuneassist.profiles.validate import check_data
 
     ok = _accepts(parse_data, data)
     assert ok == (data in ("synthetic", "cifar10", "cifar100") or data in ("synthetic:2000", "folder:/x"))

@@ -25,16 +25,14 @@ from PIL import Image
 from relkit import one_line_error, run_main
 
 from tuneassist.errors import UserError
-from tuneassist.profiles.schema import (
-    REQUIRED,
-    TABLE_KEYS,
-    TOP_KEYS,
+from tuneassist.profiles import (
     load_profile,
     loads_profile,
     profile_from_dict,
     profile_to_runspec,
     save_profile,
 )
+from tuneassist.profiles.schema import REQUIRED, TABLE_KEYS, TOP_KEYS
 
 GOOD: dict[str, Any] = {
     "name": "fuzz",

@@ -103,7 +103,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     if p.path is not None:
         print(f"# {printable(p.path)}")
-        from tuneassist.profiles.schema import read_profile_text
+        from tuneassist.profiles.files import read_profile_text
 
         try:  # read as it was checked: a regular file, at most 1 MiB
             text = read_profile_text(p.path)
