@@ -127,108 +127,137 @@ class RunSpec:
 
     def validate(self) -> RunSpec:
         """Raise UserError for values no run could use; returns self for chaining."""
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-        for name in ("lr_min", "lr_max"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise UserError(
-                    f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number"
-                )
-        if not lr_range_ok(self.lr_min, self.lr_max):
-            raise UserError(
-                f"LR range reversed ({self.lr_min:g} > {self.lr_max:g}); give it low:high, e.g. --lr 0.1:1"
-            )
-        for name in ("momentum_max", "momentum_min"):
-            v = getattr(self, name)
-            if not (0.0 <= v < 1.0):
-                raise UserError(f"momentum {v} is outside [0, 1); use e.g. --momentum 0.95:0.85")
-        if self.momentum_min > self.momentum_max:
-            raise UserError(
-                f"momentum range reversed ({self.momentum_max:g}:{self.momentum_min:g}); give it "
-                "high:low, e.g. --momentum 0.95:0.85 (it falls while the LR rises)"
-            )
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(
-                f"weight decay {self.weight_decay} is negative; use 0 or a positive value like 1e-4"
-            )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise UserError(f"batch size {self.batch_size} must be a positive integer, e.g. --batch-size 128")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"steps {self.steps} must be at least 1")
-        if self.steps is None and not (self.epochs > 0):
-            raise UserError(f"epochs {self.epochs} must be positive, e.g. --epochs 3")
-        if self.steps is None and self.epochs > MAX_EPOCHS:
-            raise UserError(
-                f"epochs {self.epochs:g} is more than {MAX_EPOCHS:,} (a typo?); 1cycle runs take tens to "
-                "hundreds, e.g. --epochs 30"
-            )
-        if not (0.0 < self.val_fraction < 1.0):
-            raise UserError(
-                f"validation fraction {self.val_fraction:g} must be above 0 and below 1 (the share of the "
-                "training images held out for validation), e.g. --val-fraction 0.1"
-            )
-        if not rise_fraction_ok(self.rise_fraction):
-            raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in {RISE_FRACTION_RANGE}")
-        if self.final_div < 1:
-            raise UserError(f"1cycle final divisor {self.final_div} must be >= 1")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise UserError(f"eval-every {self.eval_every} must be at least 1 step")
-        if self.devices < 1:
-            raise UserError(f"devices {self.devices} must be at least 1")
-        if not splits_over(self.batch_size, self.devices):  # batch_size is the total (TBS)
-            raise UserError(
-                f"batch size {self.batch_size} (the total over all devices) does not split evenly over "
-                f"{self.devices} devices; use a multiple of {self.devices}"
-            )
-        if self.devices > 1 and self.device.startswith("cuda:"):
-            raise UserError(
-                f"--device {self.device} names one GPU but the run asks for {self.devices}; "
-                "use --device cuda (the GPUs are picked from the free ones)"
-            )
-        if self.sync_every < 1:
-            raise UserError(f"sync-every {self.sync_every} must be at least 1")
-        # Checked here because torch fails on them with an overflow (seed) or a crash (threads) mid-run.
-        if not (isinstance(self.seed, int) and -(2**63) <= self.seed < 2**63):
-            raise UserError(f"seed {self.seed} is out of range; use a whole number below 2^63, e.g. --seed 0")
-        if self.num_threads is not None and not (
-            isinstance(self.num_threads, int) and 1 <= self.num_threads <= MAX_THREADS
-        ):
-            raise UserError(
-                f"threads {self.num_threads} must be from 1 to {MAX_THREADS}; use about the number of cores"
-            )
-        if self.checkpoint_every < 0:
-            raise UserError(f"checkpoint-every {self.checkpoint_every} must be 0 (at the end) or more epochs")
-        if self.train_fn is not None:
-            if not is_module_function(self.train_fn):
-                raise UserError(
-                    f"--train {self.train_fn!r} is not a module:function; use e.g. --train mytrain:train "
-                    "(a function(hp, report) that trains your model)"
-                )
-            if self.devices > 1:
-                raise UserError(f"--train {self.train_fn} runs your function on one device; drop --devices")
-        if self.image_size is not None:
-            if not (isinstance(self.image_size, int) and MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE):
-                raise UserError(
-                    f"image size {self.image_size} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
-                    f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
-                )
-            if self.image_size != 32 and not self.data.startswith("folder:"):
-                raise UserError(
-                    f"--image-size {self.image_size}: {self.data} is 32x32; the image size applies to "
-                    "folder:PATH data"
-                )
-        if ":" in self.model and not self.model.startswith(":"):
-            if not is_module_function(self.model):
-                raise UserError(
-                    f"model {self.model!r} is not a valid module:function; use e.g. --model mynets:build "
-                    "(a function taking num_classes and returning an nn.Module)"
-                )
-        elif self.model not in BUILTIN_MODELS:
-            raise UserError(
-                f"unknown model {self.model!r}; use one of {', '.join(BUILTIN_MODELS)} or module:function"
-            )
-        parse_data(self.data)  # UserError naming the forms a data reference takes
+        for rule in _RUN_RULES:  # in order: the first broken rule is the one reported
+            rule(self)
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# RunSpec.validate's rules, by topic, in the order it asks them.
+
+
+def _check_optimiser(spec: RunSpec) -> None:
+    """The schedule, the optimiser, and the LR, momentum and weight-decay values."""
+    if spec.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {spec.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if spec.optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {spec.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    for name in ("lr_min", "lr_max"):
+        v = getattr(spec, name)
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise UserError(
+                f"learning rate {name.replace('_', ' ')} is {v}; it must be a positive number"
+            )
+    if not lr_range_ok(spec.lr_min, spec.lr_max):
+        raise UserError(
+            f"LR range reversed ({spec.lr_min:g} > {spec.lr_max:g}); give it low:high, e.g. --lr 0.1:1"
+        )
+    for name in ("momentum_max", "momentum_min"):
+        v = getattr(spec, name)
+        if not (0.0 <= v < 1.0):
+            raise UserError(f"momentum {v} is outside [0, 1); use e.g. --momentum 0.95:0.85")
+    if spec.momentum_min > spec.momentum_max:
+        raise UserError(
+            f"momentum range reversed ({spec.momentum_max:g}:{spec.momentum_min:g}); give it "
+            "high:low, e.g. --momentum 0.95:0.85 (it falls while the LR rises)"
+        )
+    if not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
+        raise UserError(
+            f"weight decay {spec.weight_decay} is negative; use 0 or a positive value like 1e-4"
+        )
+
+
+def _check_length(spec: RunSpec) -> None:
+    """The batch size, the run's length and its 1cycle shape, validation and evaluation."""
+    if not isinstance(spec.batch_size, int) or spec.batch_size < 1:
+        raise UserError(f"batch size {spec.batch_size} must be a positive integer, e.g. --batch-size 128")
+    if spec.steps is not None and spec.steps < 1:
+        raise UserError(f"steps {spec.steps} must be at least 1")
+    if spec.steps is None and not (spec.epochs > 0):
+        raise UserError(f"epochs {spec.epochs} must be positive, e.g. --epochs 3")
+    if spec.steps is None and spec.epochs > MAX_EPOCHS:
+        raise UserError(
+            f"epochs {spec.epochs:g} is more than {MAX_EPOCHS:,} (a typo?); 1cycle runs take tens to "
+            "hundreds, e.g. --epochs 30"
+        )
+    if not (0.0 < spec.val_fraction < 1.0):
+        raise UserError(
+            f"validation fraction {spec.val_fraction:g} must be above 0 and below 1 (the share of the "
+            "training images held out for validation), e.g. --val-fraction 0.1"
+        )
+    if not rise_fraction_ok(spec.rise_fraction):
+        raise UserError(f"1cycle rise fraction {spec.rise_fraction} must be in {RISE_FRACTION_RANGE}")
+    if spec.final_div < 1:
+        raise UserError(f"1cycle final divisor {spec.final_div} must be >= 1")
+    if spec.eval_every is not None and spec.eval_every < 1:
+        raise UserError(f"eval-every {spec.eval_every} must be at least 1 step")
+
+
+def _check_devices(spec: RunSpec) -> None:
+    """The devices the total batch size is split over, and how often they synchronise."""
+    if spec.devices < 1:
+        raise UserError(f"devices {spec.devices} must be at least 1")
+    if not splits_over(spec.batch_size, spec.devices):  # batch_size is the total (TBS)
+        raise UserError(
+            f"batch size {spec.batch_size} (the total over all devices) does not split evenly over "
+            f"{spec.devices} devices; use a multiple of {spec.devices}"
+        )
+    if spec.devices > 1 and spec.device.startswith("cuda:"):
+        raise UserError(
+            f"--device {spec.device} names one GPU but the run asks for {spec.devices}; "
+            "use --device cuda (the GPUs are picked from the free ones)"
+        )
+    if spec.sync_every < 1:
+        raise UserError(f"sync-every {spec.sync_every} must be at least 1")
+
+
+def _check_process(spec: RunSpec) -> None:
+    """Seed, threads, checkpoints and the user's training function."""
+    # Checked here because torch fails on them with an overflow (seed) or a crash (threads) mid-run.
+    if not (isinstance(spec.seed, int) and -(2**63) <= spec.seed < 2**63):
+        raise UserError(f"seed {spec.seed} is out of range; use a whole number below 2^63, e.g. --seed 0")
+    if spec.num_threads is not None and not (
+        isinstance(spec.num_threads, int) and 1 <= spec.num_threads <= MAX_THREADS
+    ):
+        raise UserError(
+            f"threads {spec.num_threads} must be from 1 to {MAX_THREADS}; use about the number of cores"
+        )
+    if spec.checkpoint_every < 0:
+        raise UserError(f"checkpoint-every {spec.checkpoint_every} must be 0 (at the end) or more epochs")
+    if spec.train_fn is not None:
+        if not is_module_function(spec.train_fn):
+            raise UserError(
+                f"--train {spec.train_fn!r} is not a module:function; use e.g. --train mytrain:train "
+                "(a function(hp, report) that trains your model)"
+            )
+        if spec.devices > 1:
+            raise UserError(f"--train {spec.train_fn} runs your function on one device; drop --devices")
+
+
+def _check_inputs(spec: RunSpec) -> None:
+    """The image size, the model and the data reference."""
+    if spec.image_size is not None:
+        if not (isinstance(spec.image_size, int) and MIN_IMAGE_SIZE <= spec.image_size <= MAX_IMAGE_SIZE):
+            raise UserError(
+                f"image size {spec.image_size} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
+                f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
+            )
+        if spec.image_size != 32 and not spec.data.startswith("folder:"):
+            raise UserError(
+                f"--image-size {spec.image_size}: {spec.data} is 32x32; the image size applies to "
+                "folder:PATH data"
+            )
+    if ":" in spec.model and not spec.model.startswith(":"):
+        if not is_module_function(spec.model):
+            raise UserError(
+                f"model {spec.model!r} is not a valid module:function; use e.g. --model mynets:build "
+                "(a function taking num_classes and returning an nn.Module)"
+            )
+    elif spec.model not in BUILTIN_MODELS:
+        raise UserError(
+            f"unknown model {spec.model!r}; use one of {', '.join(BUILTIN_MODELS)} or module:function"
+        )
+    parse_data(spec.data)  # UserError naming the forms a data reference takes
+
+
+_RUN_RULES = (_check_optimiser, _check_length, _check_devices, _check_process, _check_inputs)
