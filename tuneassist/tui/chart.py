@@ -233,17 +233,40 @@ def _place_label(cv: _Canvas, c: int, label: str, color: str) -> None:
     _put_text(cv, 0, starts[0], label, color)  # crowded everywhere: the top row, partly hidden
 
 
-def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> Text:
-    """The chart as `height` lines of at most `width` cells: legend, plot with y axis, x axis, x labels."""
-    width, height = max(20, width), max(6, height)
-    series = [s for s in chart.series]
-    data = [_finite_xy(s, chart.logx) for s in series]
-    colors = [s.color or PALETTE[i % len(PALETTE)] for i, s in enumerate(series)]
-    use_glyphs = mono and len(series) > 1
+@dataclass
+class _Frame:
+    """The plot area's data limits (log10 units on a log x axis) and their map to braille pixels."""
 
-    # Legend (one line, cropped): the glyph or colour of each series, then the band.
+    xlim: tuple[float, float] | None
+    ylim: tuple[float, float] | None
+    logx: bool
+    pw: int
+    ph: int
+
+    def xmap(self, x: np.ndarray | float) -> np.ndarray | float:
+        assert self.xlim is not None
+        return (np.asarray(x) - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * (self.pw - 1)
+
+    def ymap(self, y: np.ndarray | float) -> np.ndarray | float:
+        assert self.ylim is not None
+        return (self.ylim[1] - np.asarray(y)) / (self.ylim[1] - self.ylim[0]) * (self.ph - 1)
+
+    def col_of(self, x: float) -> int | None:
+        """The cell column of data value `x` (not log10'd), None when it falls outside the plot."""
+        if self.xlim is None:
+            return None
+        xv = math.log10(x) if self.logx else x
+        if not (self.logx and x <= 0) and math.isfinite(xv):
+            p = float(self.xmap(xv))
+            if -0.5 <= p <= self.pw - 0.5:
+                return int(round(p)) >> 1
+        return None
+
+
+def _legend(chart: Chart, colors: list[str], use_glyphs: bool) -> Text:
+    """One line, cropped: the glyph or colour of each series, then the band."""
     legend = Text(no_wrap=True, overflow="crop")
-    for i, s in enumerate(series):
+    for i, s in enumerate(chart.series):
         if not s.label:
             continue
         mark = GLYPHS[i % len(GLYPHS)] * 2 if use_glyphs else "━━"
@@ -253,8 +276,13 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
         legend.append("[══]", style=chart.band.color)
         legend.append(f" {chart.band.label}  ")
     legend.rstrip()
+    return legend
 
-    h = height - 3
+
+def _data_limits(
+    chart: Chart, data: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The x range (covering the markers and the band too, unless given) and the y range (padded 5%)."""
     extra_x = [np.asarray([v.x for v in chart.vlines if math.isfinite(v.x) and (v.x > 0 or not chart.logx)])]
     if chart.band is not None:
         extra_x.append(np.asarray([chart.band.lo, chart.band.hi]))
@@ -268,68 +296,50 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
     if ylim is not None and chart.ylim is None:
         pad = 0.05 * (ylim[1] - ylim[0])
         ylim = (ylim[0] - pad, ylim[1] + pad)
+    return xlim, ylim
 
-    yt = nice_ticks(ylim[0], ylim[1], max(2, h // 3)) if ylim else []
-    ylabels = [short_num(t) for t in yt]
-    lw = max([len(s) for s in ylabels] + [3])
-    w = width - lw - 1
-    cv = _Canvas(w, h)
-    pw, ph = w * 2, h * 4
 
-    def xmap(x: np.ndarray | float) -> np.ndarray | float:
-        assert xlim is not None
-        return (np.asarray(x) - xlim[0]) / (xlim[1] - xlim[0]) * (pw - 1)
-
-    def ymap(y: np.ndarray | float) -> np.ndarray | float:
-        assert ylim is not None
-        return (ylim[1] - np.asarray(y)) / (ylim[1] - ylim[0]) * (ph - 1)
-
-    def col_of(x: float) -> int | None:
-        if xlim is None:
-            return None
-        xv = math.log10(x) if chart.logx else x
-        if not (chart.logx and x <= 0) and math.isfinite(xv):
-            p = float(xmap(xv))
-            if -0.5 <= p <= pw - 0.5:
-                return int(round(p)) >> 1
-        return None
-
-    has_data = any(len(d[0]) for d in data) and xlim is not None and ylim is not None
-    if has_data:
-        for i, (x, y) in enumerate(data):
-            _draw_series(cv, x, y, xmap, ymap, i)
-            if use_glyphs:
-                for r, c in zip(*np.nonzero(cv.owner == i), strict=True):
-                    cv.glyph[(int(r), int(c))] = GLYPHS[i % len(GLYPHS)]
-        # Vertical markers behind the data, labelled at the top.
-        for v in chart.vlines:
-            c = col_of(v.x)
-            if c is None:
-                continue
-            for r in range(h):
-                if cv.bits[r, c] == 0 and (r, c) not in cv.glyph:
-                    cv.over[(r, c)] = ("┊", v.color)
-            if v.label:
-                _place_label(cv, c, v.label, v.color)
-    else:
+def _draw(
+    cv: _Canvas, chart: Chart, data: list[tuple[np.ndarray, np.ndarray]], fr: _Frame, use_glyphs: bool
+) -> None:
+    """The curves, then the vertical markers behind them (labelled at the top); or the empty message."""
+    has_data = any(len(d[0]) for d in data) and fr.xlim is not None and fr.ylim is not None
+    if not has_data:
         msg = chart.empty
-        _put_text(cv, h // 2, max(0, (w - len(msg)) // 2), msg[:w], "italic")
+        _put_text(cv, cv.h // 2, max(0, (cv.w - len(msg)) // 2), msg[: cv.w], "italic")
+        return
+    for i, (x, y) in enumerate(data):
+        _draw_series(cv, x, y, fr.xmap, fr.ymap, i)
+        if use_glyphs:
+            for r, c in zip(*np.nonzero(cv.owner == i), strict=True):
+                cv.glyph[(int(r), int(c))] = GLYPHS[i % len(GLYPHS)]
+    for v in chart.vlines:
+        c = fr.col_of(v.x)
+        if c is None:
+            continue
+        for r in range(cv.h):
+            if cv.bits[r, c] == 0 and (r, c) not in cv.glyph:
+                cv.over[(r, c)] = ("┊", v.color)
+        if v.label:
+            _place_label(cv, c, v.label, v.color)
 
-    out = Text(no_wrap=True, overflow="crop")
-    out.append_text(legend)
-    out.append("\n")
+
+def _append_rows(
+    out: Text, cv: _Canvas, fr: _Frame, yt: list[float], ylabels: list[str], lw: int, colors: list[str]
+) -> None:
+    """The plot rows: the y axis with its tick labels, then the cells (a run of one style at once)."""
     tick_rows: dict[int, str] = {}
-    if ylim is not None:
+    if fr.ylim is not None:
         for t, lab in zip(yt, ylabels, strict=True):
-            r = int(float(ymap(t))) >> 2
-            if 0 <= r < h and r not in tick_rows:
+            r = int(float(fr.ymap(t))) >> 2
+            if 0 <= r < cv.h and r not in tick_rows:
                 tick_rows[r] = lab
-    for r in range(h):
+    for r in range(cv.h):
         lab = tick_rows.get(r)
         out.append(f"{lab:>{lw}}┤" if lab is not None else " " * lw + "│", style=AXIS_STYLE)
         run_ch: list[str] = []
         run_style: str | None = None
-        for c in range(w):
+        for c in range(cv.w):
             if (r, c) in cv.glyph:
                 ch, st = cv.glyph[(r, c)], colors[int(cv.owner[r, c])]
             elif cv.bits[r, c]:
@@ -347,19 +357,21 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
             out.append("".join(run_ch), style=run_style or "")
         out.append("\n")
 
-    # X axis with ticks, and the band as [═══].
+
+def _append_x_axis(out: Text, chart: Chart, fr: _Frame, w: int, lw: int) -> None:
+    """The x axis with ticks and the band as [═══], then the tick labels and the axis label."""
     axis = ["─"] * w
     axis_style = [AXIS_STYLE] * w
     labels = [" "] * (w + lw + 1)
-    if xlim is not None:
+    if fr.xlim is not None:
         n_ticks = max(2, w // 12)
         if chart.logx:
-            ticks = log_ticks(xlim[0], xlim[1], n_ticks)
+            ticks = log_ticks(fr.xlim[0], fr.xlim[1], n_ticks)
         else:
-            ticks = nice_ticks(xlim[0], xlim[1], n_ticks)
+            ticks = nice_ticks(fr.xlim[0], fr.xlim[1], n_ticks)
         taken_until = -1
         for t in ticks:
-            c = col_of(t)
+            c = fr.col_of(t)
             if c is None:
                 continue
             axis[c] = "┬"
@@ -370,7 +382,7 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
                 labels[pos : pos + len(lab)] = list(lab)
                 taken_until = pos + len(lab)
         if chart.band is not None:
-            a, b = col_of(chart.band.lo), col_of(chart.band.hi)
+            a, b = fr.col_of(chart.band.lo), fr.col_of(chart.band.hi)
             if a is not None or b is not None:
                 a = 0 if a is None else a
                 b = w - 1 if b is None else b
@@ -387,6 +399,28 @@ def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> T
         out.append(ch, style=st)
     out.append("\n")
     out.append("".join(labels).rstrip(), style=AXIS_STYLE)
+
+
+def render_chart(chart: Chart, width: int, height: int, mono: bool = False) -> Text:
+    """The chart as `height` lines of at most `width` cells: legend, plot with y axis, x axis, x labels."""
+    width, height = max(20, width), max(6, height)
+    data = [_finite_xy(s, chart.logx) for s in chart.series]
+    colors = [s.color or PALETTE[i % len(PALETTE)] for i, s in enumerate(chart.series)]
+    use_glyphs = mono and len(chart.series) > 1
+    h = height - 3
+    xlim, ylim = _data_limits(chart, data)
+    yt = nice_ticks(ylim[0], ylim[1], max(2, h // 3)) if ylim else []
+    ylabels = [short_num(t) for t in yt]
+    lw = max([len(s) for s in ylabels] + [3])
+    w = width - lw - 1
+    cv = _Canvas(w, h)
+    fr = _Frame(xlim, ylim, chart.logx, w * 2, h * 4)
+    _draw(cv, chart, data, fr, use_glyphs)
+    out = Text(no_wrap=True, overflow="crop")
+    out.append_text(_legend(chart, colors, use_glyphs))
+    out.append("\n")
+    _append_rows(out, cv, fr, yt, ylabels, lw, colors)
+    _append_x_axis(out, chart, fr, w, lw)
     return out
 
 
