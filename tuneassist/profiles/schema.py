@@ -45,33 +45,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tuneassist.profiles.toml_writer import dumps_toml
 from tuneassist.spec import OPTIMIZERS
 
 SCHEDULE_KINDS = ("onecycle",)
 
-# key -> (type description, example) for the messages
-TOP_KEYS: dict[str, tuple[str, str]] = {
-    "name": ("a non-empty string", 'name = "my-profile"'),
-    "description": ("a string", 'description = "what it is for"'),
-    "data": ("a data set name", 'data = "cifar10"'),
-    "model": ("a model name", 'model = "resnet56"'),
-    "batch_size": ("a positive integer (the total batch size)", "batch_size = 512"),
-    "devices": ("a positive integer", "devices = 1"),
-    "epochs": ("a number >= 1", "epochs = 30"),
-    "lr_min": ("a positive number", "lr_min = 0.08"),
-    "lr_max": ("a positive number", "lr_max = 0.8"),
-    "momentum_max": ("a number in [0, 1)", "momentum_max = 0.95"),
-    "momentum_min": ("a number in [0, 1)", "momentum_min = 0.85"),
-    "weight_decay": ("0 or a positive number", "weight_decay = 1e-4"),
-    "nesterov": ("true or false", "nesterov = false"),
-    "optimizer": ("one of: " + ", ".join(OPTIMIZERS), 'optimizer = "sgd"'),
-    "train": ("a module:function, your training function", 'train = "mytrain:train"'),
-    "wd_exclude_bn_bias": ("true or false", "wd_exclude_bn_bias = false"),
-    "notes": ("a string", 'notes = "..."'),
+
+class Key(NamedTuple):
+    """One key of the layout: its type, checked on load, and the words and example its messages quote."""
+
+    kind: str  # "str", "int", "num" (finite int or float), "bool"; "" where it is checked on its own
+    desc: str
+    example: str
+
+
+TOP_KEYS: dict[str, Key] = {
+    "name": Key("str", "a non-empty string", 'name = "my-profile"'),
+    "description": Key("str", "a string", 'description = "what it is for"'),
+    "data": Key("str", "a data set name", 'data = "cifar10"'),
+    "model": Key("str", "a model name", 'model = "resnet56"'),
+    "batch_size": Key("int", "a positive integer (the total batch size)", "batch_size = 512"),
+    "devices": Key("int", "a positive integer", "devices = 1"),
+    "epochs": Key("num", "a number >= 1", "epochs = 30"),
+    "lr_min": Key("num", "a positive number", "lr_min = 0.08"),
+    "lr_max": Key("num", "a positive number", "lr_max = 0.8"),
+    "momentum_max": Key("num", "a number in [0, 1)", "momentum_max = 0.95"),
+    "momentum_min": Key("num", "a number in [0, 1)", "momentum_min = 0.85"),
+    "weight_decay": Key("num", "0 or a positive number", "weight_decay = 1e-4"),
+    "nesterov": Key("bool", "true or false", "nesterov = false"),
+    "optimizer": Key("str", "one of: " + ", ".join(OPTIMIZERS), 'optimizer = "sgd"'),
+    "train": Key("str", "a module:function, your training function", 'train = "mytrain:train"'),
+    "wd_exclude_bn_bias": Key("bool", "true or false", "wd_exclude_bn_bias = false"),
+    "notes": Key("str", "a string", 'notes = "..."'),
 }
+# The run settings, in the order a profile file lists them (after name and description).
+RUN_KEYS = (
+    "data",
+    "model",
+    "batch_size",
+    "devices",
+    "epochs",
+    "lr_min",
+    "lr_max",
+    "momentum_max",
+    "momentum_min",
+    "weight_decay",
+)
 REQUIRED = (
     "name",
     "data",
@@ -84,69 +105,32 @@ REQUIRED = (
     "momentum_min",
     "weight_decay",
 )
-TABLE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
+TABLE_KEYS: dict[str, dict[str, Key]] = {
     "schedule": {
-        "kind": ("one of: " + ", ".join(SCHEDULE_KINDS), 'kind = "onecycle"'),
-        "rise_fraction": ("a number in (0, 0.5]", "rise_fraction = 0.45"),
-        "final_div": ("a number >= 1", "final_div = 100.0"),
-        "steps_per_epoch": ("a positive integer", "steps_per_epoch = 87"),
+        "kind": Key("str", "one of: " + ", ".join(SCHEDULE_KINDS), 'kind = "onecycle"'),
+        "rise_fraction": Key("num", "a number in (0, 0.5]", "rise_fraction = 0.45"),
+        "final_div": Key("num", "a number >= 1", "final_div = 100.0"),
+        "steps_per_epoch": Key("int", "a positive integer", "steps_per_epoch = 87"),
     },
     "accuracy": {
-        "expected": ("a percentage in [0, 100]", "expected = 92.0"),
-        "expected_range": ("two percentages [low, high]", "expected_range = [91.5, 92.2]"),
-        "expected_source": ("a string", 'expected_source = "Smith 2018, Table 1"'),
-        "measured": ("a percentage in [0, 100]", "measured = 91.2"),
-        "measured_val": ("a percentage in [0, 100]", "measured_val = 91.0"),
-        "measured_run": ("a string (run id)", 'measured_run = "r42"'),
+        "expected": Key("num", "a percentage in [0, 100]", "expected = 92.0"),
+        "expected_range": Key("", "two percentages [low, high]", "expected_range = [91.5, 92.2]"),
+        "expected_source": Key("str", "a string", 'expected_source = "Smith 2018, Table 1"'),
+        "measured": Key("num", "a percentage in [0, 100]", "measured = 91.2"),
+        "measured_val": Key("num", "a percentage in [0, 100]", "measured_val = 91.0"),
+        "measured_run": Key("str", "a string (run id)", 'measured_run = "r42"'),
     },
     "provenance": {
-        "session": ("a string", 'session = "s1"'),
-        "runs": ("a list of run ids", 'runs = ["r1", "r2"]'),
-        "decisions": ("an array of tables", "[[provenance.decisions]]"),
-        "tuneassist_version": ("a string", 'tuneassist_version = "0.1.0"'),
-        "created": ("a string (ISO date)", 'created = "2025-01-01T00:00:00+00:00"'),
-        "budget": ("a string", 'budget = "quick"'),
-        "source": ("a string", 'source = "paper"'),
+        "session": Key("str", "a string", 'session = "s1"'),
+        "runs": Key("", "a list of run ids", 'runs = ["r1", "r2"]'),
+        "decisions": Key("", "an array of tables", "[[provenance.decisions]]"),
+        "tuneassist_version": Key("str", "a string", 'tuneassist_version = "0.1.0"'),
+        "created": Key("str", "a string (ISO date)", 'created = "2025-01-01T00:00:00+00:00"'),
+        "budget": Key("str", "a string", 'budget = "quick"'),
+        "source": Key("str", "a string", 'source = "paper"'),
     },
 }
 DECISION_KEYS = {"step": "a string", "value": "a string", "reason": "a string", "source": "a string"}
-
-TOP_TYPES = {
-    "name": "str",
-    "description": "str",
-    "data": "str",
-    "model": "str",
-    "batch_size": "int",
-    "devices": "int",
-    "epochs": "num",
-    "lr_min": "num",
-    "lr_max": "num",
-    "momentum_max": "num",
-    "momentum_min": "num",
-    "weight_decay": "num",
-    "nesterov": "bool",
-    "optimizer": "str",
-    "train": "str",
-    "wd_exclude_bn_bias": "bool",
-    "notes": "str",
-}
-TABLE_TYPES = {
-    "schedule": {"kind": "str", "rise_fraction": "num", "final_div": "num", "steps_per_epoch": "int"},
-    "accuracy": {
-        "expected": "num",
-        "expected_source": "str",
-        "measured": "num",
-        "measured_val": "num",
-        "measured_run": "str",
-    },
-    "provenance": {
-        "session": "str",
-        "tuneassist_version": "str",
-        "created": "str",
-        "budget": "str",
-        "source": "str",
-    },
-}
 
 
 @dataclass
@@ -205,18 +189,7 @@ class Profile:
         d: dict[str, Any] = {"name": self.name}
         if self.description:
             d["description"] = self.description
-        d.update(
-            data=self.data,
-            model=self.model,
-            batch_size=self.batch_size,
-            devices=self.devices,
-            epochs=self.epochs,
-            lr_min=self.lr_min,
-            lr_max=self.lr_max,
-            momentum_max=self.momentum_max,
-            momentum_min=self.momentum_min,
-            weight_decay=self.weight_decay,
-        )
+        d.update({k: getattr(self, k) for k in RUN_KEYS})
         if self.nesterov:
             d["nesterov"] = True
         if self.optimizer != "sgd":

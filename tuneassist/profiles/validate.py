@@ -21,9 +21,8 @@ from tuneassist.profiles.schema import (
     REQUIRED,
     SCHEDULE_KINDS,
     TABLE_KEYS,
-    TABLE_TYPES,
     TOP_KEYS,
-    TOP_TYPES,
+    Key,
     Profile,
     Provenance,
 )
@@ -51,18 +50,17 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _check_type(where: str, key: str, v: Any, kind: str, desc: str, example: str) -> None:
+def _check_type(where: str, key: str, v: Any, k: Key) -> None:
     ok = {
         "str": isinstance(v, str),
         "int": isinstance(v, int) and not isinstance(v, bool),
         "num": _is_num(v) and math.isfinite(float(v)),
         "bool": isinstance(v, bool),
-    }[kind]
+    }[k.kind]
     if not ok:
         raise UserError(
-            f"{where}: key {key!r} is {v!r} ({type(v).__name__}); it must be {desc}, e.g. {example}"
+            f"{where}: key {key!r} is {v!r} ({type(v).__name__}); it must be {k.desc}, e.g. {k.example}"
         )
-
 
 
 def check_model(where: str, model: str) -> None:
@@ -100,11 +98,10 @@ def _check_keys(raw: Mapping[str, Any], where: str) -> None:
             raise _unknown(where, key, list(TOP_KEYS) + list(TABLE_KEYS))
     for key in REQUIRED:
         if key not in raw:
-            raise UserError(f"{where}: missing key {key!r}; add it, e.g. {TOP_KEYS[key][1]}")
-    for key, kind in TOP_TYPES.items():
-        if key in raw:
-            desc, example = TOP_KEYS[key]
-            _check_type(where, key, raw[key], kind, desc, example)
+            raise UserError(f"{where}: missing key {key!r}; add it, e.g. {TOP_KEYS[key].example}")
+    for key, k in TOP_KEYS.items():
+        if key in raw and k.kind:
+            _check_type(where, key, raw[key], k)
 
 
 def _check_what_and_size(raw: Mapping[str, Any], where: str) -> None:
@@ -134,7 +131,7 @@ def _check_hyperparameters(raw: Mapping[str, Any], where: str) -> None:
     for key in ("lr_min", "lr_max"):
         if raw[key] <= 0:
             raise UserError(
-                f"{where}: {key} is {raw[key]}; it must be a positive number, e.g. {TOP_KEYS[key][1]}"
+                f"{where}: {key} is {raw[key]}; it must be a positive number, e.g. {TOP_KEYS[key].example}"
             )
     if not lr_range_ok(raw["lr_min"], raw["lr_max"]):
         raise UserError(
@@ -143,7 +140,9 @@ def _check_hyperparameters(raw: Mapping[str, Any], where: str) -> None:
         )
     for key in ("momentum_max", "momentum_min"):
         if not 0 <= raw[key] < 1:
-            raise UserError(f"{where}: {key} is {raw[key]}; it must be in [0, 1), e.g. {TOP_KEYS[key][1]}")
+            raise UserError(
+                f"{where}: {key} is {raw[key]}; it must be in [0, 1), e.g. {TOP_KEYS[key].example}"
+            )
     if raw["momentum_min"] > raw["momentum_max"]:
         raise UserError(
             f"{where}: momentum_min {raw['momentum_min']} is larger than momentum_max {raw['momentum_max']}; "
@@ -179,10 +178,9 @@ def _tables(raw: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
         for k in v:
             if k not in keys:
                 raise _unknown(where, k, keys, table=t)
-        for k, kind in TABLE_TYPES[t].items():
-            if k in v:
-                desc, example = keys[k]
-                _check_type(where, f"{t}.{k}", v[k], kind, desc, example)
+        for k, key in keys.items():
+            if k in v and key.kind:
+                _check_type(where, f"{t}.{k}", v[k], key)
         tabs[t] = dict(v)
     return tabs
 
