@@ -7,92 +7,28 @@ the hero: one sentence with the value and its reason, and the keys to accept, ov
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
-import numpy as np
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, OptionList, Static
 
 from tuneassist.advisor.checklist import STEP_TITLES, STEPS, SWEEP_STEPS, Candidate, Recommendation
-from tuneassist.advisor.lr_range import fmt_num
-from tuneassist.advisor.sweep import same_value
-from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.hardware import panel_lines, read_devices
 from tuneassist.runs.launch import detect_gpus
-from tuneassist.session import TuningSession, expected_throughput, sharing, sharing_text
+from tuneassist.session import TuningSession, expected_throughput
 from tuneassist.tui.base import LiveScreen, guarded
-from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
+from tuneassist.tui.checklist_plot import range_ylim, step_chart
+from tuneassist.tui.checklist_view import StepView, candidate_rows, recommendation_text, recommendation_title
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
-from tuneassist.tui.fmt import (
-    HINTS,
-    STEP_STATUS,
-    fmt_minutes,
-    g,
-    parse_value,
-    pct,
-    progress,
-    progress_text,
-    run_status,
-    value_text,
-)
+from tuneassist.tui.fmt import HINTS, STEP_STATUS, fmt_minutes, parse_value, value_text
 from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
-SWEEP_METRICS = ("val loss", "val acc", "train loss (smoothed)")
-FINAL_METRICS = ("loss", "val acc")
-PLOT_TITLES = {
-    "lr_range": "loss vs LR (log)",
-    "batch_size": "{metric} vs epoch",
-    "momentum": "{metric} vs step",
-    "weight_decay": "{metric} vs step",
-    "final": "{metric} vs epoch",
-}
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if v is not None and isinstance(v, int | float) and math.isfinite(v) else None
-
-
-def range_ylim(c: Curves) -> tuple[float, float] | None:
-    """Loss axis of a range test: from the lowest loss to a little above the starting loss.
-
-    The blow-up at the end would otherwise squash the interesting part (the descent) to a line.
-    """
-    ys = np.asarray([v for v in ema(c.train_loss) if math.isfinite(v)], dtype=float)
-    vs = np.asarray([v for v in c.val_loss if math.isfinite(v)], dtype=float)
-    if len(ys) < 3:
-        return None
-    start = float(np.median(ys[: max(3, len(ys) // 20)]))
-    allv = np.concatenate([ys, vs]) if len(vs) else ys
-    lo, hi = float(allv.min()), float(allv.max())
-    hi = min(hi, max(start * 1.3, lo + 1e-6))
-    if hi <= lo:
-        return None
-    pad = 0.05 * (hi - lo)
-    return lo - pad, hi + pad
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether a recommended value is the one already chosen (an LR range by its low and high)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return all(same_value(a.get(k), b.get(k)) for k in ("lr_min", "lr_max"))
-    return same_value(a, b)
-
-
-def _split_first(reason: str) -> tuple[str, str]:
-    """The reason's first clause (the value to use), bold, and the rest (the numbers behind it)."""
-    cut = [i for i in (reason.find(". "), reason.find(": ")) if i >= 0]
-    if not cut:
-        return reason, ""
-    i = min(cut) + 1
-    return reason[:i], reason[i:]
-
+__all__ = ["ChecklistScreen", "range_ylim"]  # range_ylim: tui/runs.py draws range tests with it
 
 DEVICE_SECONDS = 2.0  # how often the devices panel samples memory and load
 
@@ -212,10 +148,11 @@ class ChecklistScreen(LiveScreen):
         curves = {k: self.tapp.live.curve(r) for k, r in runs.items()}
         rec = self._recommendation(step, runs)
         cands = self._candidates(step)
+        view = StepView(step, cands, runs, curves, rec)
         self._show_explain(step)
-        self._show_table(step, cands, runs, curves, rec)
-        self._show_plot(step, cands, runs, curves, rec)
-        self._show_rec(step, runs, rec)
+        self._show_table(view)
+        self._show_plot(view)
+        self._show_rec(view)
 
     def _candidates(self, step: str) -> list[Candidate]:
         assert self.session is not None
@@ -293,226 +230,33 @@ class ChecklistScreen(LiveScreen):
             text += f" About {fmt_minutes(est)} at {ips:,.0f} img/s ({source})."
         box.update(text)
 
-    def _show_table(
-        self,
-        step: str,
-        cands: list[Candidate],
-        runs: dict[str, int],
-        curves: dict[str, Curves],
-        rec: Recommendation | str | None,
-    ) -> None:
-        live = self.tapp.live
-        by_run: dict[str, dict[str, Any]] = {}
-        if isinstance(rec, Recommendation):
-            for row in rec.rows:
-                if row.get("run_id") is not None:
-                    by_run[str(row["run_id"])] = row
-        rows: list[tuple] = []
-        keys: list[str] = []
-        for c in cands:
-            rid = runs.get(c.key)
-            run = live.run(rid) if rid is not None else None
-            curve = curves.get(c.key)
-            mark, note = " ", ""
-            vl = va = None
-            if run is None:
-                status: Text | str = Text("· not started", style="bright_black")
-                prog = ""
-            else:
-                status = run_status(run["status"], bool(run.get("cancel_requested")), run)
-                prog = progress_text(run)
-                if curve is not None and curve.val_loss:
-                    vl, va = curve.val_loss[-1], curve.val_acc[-1]
-                row = by_run.get(str(rid))
-                if row is not None:
-                    mark = "★" if row.get("winner") else ("≈" if row.get("tie") else " ")
-                    vl = row.get("val_loss", vl)
-                    va = row.get("val_acc", va)
-                    note = row.get("diagnosis") or ""
-                out = run.get("outcome") or {}
-                if run["status"] == "diverged" and out.get("diverged_lr") is not None:
-                    note = f"diverged at LR {fmt_num(out['diverged_lr'])}"
-                if run["status"] in ("failed", "lost") and run.get("error"):
-                    note = str(run["error"]).splitlines()[0]
-            rows.append(
-                (
-                    mark,
-                    c.label,
-                    f"#{rid}" if rid is not None else "-",
-                    status,
-                    prog,
-                    g(_finite(vl), 4),
-                    pct(_finite(va)),
-                    Text(note[: 18 if self.narrow else 34], no_wrap=True),
-                )
-            )
-            keys.append(c.key)
+    def _show_table(self, view: StepView) -> None:
+        keys, rows = candidate_rows(view, self.tapp.live, self.narrow)
         sync_table(self.query_one("#cands", DataTable), keys, rows)
         self._table_keys = keys
 
-    def _show_plot(
-        self,
-        step: str,
-        cands: list[Candidate],
-        runs: dict[str, int],
-        curves: dict[str, Curves],
-        rec: Recommendation | str | None,
-    ) -> None:
+    def _show_plot(self, view: StepView) -> None:
         s = self.session
         assert s is not None
         plot = self.query_one(PlotView)
-        live = self.tapp.live
-        decision = s.checklist.decisions.get(step)
-        current = s.checklist.current_step
-        future = current is not None and STEPS.index(step) > STEPS.index(current) and decision is None
-        wait = f"runs start once step {STEPS.index(current) + 1} is decided" if future and current else ""
-        if step == "lr_range":
-            with_run = [c for c in cands if c.key in runs]
-            cand = with_run[-1] if with_run else (cands[-1] if cands else None)
-            curve = curves.get(cand.key) if cand else None
-            xlim = (float(cand.value[0]), float(cand.value[1])) if cand else None
-            series, vlines, band, ylim = [], [], None, None
-            if curve is not None:
-                series = [
-                    Series("train loss (smoothed)", curve.lrs, ema(curve.train_loss), "cyan"),
-                    Series("val loss", curve.eval_lrs(), curve.val_loss, "magenta"),
-                ]
-                ylim = range_ylim(curve)
-                run = live.run(runs[cand.key]) if cand else None
-                d_lr = ((run or {}).get("outcome") or {}).get("diverged_lr")
-                if d_lr:
-                    vlines.append(VLine(float(d_lr), f"diverged {fmt_num(d_lr)}", "red"))
-            if isinstance(rec, Recommendation) and isinstance(rec.value, dict) and rec.value.get("lr_max"):
-                band = Band(rec.value["lr_min"], rec.value["lr_max"], f"suggested {rec.label or ''}".strip())
-            elif decision is not None and isinstance(decision.value, dict):
-                band = Band(decision.value["lr_min"], decision.value["lr_max"], f"chosen {decision.label}")
-            empty = "press r to run the range test" if not runs else "waiting for the first steps"
-            chart = Chart(series, vlines, band, logx=True, xlim=xlim, ylim=ylim, xlabel="LR", empty=empty)
-            title = PLOT_TITLES[step]
-        elif step == "final":
-            metric = FINAL_METRICS[self.metric % len(FINAL_METRICS)]
-            curve = next(iter(curves.values()), None)
-            series = []
-            if curve is not None and metric == "loss":
-                series = [
-                    Series("train loss (smoothed)", curve.epochs, ema(curve.train_loss), "cyan"),
-                    Series("val loss", curve.eval_epochs, curve.val_loss, "magenta"),
-                ]
-            elif curve is not None:
-                series = [Series("val acc %", curve.eval_epochs, [100 * v for v in curve.val_acc], "green")]
-            empty = "press r to start the final 1cycle run" if not runs else "waiting for the first epoch"
-            empty = wait or empty
-            chart = Chart(series, xlabel="epoch", empty=empty)
-            title = PLOT_TITLES[step].format(metric=metric)
-        else:
-            metric = SWEEP_METRICS[self.metric % len(SWEEP_METRICS)]
-            by_epoch = step == "batch_size"
-            series = []
-            for c in cands:
-                curve = curves.get(c.key)
-                if curve is None:
-                    continue
-                if metric.startswith("train loss"):
-                    xs: list[float] | list[int] = curve.epochs if by_epoch else curve.steps
-                    ys = ema(curve.train_loss)
-                else:
-                    xs = curve.eval_epochs if by_epoch else curve.eval_steps
-                    ys = curve.val_loss if metric == "val loss" else [100 * v for v in curve.val_acc]
-                series.append(Series(c.label, xs, ys))
-            vlines = []
-            if isinstance(rec, Recommendation):
-                at = rec.detail.get("decision_at")
-                axis = rec.detail.get("axis")
-                if at is not None and ((axis == "epoch") == by_epoch):
-                    vlines.append(VLine(float(at), "decision", "yellow"))
-            n, plural = len(cands), "s" if len(cands) != 1 else ""
-            empty = f"press r to launch {n} short run{plural}" if not runs else "waiting for evaluations"
-            empty = wait or empty
-            chart = Chart(series, vlines, xlabel="epoch" if by_epoch else "step", empty=empty)
-            title = PLOT_TITLES[step].format(metric=metric + (" %" if metric == "val acc" else ""))
+        chart, title = step_chart(
+            view,
+            decision=s.checklist.decisions.get(view.step),
+            current=s.checklist.current_step,
+            metric=self.metric,
+            live=self.tapp.live,
+        )
         plot.border_title = title
         plot.set_chart(chart)
 
-    def _show_rec(self, step: str, runs: dict[str, int], rec: Recommendation | str | None) -> None:
+    def _show_rec(self, view: StepView) -> None:
         s = self.session
         assert s is not None
-        cl = s.checklist
         box = self.query_one("#rec", Static)
-        t = Text()
-        current = cl.current_step
-        decision = cl.decisions.get(step)
         live = self.tapp.live
-        rows = [live.run(r) or {} for r in runs.values()]
-        active = [r for r in rows if r.get("status") in ("queued", "running")]
-        shared = sharing(rows) if len(rows) > 1 and not active and not self.narrow else None
-        box.border_title = "Recommendation" + (f" · {sharing_text(shared)}" if shared else "")
-        try:
-            pending = cl.propose(step).candidates
-        except UserError:
-            pending = []
-        if decision is not None and not decision.stale:
-            who = "recommended" if decision.source == "recommended" else "set by you"
-            t.append(f"✓ Chosen: {decision.label}", style="bold green")
-            t.append(f" ({who}). {decision.reason}\n")
-        elif decision is not None and decision.stale:
-            t.append(f"! Stale: {decision.label}", style="bold yellow")
-            t.append(" was chosen before an earlier step changed; run the step again.\n")
-        if current is not None and STEPS.index(step) > STEPS.index(current) and decision is None:
-            t.append(f"Decide step {STEPS.index(current) + 1} ({STEP_TITLES[current]}) first: ", style="bold")
-            t.append("this step's runs use its value.")
-            box.update(t)
-            return
-        if active:
-            done = len(rows) - len(active)
-            running = [r for r in active if r.get("status") == "running"]
-            t.append(f"● Running: {done} of {len(rows)} runs done", style="bold cyan")
-            if running:
-                r = running[0]
-                d, total = progress(r)
-                t.append(f" · run {r['id']} at step {d}/{total or '?'}")
-            queued = len(active) - len(running)
-            if queued:
-                t.append(f" · {queued} queued")
-            t.append(". The reading comes when they end; q quits and leaves them running.")
-        elif pending:
-            n = len(pending)
-            more = " more" if runs else ""
-            t.append(
-                f"Press r to launch {n}{more} run{'s' if n != 1 else ''} in the background", style="bold"
-            )
-            t.append(" (e edits a value, n adds one, x removes one)." if step in SWEEP_STEPS else ".")
-            if step != "final":
-                t.append(" Or o to set the value yourself.")
-        elif isinstance(rec, str):
-            t.append(f"✗ {rec}", style="bold red")
-            t.append("\n[r] re-run  [o] set the value yourself" if step != "final" else "\n[r] re-run")
-        elif isinstance(rec, Recommendation):
-            chosen = (
-                decision is not None and not decision.stale and rec.ok and _same(rec.value, decision.value)
-            )
-            if chosen:
-                t.append("[o] change it  [r] re-run with another seed", style="bold")
-            elif rec.ok and rec.value is not None and not rec.needs_more_runs:
-                head, rest = _split_first(rec.reason)
-                t.append("▶ " + head, style="bold")
-                t.append(rest)
-                if rec.confidence:
-                    t.append(f" Confidence: {rec.confidence}.")
-                keys = (
-                    "[a] accept  [f] one more run acting on the diagnosis  [r] re-run"
-                    if step == "final"
-                    else "[a] accept  [o] override  [r] re-run with another seed"
-                )
-                t.append("\n" + keys, style="bold")
-            elif rec.needs_more_runs:
-                t.append(rec.reason)
-            else:
-                t.append("✗ No usable reading: ", style="bold red")
-                t.append(rec.reason)
-                t.append("\n[o] set the value yourself  [r] re-run with another seed")
-        elif decision is None and runs:
-            t.append("Reading the runs…")
-        box.update(t)
+        rows = [live.run(r) or {} for r in view.runs.values()]
+        box.border_title = recommendation_title(rows, self.narrow)
+        box.update(recommendation_text(view, s.checklist, rows))
 
     # -- navigation ----------------------------------------------------------------------------
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -737,6 +481,18 @@ class ChecklistScreen(LiveScreen):
         table = self.query_one("#cands", DataTable)
         return max(0, min(table.cursor_row, len(self._table_keys) - 1))
 
+    def _ask_value(self, step: str, verb: str, prompt: str, done: Any, value: str = "") -> None:
+        """A dialog asking for one of the step's values, checked as it is typed; `done` gets it."""
+        self.app.push_screen(
+            InputDialog(
+                f"{verb} · {STEP_TITLES[step]}",
+                prompt,
+                value=value,
+                check=lambda text: parse_value(step, text),
+            ),
+            done,
+        )
+
     @guarded
     def action_edit(self) -> None:
         s = self._need_session()
@@ -751,15 +507,7 @@ class ChecklistScreen(LiveScreen):
                 values[i] = v
                 self._edit_values(step, values, f"value {i + 1} is now {value_text(step, v)}")
 
-        self.app.push_screen(
-            InputDialog(
-                f"Edit · {STEP_TITLES[step]}",
-                f"New value ({HINTS[step]}):",
-                value=value_text(step, values[i]),
-                check=lambda text: parse_value(step, text),
-            ),
-            done,
-        )
+        self._ask_value(step, "Edit", f"New value ({HINTS[step]}):", done, value=value_text(step, values[i]))
 
     @guarded
     def action_add(self) -> None:
@@ -774,14 +522,7 @@ class ChecklistScreen(LiveScreen):
             if v is not None:
                 self._edit_values(step, [*values, v], f"added {value_text(step, v)}")
 
-        self.app.push_screen(
-            InputDialog(
-                f"Add · {STEP_TITLES[step]}",
-                f"Another value to try ({HINTS[step]}):",
-                check=lambda text: parse_value(step, text),
-            ),
-            done,
-        )
+        self._ask_value(step, "Add", f"Another value to try ({HINTS[step]}):", done)
 
     @guarded
     def action_remove(self) -> None:
