@@ -335,71 +335,58 @@ class TuneApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
 
-        def on(mode: str, action: str) -> Any:
+        def on(mode: str, action: str | None = None) -> Any:
             def run() -> None:
                 self.action_goto(mode)
-                self.call_after_refresh(lambda: self._screen_action(action))
+                if action is not None:
+                    self.call_after_refresh(lambda: self._screen_action(action))
 
             return run
 
-        yield SystemCommand(
-            "Checklist", "Go to the checklist of this session (k)", lambda: self.action_goto("checklist")
-        )
-        yield SystemCommand("Runs", "All runs, live (R)", lambda: self.action_goto("runs"))
-        yield SystemCommand(
-            "Profiles", "Saved and shipped profiles (p)", lambda: self.action_goto("profiles")
-        )
-        yield SystemCommand(
-            "Sessions", "Create a session or resume one (S)", lambda: self.action_goto("start")
-        )
+        for title, help_, mode in _GOTO_COMMANDS:
+            yield SystemCommand(title, help_, on(mode))
         yield SystemCommand("Help: keys", "Every key of every screen (?)", self.action_help)
         if self.session is not None:
-            yield SystemCommand(
-                "Run step", "Launch the viewed step's runs, or re-run them (r)", on("checklist", "run")
-            )
-            yield SystemCommand(
-                "Accept recommendation",
-                "Take the advisor's value for the step (a)",
-                on("checklist", "accept"),
-            )
-            yield SystemCommand(
-                "Override value", "Type your own value for the step (o)", on("checklist", "override")
-            )
-            yield SystemCommand(
-                "Edit candidate value", "Change a value the step tries (e)", on("checklist", "edit")
-            )
-            yield SystemCommand(
-                "Add candidate value", "Try one more value in the step (n)", on("checklist", "add")
-            )
-            yield SystemCommand(
-                "Remove candidate value", "Drop a value from the step (x)", on("checklist", "remove")
-            )
-            yield SystemCommand(
-                "Plot metric", "Cycle val loss / val acc / train loss (m)", on("checklist", "metric")
-            )
+            for title, help_, mode, action in _SESSION_COMMANDS:
+                yield SystemCommand(title, help_, on(mode, action))
             yield SystemCommand(
                 "Save profile",
                 "Save the session's result as a profile (s on Profiles)",
                 self.action_save_profile,
             )
-        yield SystemCommand(
-            "Export profile", "Export the selected profile (e on Profiles)", on("profiles", "export")
-        )
-        yield SystemCommand(
-            "Train from profile",
-            "Start a run from the selected profile (t on Profiles)",
-            on("profiles", "train"),
-        )
-        yield SystemCommand("Cancel run", "Cancel the selected run (c on Runs)", on("runs", "cancel"))
-        yield SystemCommand(
-            "Resume run", "Resume the selected lost or cancelled run (u on Runs)", on("runs", "resume")
-        )
-        yield SystemCommand("New session", "Create a tuning session (S)", lambda: self.action_goto("start"))
+        for title, help_, mode, action in _SCREEN_COMMANDS:
+            yield SystemCommand(title, help_, on(mode, action))
+        yield SystemCommand("New session", "Create a tuning session (S)", on("start"))
 
     def _screen_action(self, action: str) -> None:
         fn = getattr(self.screen, f"action_{action}", None)
         if fn is not None:
             fn()
+
+
+# The command palette: (title, help, screen) to go to a screen, (title, help, screen, action) to run
+# one of its actions there; the session's commands are offered while a session is open.
+_GOTO_COMMANDS = (
+    ("Checklist", "Go to the checklist of this session (k)", "checklist"),
+    ("Runs", "All runs, live (R)", "runs"),
+    ("Profiles", "Saved and shipped profiles (p)", "profiles"),
+    ("Sessions", "Create a session or resume one (S)", "start"),
+)
+_SESSION_COMMANDS = (
+    ("Run step", "Launch the viewed step's runs, or re-run them (r)", "checklist", "run"),
+    ("Accept recommendation", "Take the advisor's value for the step (a)", "checklist", "accept"),
+    ("Override value", "Type your own value for the step (o)", "checklist", "override"),
+    ("Edit candidate value", "Change a value the step tries (e)", "checklist", "edit"),
+    ("Add candidate value", "Try one more value in the step (n)", "checklist", "add"),
+    ("Remove candidate value", "Drop a value from the step (x)", "checklist", "remove"),
+    ("Plot metric", "Cycle val loss / val acc / train loss (m)", "checklist", "metric"),
+)
+_SCREEN_COMMANDS = (
+    ("Export profile", "Export the selected profile (e on Profiles)", "profiles", "export"),
+    ("Train from profile", "Start a run from the selected profile (t on Profiles)", "profiles", "train"),
+    ("Cancel run", "Cancel the selected run (c on Runs)", "runs", "cancel"),
+    ("Resume run", "Resume the selected lost or cancelled run (u on Runs)", "runs", "resume"),
+)
 
 
 _GPU: bool | None = None

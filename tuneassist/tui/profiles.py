@@ -17,6 +17,7 @@ from tuneassist.fsafe import write_file
 from tuneassist.profiles import (
     EXTENSIONS,
     FORMATS,
+    Profile,
     ProfileEntry,
     export_profile,
     list_profiles,
@@ -158,12 +159,16 @@ class ProfilesScreen(LiveScreen):
         if self.ready:  # a screen still mounting shows it when it is ready
             self.reload()
 
-    @guarded
-    def action_export(self) -> None:
+    def _loaded_selection(self, to: str) -> Profile:
+        """The selected profile; UserError when none is selected or its file does not load."""
         e = self.selected()
         if e is None or e.profile is None:
-            raise UserError("select a profile that loads to export it")
-        profile = e.profile
+            raise UserError(f"select a profile that loads to {to}")
+        return e.profile
+
+    @guarded
+    def action_export(self) -> None:
+        profile = self._loaded_selection("export it")
 
         def chose(fmt: str | None) -> None:
             if not fmt:
@@ -207,10 +212,7 @@ class ProfilesScreen(LiveScreen):
 
     @guarded
     def action_train(self) -> None:
-        e = self.selected()
-        if e is None or e.profile is None:
-            raise UserError("select a profile that loads to train from it")
-        profile = e.profile
+        profile = self._loaded_selection("train from it")
         spec = profile_to_runspec(profile)
 
         def go(yes: bool | None) -> None:
