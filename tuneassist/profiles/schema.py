@@ -93,18 +93,7 @@ RUN_KEYS = (
     "momentum_min",
     "weight_decay",
 )
-REQUIRED = (
-    "name",
-    "data",
-    "model",
-    "batch_size",
-    "epochs",
-    "lr_min",
-    "lr_max",
-    "momentum_max",
-    "momentum_min",
-    "weight_decay",
-)
+REQUIRED = ("name", *(k for k in RUN_KEYS if k != "devices"))  # devices defaults to 1
 TABLE_KEYS: dict[str, dict[str, Key]] = {
     "schedule": {
         "kind": Key("str", "one of: " + ", ".join(SCHEDULE_KINDS), 'kind = "onecycle"'),
