@@ -6,7 +6,7 @@
 #
 # Each step has its own time limit and its own log, and a failing step does not stop the others:
 # $OUT/summary.txt lists every step with its exit code and seconds. Needs the package importable
-# (pip install -e . --no-deps, plus plotext and platformdirs where they are missing).
+# (pip install -e . --no-deps, plus platformdirs where it is missing).
 set -u
 OUT=${OUT:-./cuda-check-out}
 mkdir -p "$OUT"

@@ -1,25 +1,24 @@
-"""Terminal plots for the headless commands (plotext), downsampled to the plot width."""
+"""Terminal plots for the headless commands: the TUI's braille charts (`tuneassist.tui.chart`), printed.
+
+One renderer for both front ends, so `lr-find`, `lr-read`, `runs watch` and `RangeTestResult.plot()`
+draw the curves the TUI draws: a log-x LR axis with its decades, the loss curves, the suggested max
+and min LR marked and labelled, axis labels. Long curves are decimated by the renderer (min/max per
+pixel column), so a 100k-point curve costs a few milliseconds.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-import plotext as plt
+from rich.console import Console
+from rich.text import Text
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
-    """Keep about 2 points per column: plotting 100k points in a 100-column plot is wasted work."""
-    pts = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and math.isfinite(y)]
-    step = max(1, len(pts) // max(1, 2 * width))
-    pts = pts[::step]
-    return [p[0] for p in pts], [p[1] for p in pts]
+from tuneassist.tui.chart import AXIS_STYLE, Chart, Series, VLine, render_chart
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -42,49 +41,44 @@ def plot_lines(
     xlabel: str,
     ylabel: str,
     logx: bool = False,
-    vlines: dict[str, float] | None = None,
+    vlines: dict[str, float | None] | None = None,
     width: int | None = None,
     height: int | None = None,
     color: bool = True,
     ylim: tuple[float, float] | None = None,
 ) -> str:
-    """Render named (x, y) series as one plot and return it as text (no colour under NO_COLOR,
-    https://no-color.org, whatever the caller asked: one place for every plot)."""
+    """Render named (x, y) series as one plot and return it as text: the title, the legend (after the
+    y axis's label), the plot and the x axis with its label. No colour under NO_COLOR
+    (https://no-color.org) whatever the caller asked: one place for every plot; without colour each
+    curve has its own glyph."""
     color = color and use_color()
     w, h = _size(width, height)
-    plt.clear_figure()
-    plt.plotsize(w, h)
-    if color:
-        plt.theme("pro")
-    else:
-        plt.clear_color()
-    if logx:
-        plt.xscale("log")
-    ymin, ymax = math.inf, -math.inf
-    for name, (xs, ys) in series.items():
-        dx, dy = downsample(xs, ys, w)
-        if not dx:
-            continue
-        if ylim is not None:  # plotext crawls drawing lines far off-scale: pin them to the edge
-            dy = [min(max(v, ylim[0]), ylim[1]) for v in dy]
-        ymin, ymax = min(ymin, min(dy)), max(ymax, max(dy))
-        plt.plot(dx, dy, label=name, marker="braille")
-    for name, x in (vlines or {}).items():
-        if x is not None and math.isfinite(x) and (not logx or x > 0):
-            plt.vline(x)
-            if math.isfinite(ymax):
-                plt.text(name, x=x, y=ymax)
-    if ylim is not None:
-        plt.ylim(*ylim)
-    elif math.isfinite(ymin) and ymax > ymin:
-        pad = 0.05 * (ymax - ymin)
-        plt.ylim(ymin - pad, ymax + pad)
-    plt.title(title)
-    plt.xlabel(xlabel)
-    plt.ylabel(ylabel)
-    out = plt.build()
-    plt.clear_figure()
-    return out if color else ANSI.sub("", out)
+    marks = [
+        VLine(float(x), name)
+        for name, x in (vlines or {}).items()
+        if x is not None and math.isfinite(x) and (not logx or x > 0)
+    ]
+    chart = Chart(
+        [Series(name, xs, ys) for name, (xs, ys) in series.items()],
+        marks,
+        logx=logx,
+        ylim=ylim,
+        empty="no finite points to plot",
+    )
+    body = render_chart(chart, w, h - 2, mono=not color)
+    out = Text(no_wrap=True, overflow="crop")
+    out.append(title, style="bold")
+    out.append("\n")
+    out.append(f"{ylabel}  ", style=AXIS_STYLE)
+    out.append_text(body)
+    out.append("\n")
+    out.append(f"{xlabel:>{w}}", style=AXIS_STYLE)  # its own line: the tick labels may fill the axis's
+    if not color:
+        return "\n".join(line.rstrip() for line in out.plain.splitlines())
+    buf = io.StringIO()
+    console = Console(file=buf, width=w, force_terminal=True, color_system="standard", no_color=False)
+    console.print(out, end="", crop=True, soft_wrap=False)
+    return buf.getvalue()
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:

@@ -1,7 +1,7 @@
-"""Line charts drawn in braille cells, as Rich text: the TUI's plots.
+"""Line charts drawn in braille cells, as Rich text: the TUI's plots, and the CLI's (`cli.termplot`).
 
-Pure functions of the data and the size, with no global state (plotext keeps one global figure),
-so a redraw is cheap and safe to do whenever a curve grows. Long curves are decimated to min/max per
+Pure functions of the data and the size, with no global state, so a redraw is cheap and safe to do
+whenever a curve grows. Long curves are decimated to min/max per
 pixel column, which keeps spikes (a diverging range test) while a 100k-point curve costs a few ms.
 Under NO_COLOR (mono=True) every series gets its own glyph, so curves stay apart without colour.
 """
