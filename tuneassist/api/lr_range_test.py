@@ -132,14 +132,16 @@ def range_test(
     "bf16" for bf16 autocast, "fp16" for fp16 with a gradient scaler; None trains as the model is.
     `accumulation_steps` micro-batches make one optimiser step.
     """
+    from tuneassist.engine.schedules import RangeTestSchedule
+
     factor = _check_arguments(
         model, optimizer, start_lr, end_lr, mode, steps, momentum, val_every, val_batches, amp,
         accumulation_steps, divergence_factor,
     )  # fmt: skip
     dev = _device(model, device)
-    from tuneassist.engine.schedules import RangeTestSchedule  # torch: only once the arguments are good
-
     n_steps = steps or _default_steps(train_loader, accumulation_steps)
+    every = val_every or max(1, n_steps // VAL_READINGS)
+    n_val = val_batches or (_default_val_batches(val_loader) if val_loader is not None else 0)
     schedule = RangeTestSchedule(
         max(2, n_steps),
         start_lr,
@@ -156,8 +158,8 @@ def range_test(
         _run(
             trace, work, optimizer, train_loader, val_loader, schedule,
             n_steps=n_steps,
-            every=val_every or max(1, n_steps // VAL_READINGS),
-            n_val=val_batches or (_default_val_batches(val_loader) if val_loader is not None else 0),
+            every=every,
+            n_val=n_val,
             set_momentum=momentum is not None,
             accumulation_steps=accumulation_steps,
             factor=factor,
