@@ -76,7 +76,7 @@ def check_not_protected(
                     )
 
 
-def write_file(target: str | os.PathLike[str], write: Callable[[TextIO], None]) -> None:
+def write_file(target: str | os.PathLike[str], write: Callable[[TextIO], object]) -> None:
     """Write text to `target` through a temporary file next to it and a rename: a failed write never
     leaves a half file, and a symlink at the target is replaced, not written through. A target that is
     not a regular file (/dev/null, /dev/stdout, a FIFO) is written directly. OSError is the caller's."""

@@ -103,7 +103,7 @@ def _curve_from_mapping(d: Mapping[str, Any], where: str) -> dict[str, list[floa
     return curve
 
 
-def _curve_from_rows(rows: list[Mapping[str, Any]], where: str) -> dict[str, list[float]]:
+def _curve_from_rows(rows: Sequence[Mapping[str, Any]], where: str) -> dict[str, list[float]]:
     if not rows:
         raise UserError(f"{where}: no rows; {FORMAT_HINT}")
     keys = {k.strip().lower() if isinstance(k, str) else k: k for k in rows[0]}

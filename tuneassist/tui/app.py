@@ -22,6 +22,7 @@ from tuneassist.advisor.checklist import STEP_TITLES
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new
 from tuneassist.profiles.schema import safe_filename
+from tuneassist.runs.rows import Run
 from tuneassist.runs.store import Store
 from tuneassist.session import TuningSession
 from tuneassist.tui.base import LiveScreen, log_note
@@ -201,7 +202,7 @@ class TuneApp(App[None]):
         self.notify(f"{title}: {turn.message} Started run(s) {', '.join(map(str, turn.run_ids))}.")
         return True
 
-    def _toast_end(self, run: dict[str, Any]) -> None:
+    def _toast_end(self, run: Run) -> None:
         from tuneassist.tui.fmt import run_kind
 
         status = run["status"]

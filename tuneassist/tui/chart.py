@@ -335,8 +335,8 @@ def _append_rows(
             if 0 <= r < cv.h and r not in tick_rows:
                 tick_rows[r] = lab
     for r in range(cv.h):
-        lab = tick_rows.get(r)
-        out.append(f"{lab:>{lw}}┤" if lab is not None else " " * lw + "│", style=AXIS_STYLE)
+        tick = tick_rows.get(r)
+        out.append(f"{tick:>{lw}}┤" if tick is not None else " " * lw + "│", style=AXIS_STYLE)
         run_ch: list[str] = []
         run_style: str | None = None
         for c in range(cv.w):

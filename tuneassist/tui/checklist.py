@@ -24,7 +24,7 @@ from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.checklist_plot import range_ylim, step_chart
 from tuneassist.tui.checklist_view import StepView, candidate_rows, recommendation_text, recommendation_title
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
-from tuneassist.tui.fmt import HINTS, STEP_STATUS, fmt_minutes, parse_value, value_text
+from tuneassist.tui.fmt import HINTS, STEP_STATUS, RunRow, fmt_minutes, parse_value, value_text
 from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
@@ -169,7 +169,7 @@ class ChecklistScreen(LiveScreen):
             return None
         live = self.tapp.live
         rows = [live.run(r) for r in runs.values()]
-        statuses = tuple((r or {}).get("status", "lost") for r in rows)
+        statuses = tuple(r.status if r is not None else "lost" for r in rows)
         if any(st not in ENDED for st in statuses):
             return None
         try:
@@ -254,7 +254,7 @@ class ChecklistScreen(LiveScreen):
         assert s is not None
         box = self.query_one("#rec", Static)
         live = self.tapp.live
-        rows = [live.run(r) or {} for r in view.runs.values()]
+        rows: list[RunRow] = [live.run(r) or {} for r in view.runs.values()]
         box.border_title = recommendation_title(rows, self.narrow)
         box.update(recommendation_text(view, s.checklist, rows))
 
@@ -293,7 +293,7 @@ class ChecklistScreen(LiveScreen):
         return [
             r
             for r in s.step_runs(step).values()
-            if (live.run(r) or {}).get("status") in ("queued", "running")
+            if (run := live.run(r)) is not None and run.status in ("queued", "running")
         ]
 
     @guarded

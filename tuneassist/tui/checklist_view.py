@@ -26,7 +26,7 @@ from tuneassist.advisor.sweep import same_value
 from tuneassist.curves import Curves
 from tuneassist.errors import UserError
 from tuneassist.session import sharing, sharing_text
-from tuneassist.tui.fmt import g, pct, progress, progress_text, run_status
+from tuneassist.tui.fmt import RunRow, g, pct, progress, progress_text, run_status
 
 
 def _finite(v: Any) -> float | None:
@@ -87,12 +87,12 @@ def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], 
             prog = progress_text(run)
             if curve is not None and curve.val_loss:
                 vl, va = curve.val_loss[-1], curve.val_acc[-1]
-            row = by_run.get(str(rid))
-            if row is not None:
-                mark = "★" if row.get("winner") else ("≈" if row.get("tie") else " ")
-                vl = row.get("val_loss", vl)
-                va = row.get("val_acc", va)
-                note = row.get("diagnosis") or ""
+            ranked = by_run.get(str(rid))
+            if ranked is not None:
+                mark = "★" if ranked.get("winner") else ("≈" if ranked.get("tie") else " ")
+                vl = ranked.get("val_loss", vl)
+                va = ranked.get("val_acc", va)
+                note = ranked.get("diagnosis") or ""
             out = run.get("outcome") or {}
             if run["status"] == "diverged" and out.get("diverged_lr") is not None:
                 note = f"diverged at LR {fmt_num(out['diverged_lr'])}"
@@ -114,14 +114,14 @@ def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], 
     return keys, rows
 
 
-def recommendation_title(rows: list[dict[str, Any]], narrow: bool) -> str:
+def recommendation_title(rows: list[RunRow], narrow: bool) -> str:
     """The pane's title; once a step's runs all ended, how they shared the device."""
     active = [r for r in rows if r.get("status") in ("queued", "running")]
     shared = sharing(rows) if len(rows) > 1 and not active and not narrow else None
     return "Recommendation" + (f" · {sharing_text(shared)}" if shared else "")
 
 
-def recommendation_text(view: StepView, cl: Checklist, rows: list[dict[str, Any]]) -> Text:
+def recommendation_text(view: StepView, cl: Checklist, rows: list[RunRow]) -> Text:
     """The pane's text: the decision taken, what is running, what to press, or the reading to act on.
     `rows` are the step's runs as the store has them."""
     step, runs, rec = view.step, view.runs, view.rec

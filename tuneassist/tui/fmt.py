@@ -6,14 +6,19 @@ read the same. Parsing turns what the user types into checklist values, with one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
 
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
+from tuneassist.runs.rows import Run
 from tuneassist.runs.store import elapsed, fmt_time  # noqa: F401 - fmt_time: the screens' clock
 from tuneassist.text import g, pct  # noqa: F401 - the screens' numbers, shared with the CLI
+
+# A run as the screens get it: the store's typed Run, or a plain row (tests, a run gone from the store).
+RunRow = Run | Mapping[str, Any]
 
 RUN_STATUS = {
     "queued": ("◌", "queued", "bright_black"),
@@ -34,7 +39,7 @@ STEP_STATUS = {
 }
 
 
-def run_status(status: str, cancel_requested: bool = False, run: dict[str, Any] | None = None) -> Text:
+def run_status(status: str, cancel_requested: bool = False, run: RunRow | None = None) -> Text:
     """A run's status in a symbol and words. Given the run, a range test that diverged reads as done,
     with the LR where it diverged: a range test runs until the loss blows up, so that is its expected
     end (the reading the advisor takes), not a failure."""
@@ -48,7 +53,7 @@ def run_status(status: str, cancel_requested: bool = False, run: dict[str, Any] 
     return Text(f"{sym} {word}", style=color)
 
 
-def is_range_test(run: dict[str, Any]) -> bool:
+def is_range_test(run: RunRow) -> bool:
     """An LR range test, by its schedule (any launcher) or its checklist kind."""
     return str((run.get("spec") or {}).get("schedule", "")).startswith("range_") or str(
         run.get("kind") or ""
@@ -68,7 +73,7 @@ def fmt_minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def progress(run: dict[str, Any]) -> tuple[int, int | None]:
+def progress(run: RunRow) -> tuple[int, int | None]:
     """(steps done, total steps or None)."""
     info = run.get("info") or {}
     out = run.get("outcome") or {}
@@ -82,7 +87,7 @@ def progress(run: dict[str, Any]) -> tuple[int, int | None]:
     return done, (int(total) if total else None)
 
 
-def eta(run: dict[str, Any]) -> float | None:
+def eta(run: RunRow) -> float | None:
     """Seconds left for a running run, at its pace so far."""
     if run["status"] != "running":
         return None
@@ -103,7 +108,7 @@ def bar(fraction: float, width: int = 10) -> str:
     )
 
 
-def progress_text(run: dict[str, Any], width: int = 8) -> str:
+def progress_text(run: RunRow, width: int = 8) -> str:
     done, total = progress(run)
     if run["status"] == "queued":
         return "waiting"
@@ -125,7 +130,7 @@ def hyper(spec: dict[str, Any]) -> str:
     return f"lr {lr} m {mom} wd {fmt_num(wd)} bs {spec.get('batch_size')}"
 
 
-def run_kind(run: dict[str, Any]) -> str:
+def run_kind(run: RunRow) -> str:
     """'LR range' for 'lr_range:1e-4 → 10' style kinds; plain kinds as they are."""
     from tuneassist.advisor.checklist import STEP_TITLES
 
