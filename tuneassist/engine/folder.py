@@ -28,6 +28,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -295,6 +296,9 @@ def _split_dirs(root: Path, fix: str) -> tuple[Path, Path] | None:
     return train_dir, test_dir
 
 
+StreamIf = Callable[[int, int], bool]  # (images in all, side) -> stream them rather than decode them all
+
+
 def load_folder(
     path: str | os.PathLike[str],
     cache_root: str | os.PathLike[str],
@@ -302,12 +306,17 @@ def load_folder(
     image_size: int | None = None,
     processes: int | None = None,
     pool_min_files: int = _POOL_MIN_FILES,
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    stream_if: StreamIf | None = None,
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
     """Return (classes, train_x, train_y, test_x, test_y) of an image folder, via the decode cache.
 
     Classes are the sorted sub-directories of ``train/``; ``test/`` (or ``val/``) must have the same ones.
     A folder without ``train/`` is a single root of class folders: a seeded share of each class is its
     test split. Images come out `image_size` square, by default the folder's most common size.
+
+    `stream_if(images, side)` True: the folder is not decoded (nor cached); train_x and test_x are
+    FolderImages (engine/items.py), whose files the streamed loader decodes per item. The default side
+    then comes from the headers of up to 2,000 files, evenly spread (dataref.folder_side's way).
     """
     fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
     if image_size is not None and not (
@@ -324,7 +333,7 @@ def load_folder(
     try:
         dirs = _split_dirs(root, fix)
         cache = Path(cache_root).expanduser()
-        return _load_folder(root, dirs, cache, image_size, processes, pool_min_files)
+        return _load_folder(root, dirs, cache, image_size, processes, pool_min_files, stream_if)
     except OSError as e:  # permissions, vanished files, I/O errors while listing
         raise UserError(f"cannot read image folder {root}: {e}; check that the files are readable") from e
 
@@ -353,7 +362,8 @@ def _load_folder(
     image_size: int | None,
     processes: int | None,
     pool_min_files: int,
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    stream_if: StreamIf | None = None,
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
     train_dir, test_dir = dirs if dirs is not None else (root, root)
     classes = _subdirs(train_dir)
     if not classes:
@@ -396,6 +406,11 @@ def _load_folder(
         )
     # (split, folder) of every listed file: train and test may share one folder (a single root)
     listings = {("train", train_dir): train_files, ("test", test_dir): test_files}
+    if stream_if is not None:
+        paths, labels, splits = _flat(classes, listings)
+        side = image_size or common_side(scan_sizes(paths[:: max(1, len(paths) // 2000)][:2000]))
+        if stream_if(len(paths), side):
+            return _streamed(classes, paths, labels, splits, side)
 
     asked = "auto" if image_size is None else str(image_size)
     layout = "single" if dirs is None else test_dir.name
@@ -437,15 +452,7 @@ def _decode_folder(
     processes: int | None,
     pool_min_files: int,
 ) -> dict:
-    paths: list[str] = []
-    labels: list[int] = []
-    splits: list[int] = []
-    for s, ((_, split_dir), per_class) in enumerate(listings.items()):
-        for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
-            d = split_dir / cls
-            paths.extend(str(d / name) for name, _, _ in files)
-            labels.extend([k] * len(files))
-            splits.extend([s] * len(files))
+    paths, labels, splits = _flat(classes, listings)
     side = image_size if image_size is not None else common_side(scan_sizes(paths))
     images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files, side)
     lab = np.asarray(labels, dtype=np.int64)
@@ -462,6 +469,39 @@ def _decode_folder(
     out["first_bad"] = first_bad[0] if first_bad else None
     out["first_reason"] = first_bad[1] if first_bad else None
     return out
+
+
+def _flat(classes: list[str], listings: dict[tuple[str, Path], Listing]) -> tuple[list[str], list[int], list[int]]:
+    """Every listed file's path, label and split (0 train, 1 test), in listing order."""
+    paths: list[str] = []
+    labels: list[int] = []
+    splits: list[int] = []
+    for s, ((_, split_dir), per_class) in enumerate(listings.items()):
+        for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
+            d = split_dir / cls
+            paths.extend(str(d / name) for name, _, _ in files)
+            labels.extend([k] * len(files))
+            splits.extend([s] * len(files))
+    return paths, labels, splits
+
+
+def _streamed(
+    classes: list[str], paths: list[str], labels: list[int], splits: list[int], side: int
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
+    """The folder as FolderImages splits, decoded per item by the streamed loader (nothing cached)."""
+    from tuneassist.engine.items import FolderImages
+
+    lab = torch.tensor(labels, dtype=torch.int64)
+    spl = np.asarray(splits)
+    train, test = np.flatnonzero(spl == 0), np.flatnonzero(spl == 1)
+    images = FolderImages(paths, side)
+    return (
+        list(classes),
+        images.index_select(0, torch.from_numpy(train)),
+        lab[torch.from_numpy(train)],
+        images.index_select(0, torch.from_numpy(test)),
+        lab[torch.from_numpy(test)],
+    )
 
 
 def _load_cache(cache_file: Path, key: str) -> dict | None:

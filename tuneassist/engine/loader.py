@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -38,7 +39,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class DeviceLoader:
-    """Yields ``(x float32 normalised, y int64)`` batches from a uint8 split held on ``device``.
+    """Yields ``(x float32 normalised, y int64)`` batches from a uint8 (or float32) split held on ``device``.
+
+    Given a split held as items (engine/items.py: one that does not fit on the device, or `--stream`),
+    it is an engine.stream.StreamLoader instead: the same interface and batches, read by DataLoader
+    workers. Float32 images (a user's Datasets) are normalised as they are (no /255).
 
     Train mode: a fresh on-device permutation every epoch, crop+flip augmentation (if ``augment``), and
     the last partial batch dropped so every step has the same shape (``drop_last`` defaults to ``train``).
@@ -48,6 +53,13 @@ class DeviceLoader:
     With ``world_size > 1`` (DDP) every rank draws the same permutation and takes every
     ``world_size``-th sample from position ``rank``, so the ranks' samples are disjoint.
     """
+
+    def __new__(cls, x_uint8: Any, *args: Any, **kwargs: Any) -> DeviceLoader:
+        if cls is DeviceLoader and not isinstance(x_uint8, torch.Tensor):
+            from tuneassist.engine.stream import StreamLoader
+
+            return super().__new__(StreamLoader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -67,7 +79,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+        if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         if y.dim() != 1 or len(y) != len(x_uint8):
             raise ValueError(f"labels {tuple(y.shape)} do not match {len(x_uint8)} images")
@@ -104,10 +116,10 @@ class DeviceLoader:
             p = self.padding
             hp, wp = h + 2 * p, w + 2 * p
             if self.channels_last:
-                store = torch.zeros((2 * n, hp, wp, c), dtype=torch.uint8, device=self.device)
+                store = torch.zeros((2 * n, hp, wp, c), dtype=x.dtype, device=self.device)
                 view4 = store.permute(0, 3, 1, 2)  # NCHW indexing over NHWC memory
             else:
-                store = view4 = torch.zeros((2 * n, c, hp, wp), dtype=torch.uint8, device=self.device)
+                store = view4 = torch.zeros((2 * n, c, hp, wp), dtype=x.dtype, device=self.device)
             view4[:n, :, p : p + h, p : p + w] = x
             view4[n:, :, p : p + h, p : p + w] = x.flip(3)
             self._src = store
@@ -119,11 +131,13 @@ class DeviceLoader:
             self._src = self._src[rank::world_size].contiguous()
             self.y = self.y[rank::world_size].contiguous()
 
-        # Normalisation folded into one multiply-add on the 0..255 values: (x/255 - mean) / std.
+        # Normalisation folded into one multiply-add on the 0..255 values: (x/255 - mean) / std (float
+        # images: (x - mean) / std).
+        unit = 255.0 if x_uint8.dtype == torch.uint8 else 1.0
         std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
         mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
         view = (c,) if self.channels_last else (c, 1, 1)
-        self._scale = (1.0 / (255.0 * std_t)).view(view).to(self.device)
+        self._scale = (1.0 / (unit * std_t)).view(view).to(self.device)
         self._shift = (-mean_t / std_t).view(view).to(self.device)
 
         if self.augment:
@@ -169,7 +183,9 @@ class DeviceLoader:
 
     def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
         """uint8 batch in storage order -> float32 normalised, NCHW shape (channels_last strides if set)."""
-        out = u8.to(torch.float32).mul_(self._scale).add_(self._shift)
+        # float images: a copy first (an evaluation batch is a view of the stored split)
+        out = u8.to(torch.float32) if u8.dtype != torch.float32 else u8.clone()
+        out = out.mul_(self._scale).add_(self._shift)
         return out.permute(0, 3, 1, 2) if self.channels_last else out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
