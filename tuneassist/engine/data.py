@@ -285,7 +285,11 @@ def load_dataset(
         assert arg is not None
         name = arg
         classes, tx, ty, sx, sy = user_data(
-            arg, module_dir, allow_import, workers, lambda n, shape: not stream_if(n, shape, 4 * _numel(shape))
+            arg,
+            module_dir,
+            allow_import,
+            workers,
+            lambda n, shape: not stream_if(n, shape, 4 * _numel(shape)),
         )
     else:
         from tuneassist.engine import folder

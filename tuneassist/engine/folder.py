@@ -471,7 +471,9 @@ def _decode_folder(
     return out
 
 
-def _flat(classes: list[str], listings: dict[tuple[str, Path], Listing]) -> tuple[list[str], list[int], list[int]]:
+def _flat(
+    classes: list[str], listings: dict[tuple[str, Path], Listing]
+) -> tuple[list[str], list[int], list[int]]:
     """Every listed file's path, label and split (0 train, 1 test), in listing order."""
     paths: list[str] = []
     labels: list[int] = []

@@ -20,7 +20,7 @@ from tuneassist.errors import UserError
 
 
 class ItemImages:
-    """`len(indices)` images of `shape[1:]`, each read by :meth:`read` (CHW, `dtype`) when a batch needs it."""
+    """`len(indices)` images of `shape[1:]`, read one by one with :meth:`read` (CHW, `dtype`)."""
 
     def __init__(self, indices: np.ndarray, item_shape: tuple[int, int, int], dtype: torch.dtype) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)

@@ -90,12 +90,14 @@ class Footprint:
 
 def choose(fp: Footprint, name: str, device: torch.device, forced: bool, workers: int) -> tuple[bool, str]:
     """(stream it?, the one line that says which path the run takes and why)."""
-    via = f"through {workers} DataLoader worker{'s' if workers != 1 else ''}" if workers else "in the training process"
+    via = (
+        f"through {workers} DataLoader worker{'s' if workers != 1 else ''}"
+        if workers
+        else "in the training process"
+    )
     if forced:
         return True, f"{fp.what(name)}: streaming {via}, as asked (--stream)"
     budget, source = data_budget(device)
     if fp.resident > budget:
-        return True, (
-            f"{fp.what(name)} do not fit in the {_size(budget)} budget ({source}): streaming {via}"
-        )
+        return True, (f"{fp.what(name)} do not fit in the {_size(budget)} budget ({source}): streaming {via}")
     return False, f"{fp.what(name)} fit in the {_size(budget)} budget ({source}): held on {device}"

@@ -39,7 +39,9 @@ def stream_workers() -> int:
         try:
             return max(0, int(env))
         except ValueError:
-            raise UserError(f"{WORKERS_ENV}={env!r} must be a whole number of worker processes, e.g. 4") from None
+            raise UserError(
+                f"{WORKERS_ENV}={env!r} must be a whole number of worker processes, e.g. 4"
+            ) from None
     return min(8, max(1, cpu_cores() - 1))
 
 
@@ -85,7 +87,9 @@ def read_sample(images: ItemImages, k: int) -> torch.Tensor:
     kw: dict[str, Any] = dict(worker_init_fn=_worker_init) if workers else {}
     chunks = [keys[i : i + 64] for i in range(0, len(keys), 64)]
     items = _Items(images, torch.zeros(n, dtype=torch.int64), 0)
-    parts = [x for x, _ in DataLoader(items, batch_sampler=chunks, num_workers=min(workers, len(chunks)), **kw)]
+    parts = [
+        x for x, _ in DataLoader(items, batch_sampler=chunks, num_workers=min(workers, len(chunks)), **kw)
+    ]
     return torch.cat(parts)
 
 
@@ -109,7 +113,9 @@ class _EpochBatches:
             if dy is None:
                 yield [(int(k), -1, -1, 0) for k in order[sl].tolist()]
             else:
-                rows = zip(order[sl].tolist(), dy[sl].tolist(), dx[sl].tolist(), flip[sl].tolist(), strict=True)
+                rows = zip(
+                    order[sl].tolist(), dy[sl].tolist(), dx[sl].tolist(), flip[sl].tolist(), strict=True
+                )
                 yield [(k, a, c, f) for k, a, c, f in rows]
 
 
