@@ -45,6 +45,12 @@ def stream_workers() -> int:
     return min(8, max(1, cpu_cores() - 1))
 
 
+def own_rng() -> torch.Generator:
+    """A DataLoader's own generator (for its workers' seeds): iterating one must not draw from torch's
+    global RNG, or reading the data would change the model's initialisation (train() seeds it first)."""
+    return torch.Generator().manual_seed(0)
+
+
 def _worker_init(_: int) -> None:
     """A worker must die on its DataLoader's SIGTERM (a run worker's own handler only sets a stop flag,
     as in engine/folder.py's decode pool); Ctrl-C is the training process's to handle. One torch thread:
@@ -88,7 +94,10 @@ def read_sample(images: ItemImages, k: int) -> torch.Tensor:
     chunks = [keys[i : i + 64] for i in range(0, len(keys), 64)]
     items = _Items(images, torch.zeros(n, dtype=torch.int64), 0)
     parts = [
-        x for x, _ in DataLoader(items, batch_sampler=chunks, num_workers=min(workers, len(chunks)), **kw)
+        x
+        for x, _ in DataLoader(
+            items, batch_sampler=chunks, num_workers=min(workers, len(chunks)), generator=own_rng(), **kw
+        )
     ]
     return torch.cat(parts)
 
@@ -189,6 +198,7 @@ class StreamLoader(DeviceLoader):
             batch_sampler=self._batches,
             num_workers=self.workers,
             pin_memory=pin,
+            generator=own_rng(),
             **kw,
         )
 
@@ -223,7 +233,9 @@ class StreamLoader(DeviceLoader):
         except (OSError, AssertionError) as e:  # e.g. a daemonic process, or out of processes
             warnings.warn(f"cannot start DataLoader workers ({e}); reading in this process", stacklevel=2)
             self.workers = 0
-            self._loader = DataLoader(self._loader.dataset, batch_sampler=self._loader.batch_sampler)
+            self._loader = DataLoader(
+                self._loader.dataset, batch_sampler=self._loader.batch_sampler, generator=own_rng()
+            )
             batches = iter(self._loader)
         for xb, yb in batches:
             x = xb.to(self.device, non_blocking=True)

@@ -88,10 +88,11 @@ class _Column(Dataset):
 
 def _read_all(ds: Any, what: str, shape: tuple[int, ...] | None, name: str, workers: int) -> torch.Tensor:
     """Every label (or image) of `ds`, in order, read by `workers` DataLoader processes."""
-    from tuneassist.engine.stream import _worker_init
+    from tuneassist.engine.stream import _worker_init, own_rng
 
     kw: dict[str, Any] = dict(worker_init_fn=_worker_init) if workers else {}
-    parts = list(DataLoader(_Column(ds, what, shape, name), batch_size=256, num_workers=workers, **kw))
+    column = _Column(ds, what, shape, name)
+    parts = list(DataLoader(column, batch_size=256, num_workers=workers, generator=own_rng(), **kw))
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
