@@ -459,7 +459,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             over.pop("optimizer")
         if args.devices is None:
             args.devices = base["devices"]
-        if args.image_size is None:  # the size the profile was tuned at, unless given here
+        if args.image_size is None and args.data in (None, base["data"]):  # the size it was tuned at
             args.image_size = base["image_size"]
         if args.wd is None:
             args.wd = over["weight_decay"]
