@@ -92,6 +92,7 @@ def prepare_spec(spec: RunSpec, cwd: str | os.PathLike[str] | None = None) -> Ru
     A built-in model passes unchanged. A user model without `allow_import` is refused here, before
     anything is queued; with it, the folder its module is found in from `cwd` is recorded (unless the
     spec already holds one: a resumed or re-run spec keeps the folder it was first launched with).
+    `--data module:function` (the user's Datasets) takes the same consent, its folder in `data_module_dir`.
     """
     if is_data_module(spec.data):  # the user's Datasets: the same consent, their own folder
         if not spec.allow_import:
