@@ -259,6 +259,8 @@ def load_dataset(
         return streamed
 
     root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
+    tx: Any  # the train and test images: uint8 tensors, float tensors, or items to stream
+    sx: Any
     if kind == "synthetic":
         from tuneassist.engine import synthetic
 
