@@ -85,7 +85,7 @@ class StartScreen(LiveScreen):
                 yield Input(
                     "", placeholder="e.g. 64 (optional)", id="image-size", type="integer", compact=True
                 )
-                yield Static("a folder's image side (default: its most common size)", classes="note")
+                yield Static("a folder's side (default: its most common)", classes="note")
             with Horizontal(classes="row"):
                 yield Label("Model")
                 yield Select(
@@ -103,7 +103,7 @@ class StartScreen(LiveScreen):
             with Horizontal(classes="row"):
                 yield Label("Train")
                 yield Input("", placeholder="mytrain:train (optional)", id="train", compact=True)
-                yield Static("your training function(hp, report): your model on your data", classes="note")
+                yield Static("your training function(hp, report)", classes="note")
             with Horizontal(classes="row"):
                 yield Label("Budget")
                 yield Select(
