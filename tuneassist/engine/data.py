@@ -239,80 +239,46 @@ def load_dataset(
         raise UserError(
             f"--image-size {image_size}: {spec.strip()} {size}; the image size applies to folder:PATH data"
         )
-    from tuneassist.engine import residency
-    from tuneassist.engine.stream import stream_workers
+    from tuneassist.engine.residency import Chooser
 
-    dev = residency.data_device(device) if device is not None else None
-    workers = stream_workers() if dev is not None else 0
-    note = ""
-    name = spec.strip()
-
-    def stream_if(images: int, item_shape: tuple[int, ...], item_bytes: int) -> bool:
-        """Whether to stream these images (every one counted as train: the estimate errs high), and
-        the notice that says so; never without a device."""
-        nonlocal note
-        if dev is None:
-            return False
-        c, h, w = (int(v) for v in item_shape)
-        fp = residency.Footprint(images, images, (c, h, w), item_bytes, augment, dev.type == "cpu")
-        streamed, note = residency.choose(fp, name, dev, stream, workers)
-        return streamed
-
+    path = Chooser(device, stream=stream, augment=augment, name=spec.strip())
     root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
     tx: Any  # the train and test images: uint8 tensors, float tensors, or items to stream
     sx: Any
     if kind == "synthetic":
-        from tuneassist.engine import synthetic
-
-        n_train = synthetic.DEFAULT_TRAIN
-        if arg is not None:
-            try:
-                n_train = int(arg)
-            except ValueError:
-                n_train = -1
-            if not (10 <= n_train <= _SYNTHETIC_MAX):
-                raise UserError(
-                    f"synthetic size {arg!r} must be an integer from 10 to {_SYNTHETIC_MAX}, "
-                    "e.g. synthetic:2000"
-                )
-        classes, tx, ty, sx, sy = synthetic.generate(n_train)
+        classes, tx, ty, sx, sy = _synthetic(arg)
     elif kind in ("cifar10", "cifar100"):
         from tuneassist.engine import cifar
 
         classes, tx, ty, sx, sy = cifar.load_cifar(kind, root)
-        name = kind
+        path.name = kind
     elif kind == "module":
         from tuneassist.engine.userdata import user_data
 
         assert arg is not None
-        name = arg
+        path.name = arg
         classes, tx, ty, sx, sy = user_data(
-            arg,
-            module_dir,
-            allow_import,
-            workers,
-            lambda n, shape: not stream_if(n, shape, 4 * _numel(shape)),
+            arg, module_dir, allow_import, path.workers, lambda n, shape: not path.stream_if(n, shape, 4)
         )
     else:
         from tuneassist.engine import folder
 
         assert arg is not None  # parse_spec guarantees a path
-        name = f"folder:{arg}"
+        path.name = f"folder:{arg}"
         classes, tx, ty, sx, sy = folder.load_folder(
             arg, root, image_size=image_size,
-            stream_if=None if dev is None else lambda n, side: stream_if(n, (3, side, side), 3 * side * side),
+            stream_if=None if path.device is None else lambda n, side: path.stream_if(n, (3, side, side), 1),
         )  # fmt: skip
-    if kind in ("synthetic", "cifar10", "cifar100") and dev is not None:
-        if stream_if(len(tx) + len(sx), tuple(tx.shape[1:]), _numel(tuple(tx.shape[1:]))):
-            from tuneassist.engine.items import TensorImages
+    if kind in ("synthetic", "cifar10", "cifar100") and path.stream_if(len(tx) + len(sx), tx.shape[1:], 1):
+        from tuneassist.engine.items import TensorImages
 
-            tx, sx = TensorImages(tx), TensorImages(sx)  # held in host memory, streamed to the device
+        tx, sx = TensorImages(tx), TensorImages(sx)  # held in host memory, streamed to the device
     train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
     if kind != "synthetic":  # synthetic data is for trying things out: small on purpose
-        _warn_weak_validation(name, list(classes), val_y, val_fraction)
+        _warn_weak_validation(path.name, list(classes), val_y, val_fraction)
     mean, std = _stats(train_x)
     return Dataset(
-        name=name,
+        name=path.name,
         classes=list(classes),
         train_x=train_x,
         train_y=train_y,
@@ -322,12 +288,22 @@ def load_dataset(
         test_y=sy,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
-        note=note,
+        note=path.note,
     )
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for v in shape:
-        out *= int(v)
-    return out
+def _synthetic(arg: str | None) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`synthetic[:N]`: the generated set with N training images (default synthetic.DEFAULT_TRAIN)."""
+    from tuneassist.engine import synthetic
+
+    n_train = synthetic.DEFAULT_TRAIN
+    if arg is not None:
+        try:
+            n_train = int(arg)
+        except ValueError:
+            n_train = -1
+        if not (10 <= n_train <= _SYNTHETIC_MAX):
+            raise UserError(
+                f"synthetic size {arg!r} must be an integer from 10 to {_SYNTHETIC_MAX}, e.g. synthetic:2000"
+            )
+    return synthetic.generate(n_train)

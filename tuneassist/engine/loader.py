@@ -28,6 +28,11 @@ import torch
 
 from tuneassist.errors import UserError
 
+# DeviceLoader's keyword settings and their defaults (engine.stream.StreamLoader takes the same)
+SETTINGS: dict[str, Any] = dict(
+    augment=True, seed=0, channels_last=False, drop_last=None, padding=4, rank=0, world_size=1
+)
+
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed per (seed, epoch) so that seed s epoch e+1 never equals seed s+1 epoch e."""
@@ -81,33 +86,23 @@ class DeviceLoader:
     ) -> None:
         if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
-        if y.dim() != 1 or len(y) != len(x_uint8):
-            raise ValueError(f"labels {tuple(y.shape)} do not match {len(x_uint8)} images")
         n, c, h, w = x_uint8.shape
-        if len(mean) != c or len(std) != c:
-            raise ValueError(f"mean/std need {c} values, got {len(mean)}/{len(std)}")
-        if not (0 <= rank < world_size):
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        if batch_size < 1:
-            raise UserError(f"batch size {batch_size} must be a positive integer, e.g. --batch-size 128")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
-        self.augment = bool(augment) and self.train and padding > 0
-        self.seed = int(seed)
-        self.channels_last = bool(channels_last)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.padding = int(padding)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.shape = (c, h, w)
-        self.num_samples = n // world_size if self.train else len(range(rank, n, world_size))
-        if self.drop_last and self.num_samples < self.batch_size:
-            raise UserError(
-                f"batch size {self.batch_size} is larger than the {self.num_samples} training images "
-                f"per device; use --batch-size {max(1, self.num_samples)} or less"
-            )
-        self._epoch = 0
-        self._start_batch = 0
+        self._configure(
+            (n, c, h, w),
+            y,
+            batch_size,
+            device,
+            mean,
+            std,
+            train=train,
+            augment=augment,
+            seed=seed,
+            channels_last=channels_last,
+            drop_last=drop_last,
+            padding=padding,
+            rank=rank,
+            world_size=world_size,
+        )
 
         x = x_uint8.to(self.device)
         if self.augment:
@@ -142,6 +137,54 @@ class DeviceLoader:
 
         if self.augment:
             self._build_rows()
+
+    def _configure(
+        self,
+        shape: tuple[int, int, int, int],
+        y: torch.Tensor,
+        batch_size: int,
+        device: str | torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        train: bool,
+        augment: bool,
+        seed: int,
+        channels_last: bool,
+        drop_last: bool | None,
+        padding: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        """Check and keep the settings of a split of `shape` (N,C,H,W): the part every loader shares
+        (engine.stream.StreamLoader too), whatever holds the images."""
+        n, c, h, w = shape
+        if y.dim() != 1 or len(y) != n:
+            raise ValueError(f"labels {tuple(y.shape)} do not match {n} images")
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std need {c} values, got {len(mean)}/{len(std)}")
+        if not (0 <= rank < world_size):
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if batch_size < 1:
+            raise UserError(f"batch size {batch_size} must be a positive integer, e.g. --batch-size 128")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.augment = bool(augment) and self.train and padding > 0
+        self.seed = int(seed)
+        self.channels_last = bool(channels_last)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.padding = int(padding)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.shape = (c, h, w)
+        self.num_samples = n // world_size if self.train else len(range(rank, n, world_size))
+        if self.drop_last and self.num_samples < self.batch_size:
+            raise UserError(
+                f"batch size {self.batch_size} is larger than the {self.num_samples} training images "
+                f"per device; use --batch-size {max(1, self.num_samples)} or less"
+            )
+        self._epoch = 0
+        self._start_batch = 0
 
     def _build_rows(self) -> None:
         """Row-start offsets of a crop at offset (0, 0) and the overlapping-window view they index.

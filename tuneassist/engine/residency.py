@@ -10,6 +10,7 @@ data set that does not fit is streamed (engine/stream.py), never decoded whole.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,3 +102,28 @@ def choose(fp: Footprint, name: str, device: torch.device, forced: bool, workers
     if fp.resident > budget:
         return True, (f"{fp.what(name)} do not fit in the {_size(budget)} budget ({source}): streaming {via}")
     return False, f"{fp.what(name)} fit in the {_size(budget)} budget ({source}): held on {device}"
+
+
+class Chooser:
+    """The choice for one data set on one device: `stream_if` answers it (once the source knows its
+    images' count and shape) and keeps the notice in `note`; with no device, never stream, no notice."""
+
+    def __init__(self, device: str | None, *, stream: bool, augment: bool, name: str) -> None:
+        from tuneassist.engine.stream import stream_workers
+
+        self.device = data_device(device) if device is not None else None
+        self.workers = stream_workers() if self.device is not None else 0
+        self.stream, self.augment, self.name = stream, augment, name
+        self.note = ""
+
+    def stream_if(self, images: int, item_shape: Sequence[int], element_bytes: int) -> bool:
+        """Whether to stream `images` of `item_shape` (C,H,W; every one counted as train: the estimate
+        errs high), each value `element_bytes` (uint8 1, float32 4)."""
+        if self.device is None:
+            return False
+        c, h, w = (int(v) for v in item_shape)
+        fp = Footprint(
+            images, images, (c, h, w), c * h * w * element_bytes, self.augment, self.device.type == "cpu"
+        )
+        streamed, self.note = choose(fp, self.name, self.device, self.stream, self.workers)
+        return streamed

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from tuneassist.engine.items import ItemImages
-from tuneassist.engine.loader import DeviceLoader, _epoch_seed
+from tuneassist.engine.loader import SETTINGS, DeviceLoader, _epoch_seed
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
@@ -131,9 +131,9 @@ class _EpochBatches:
 class StreamLoader(DeviceLoader):
     """`DeviceLoader` for a split held as items: batches read by `workers` DataLoader processes."""
 
-    def __init__(
+    def __init__(  # type: ignore[override]
         self,
-        x_uint8: ItemImages,  # type: ignore[override]
+        x_uint8: ItemImages,
         y: torch.Tensor,
         batch_size: int,
         device: str | torch.device,
@@ -141,43 +141,16 @@ class StreamLoader(DeviceLoader):
         std: Sequence[float],
         *,
         train: bool,
-        augment: bool = True,
-        seed: int = 0,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        padding: int = 4,
-        rank: int = 0,
-        world_size: int = 1,
         workers: int | None = None,
+        **settings: Any,
     ) -> None:
+        """DeviceLoader's arguments and defaults (augment, seed, channels_last, drop_last, padding, rank,
+        world_size), plus `workers`: DataLoader processes (default `stream_workers()`)."""
         images = x_uint8
         n, c, h, w = images.shape
-        if y.dim() != 1 or len(y) != n:
-            raise ValueError(f"labels {tuple(y.shape)} do not match {n} images")
-        if len(mean) != c or len(std) != c:
-            raise ValueError(f"mean/std need {c} values, got {len(mean)}/{len(std)}")
-        if not (0 <= rank < world_size):
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        if batch_size < 1:
-            raise UserError(f"batch size {batch_size} must be a positive integer, e.g. --batch-size 128")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
-        self.augment = bool(augment) and self.train and padding > 0
-        self.seed = int(seed)
-        self.channels_last = bool(channels_last)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.padding = int(padding)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.shape = (c, h, w)
-        self.num_samples = n // world_size if self.train else len(range(rank, n, world_size))
-        if self.drop_last and self.num_samples < self.batch_size:
-            raise UserError(
-                f"batch size {self.batch_size} is larger than the {self.num_samples} training images "
-                f"per device; use --batch-size {max(1, self.num_samples)} or less"
-            )
-        self._epoch = 0
-        self._start_batch = 0
+        self._configure(
+            (n, c, h, w), y, batch_size, device, mean, std, train=train, **{**SETTINGS, **settings}
+        )
         self._n_all = n
         self.y = y.to(torch.int64)
         self.workers = stream_workers() if workers is None else int(workers)
