@@ -26,7 +26,7 @@ import re
 import signal
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,10 @@ def _listing(split_dir: Path, classes: list[str]) -> list[list[tuple[str, int, i
         files.sort()
         out.append(files)
     if skipped:
-        first, exc = skipped[0]
+        first, err = skipped[0]
         warnings.warn(
             f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {split_dir} that cannot be "
-            f"read (first: {first}: {exc.strerror or exc}); delete or fix them to silence this",
+            f"read (first: {first}: {err.strerror or err}); delete or fix them to silence this",
             DataWarning,
             stacklevel=4,
         )
@@ -101,11 +101,12 @@ def _decode_one(path: str, side: int = SIZE) -> tuple[np.ndarray, tuple[int, int
     """One image as side x side x 3 uint8 and its original (width, height). Raises on unreadable files."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        size = (int(im.size[0]), int(im.size[1]))
+    with Image.open(path) as opened:
+        size = (int(opened.size[0]), int(opened.size[1]))
         resized = size != (side, side)
         if resized:
-            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
+            opened.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
+        im: Image.Image = opened
         if im.mode == "P":
             im = im.convert("RGBA")  # palette transparency is only honoured via RGBA
         if im.mode != "RGB":
@@ -176,7 +177,7 @@ def _pool_child_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
+def _decode_in_pool(chunks: Sequence[list[str]], procs: int) -> list | None:
     """Decode chunks in `procs` worker processes; None if workers cannot be started here."""
     methods = multiprocessing.get_all_start_methods()
     # fork: workers start instantly and need no re-import (torch's DataLoader does the same on Linux).

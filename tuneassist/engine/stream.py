@@ -131,7 +131,7 @@ class _EpochBatches:
 class StreamLoader(DeviceLoader):
     """`DeviceLoader` for a split held as items: batches read by `workers` DataLoader processes."""
 
-    def __init__(  # type: ignore[override]
+    def __init__(
         self,
         x_uint8: ItemImages,
         y: torch.Tensor,

@@ -134,7 +134,7 @@ class StartScreen(LiveScreen):
                 classes="note",
                 id="keys-hint",
             )
-        table = DataTable(id="sessions", cursor_type="row")
+        table: DataTable[str] = DataTable(id="sessions", cursor_type="row")
         table.border_title = "Sessions (enter resumes)"
         yield table
         yield KeyFooter()
