@@ -204,3 +204,71 @@ def test_start_screen_asks_before_a_module_model_and_names_the_file(
     cl = sessions[0]["state"]["checklist"]
     assert cl["allow_import"] is True and cl["model_dir"] == str((tmp_path / "nets").resolve())
     assert not marker.exists() and name not in sys.modules  # the UI process imported nothing
+
+
+def test_start_screen_takes_a_training_function_and_user_data_with_one_consent(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textual.widgets import Input
+
+    from tuneassist.runs.store import Store
+    from tuneassist.tui.app import TuneApp
+    from tuneassist.tui.dialogs import ConfirmDialog
+
+    name = f"tuitrain_{next(_counter)}"
+    more = "\n    def train(hp, report):\n        pass\n\n    def data():\n        pass\n"
+    f = _net(tmp_path / "code", name, NET + more)
+    monkeypatch.chdir(tmp_path / "code")
+    ws = tmp_path / "ws"
+
+    async def main() -> str:
+        app = TuneApp(workspace=ws, manage_queue=False, poll_seconds=0.2)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            app.screen.query_one("#data", Input).value = f"{name}:data"
+            app.screen.query_one("#train", Input).value = f"{name}:train"
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, ConfirmDialog)
+            shown = app.screen.message
+            await pilot.press("y")
+            await pilot.pause(0.2)
+        return shown
+
+    shown = asyncio.run(main())
+    assert f"Training function {name}:train imports and runs {f.resolve()}" in shown, shown
+    assert f"Data {name}:data imports and runs {f.resolve()}" in shown and "Import it?" in shown
+    (session,) = [s for s in Store(ws).list_sessions() if "checklist" in (s.get("state") or {})]
+    cl = session["state"]["checklist"]
+    assert cl["train_fn"] == cl["model"] == f"{name}:train" and cl["data"] == f"{name}:data"
+    assert cl["allow_import"] is True and cl["model_dir"] == str((tmp_path / "code").resolve())
+    assert not marker.exists() and name not in sys.modules  # the UI process imported nothing
+    spec = prepare_spec(Checklist.from_dict(cl)._spec())  # as the launcher records it, for the workers
+    assert spec.data_module_dir == str((tmp_path / "code").resolve()) and spec.train_fn == f"{name}:train"
+
+
+def test_start_screen_size_field_sets_the_sessions_image_size(tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    from tuneassist.runs.store import Store
+    from tuneassist.tui.app import TuneApp
+
+    ws = tmp_path / "ws"
+
+    async def main() -> str:
+        app = TuneApp(workspace=ws, manage_queue=False, poll_seconds=0.2)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            app.screen.query_one("#image-size", Input).value = "48"
+            await pilot.pause(0.2)
+            refused = str(app.screen.query_one("#estimate").render())
+            app.screen.query_one("#data", Input).value = f"folder:{tmp_path / 'imgs'}"
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.2)
+        return refused
+
+    refused = asyncio.run(main())
+    assert "--image-size 48: synthetic is 32x32" in refused  # said in the form, before anything is made
+    (session,) = [s for s in Store(ws).list_sessions() if "checklist" in (s.get("state") or {})]
+    cl = Checklist.from_dict(session["state"]["checklist"])
+    assert cl.image_size == 48 and cl._spec().image_size == 48

@@ -1,5 +1,10 @@
-"""Data references (`synthetic`, `synthetic:N`, `cifar10`, `cifar100`, `folder:PATH`) and the facts of the
-built-in data sets: one parser and one table for the spec, the profiles, the advisor, the CLI and the engine.
+"""Data references (`synthetic`, `synthetic:N`, `cifar10`, `cifar100`, `folder:PATH`, `module:function`) and
+the facts of the built-in data sets: one parser and one table for the spec, the profiles, the advisor, the CLI
+and the engine.
+
+`module:function` is the user's own data: a function of no arguments returning (train, test) torch Datasets
+of (CHW float image tensor, int label). It is named here, never imported: importing it runs the user's
+code, which only the engine does, after the user's consent (--allow-import, tuneassist.usercode).
 
 Pure Python (no torch): the UI process sizes runs from these facts without loading any data.
 """
@@ -14,7 +19,8 @@ from pathlib import Path
 
 from tuneassist.errors import UserError
 
-USAGE = "synthetic, synthetic:N, cifar10, cifar100 or folder:PATH"
+USAGE = "synthetic, synthetic:N, cifar10, cifar100, folder:PATH or module:function (your Datasets)"
+RESERVED = ("synthetic", "folder", "cifar10", "cifar100")  # kinds a module of that name would shadow
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,21 @@ BUILTIN: dict[str, DataFacts] = {
 DEFAULT_VAL_FRACTION = 0.1
 
 
+def is_data_module(ref: str) -> bool:
+    """Whether a data reference is `module:function` (the user's Datasets; never imported here)."""
+    mod, sep, fn = ref.strip().partition(":")
+    return (
+        bool(sep and mod and fn)
+        and mod.split(".")[0] not in RESERVED
+        and all(p.isidentifier() for p in mod.split("."))
+        and fn.isidentifier()
+    )
+
+
 def parse_data(ref: str) -> tuple[str, str | None]:
     """Split a data reference into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d"),
-    ``cifar10`` -> ("cifar10", None); UserError naming the forms for anything else."""
+    ``cifar10`` -> ("cifar10", None), ``mydata:datasets`` -> ("module", "mydata:datasets"); UserError
+    naming the forms for anything else."""
     ref = ref.strip()
     kind, sep, arg = ref.partition(":")
     if kind in ("synthetic", "folder") and sep:
@@ -47,6 +65,8 @@ def parse_data(ref: str) -> tuple[str, str | None]:
         return kind, arg
     if ref in BUILTIN:
         return ref, None
+    if is_data_module(ref):
+        return "module", ref
     raise UserError(f"unknown data set {ref!r}; use {USAGE}")
 
 

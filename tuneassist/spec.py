@@ -65,6 +65,9 @@ class RunSpec:
     # An image folder's side in pixels (its images are resized to it); None: the folder's most common
     # size. The other data sets are 32x32.
     image_size: int | None = None
+    # Stream the data through DataLoader workers even when it fits on the device (--stream); by default
+    # a split streams only when it does not fit (tuneassist.engine.data).
+    stream: bool = False
     schedule: str = "onecycle"
     # LR: constant/step use lr_max; onecycle goes lr_min -> lr_max -> lr_min -> lr_min/final_div;
     # range tests go lr_min -> lr_max.
@@ -105,6 +108,7 @@ class RunSpec:
     # Where a `module:function` model's module was found when the run was launched (the sys.path entry);
     # every worker imports it from there, whatever directory it starts in. See tuneassist.usercode.
     model_dir: str | None = None
+    data_module_dir: str | None = None  # the same for a `--data module:function` (the user's Datasets)
     # Your own training function, `module:function` (`--train`): it trains your model on your data with
     # this spec's hyperparameters (tuneassist.engine.usertrain); `model` then names the same function.
     train_fn: str | None = None

@@ -1,4 +1,4 @@
-"""A user's own `module:function` model: consent before anything imports it, and where it lives.
+"""A user's own `module:function` model or data: consent before anything imports it, and where it lives.
 
 Torch-free and import-free: the CLI and the UI call this at launch. Finding the module uses the path
 finder only (it reads directory listings; no module code runs), so the launcher can record the folder
@@ -14,6 +14,7 @@ import sys
 from importlib.machinery import PathFinder
 from pathlib import Path
 
+from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
 
@@ -23,9 +24,9 @@ def is_user_model(model: str) -> bool:
     return ":" in model
 
 
-def consent_error(model: str) -> UserError:
-    """The one refusal every front end gives for a user model without consent."""
-    return UserError(f"--model {model} imports your code; add --allow-import to confirm")
+def consent_error(model: str, flag: str = "--model") -> UserError:
+    """The one refusal every front end gives for a user model (or `flag` "--data": data) without consent."""
+    return UserError(f"{flag} {model} imports your code; add --allow-import to confirm")
 
 
 def _search_path(cwd: Path) -> list[str]:
@@ -39,8 +40,11 @@ def _search_path(cwd: Path) -> list[str]:
     return out
 
 
-def locate_module(model: str, cwd: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
-    """(the folder to put on sys.path, the file or package folder found) for `model`'s module.
+def locate_module(
+    model: str, cwd: str | os.PathLike[str] | None = None, flag: str = "--model"
+) -> tuple[Path, Path]:
+    """(the folder to put on sys.path, the file or package folder found) for `model`'s module (`flag`
+    names the option it came from in the messages: --model, or --data for the user's Datasets).
 
     Only the top-level name is looked up (a dotted module is imported from its top package's folder),
     so no package `__init__` runs here. Raises UserError naming the module when nothing has it.
@@ -48,6 +52,11 @@ def locate_module(model: str, cwd: str | os.PathLike[str] | None = None) -> tupl
     module = model.partition(":")[0].strip()
     top = module.split(".")[0]
     if not top.isidentifier():
+        if flag == "--data":
+            raise UserError(
+                f"data {model!r} is not a valid module:function; use e.g. --data mydata:datasets "
+                "(a function returning your (train, test) Datasets)"
+            )
         raise UserError(
             f"model {model!r} is not a valid module:function; use e.g. --model mynets:build "
             "(a function taking num_classes and returning an nn.Module)"
@@ -72,7 +81,7 @@ def locate_module(model: str, cwd: str | os.PathLike[str] | None = None) -> tupl
     if namespace is not None:
         return namespace
     raise UserError(
-        f"cannot find module {top!r} for --model {model} from {here} or PYTHONPATH; run from the folder "
+        f"cannot find module {top!r} for {flag} {model} from {here} or PYTHONPATH; run from the folder "
         f"that holds {top}.py, or add that folder to PYTHONPATH"
     )
 
@@ -83,7 +92,14 @@ def prepare_spec(spec: RunSpec, cwd: str | os.PathLike[str] | None = None) -> Ru
     A built-in model passes unchanged. A user model without `allow_import` is refused here, before
     anything is queued; with it, the folder its module is found in from `cwd` is recorded (unless the
     spec already holds one: a resumed or re-run spec keeps the folder it was first launched with).
+    `--data module:function` (the user's Datasets) takes the same consent, its folder in `data_module_dir`.
     """
+    if is_data_module(spec.data):  # the user's Datasets: the same consent, their own folder
+        if not spec.allow_import:
+            raise consent_error(spec.data, "--data")
+        if not spec.data_module_dir:
+            folder, _ = locate_module(spec.data, cwd, flag="--data")
+            spec = dataclasses.replace(spec, data_module_dir=str(folder))
     if not is_user_model(spec.model):
         return spec
     if not spec.allow_import:

@@ -32,6 +32,8 @@ class RunSpecs(ChecklistState):
             allow_import=self.allow_import,
             model_dir=self.model_dir,
             train_fn=self.train_fn,
+            image_size=self.image_size,
+            stream=self.stream,
         )
         base.update(kw)
         return RunSpec(**base).validate()

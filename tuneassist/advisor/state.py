@@ -44,6 +44,8 @@ class ChecklistState:
     allow_import: bool = False  # the user's consent to import a module:function model (tune --allow-import)
     model_dir: str | None = None  # where that module was found at launch (tuneassist.usercode)
     train_fn: str | None = None  # the user's own training function, tune --train (engine/usertrain.py)
+    image_size: int | None = None  # a folder's side, tune --image-size (None: its most common size)
+    stream: bool = False  # tune --stream: every run reads its data through DataLoader workers
     session_id: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.spec import BUILTIN_MODELS, RunSpec, lr_range_ok
 
@@ -47,7 +48,10 @@ def _posint(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--data", default="synthetic", help="synthetic (offline default), cifar10, cifar100 or folder:PATH"
+        "--data",
+        default="synthetic",
+        help="synthetic (offline default), cifar10, cifar100, folder:PATH or module:function (your (train, "
+        "test) Datasets; needs --allow-import)",
     )
     p.add_argument(
         "--image-size",
@@ -55,6 +59,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="side in pixels that a folder:PATH's images are resized to (default: the folder's most common "
         "size; the other data sets are 32x32)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the data through DataLoader workers even when it fits on the device (default: only "
+        "when it does not; the run's first line says which)",
     )
     p.add_argument("--data-dir", default=None, help="where cifar10/cifar100 files are cached")
     p.add_argument(
@@ -68,7 +78,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "run's hyperparameters (see examples/cifar_style.py); needs --allow-import",
     )
     p.add_argument(
-        "--allow-import", action="store_true", help="allow --model module:function to import your module"
+        "--allow-import",
+        action="store_true",
+        help="allow a module:function (--model, --train or --data) to import your module",
     )
     p.add_argument("--batch-size", type=_posint, default=128, help="total batch size (default 128)")
     p.add_argument("--wd", type=_float, default=None, help="L2 weight decay")
@@ -175,6 +187,7 @@ def _spec_from_args(args: argparse.Namespace, **over: Any) -> RunSpec:
         data=args.data,
         data_dir=args.data_dir,
         image_size=args.image_size,
+        stream=args.stream,
         model=args.model,
         allow_import=args.allow_import,
         batch_size=args.batch_size,
@@ -253,6 +266,8 @@ class Progress:
                 f"({e['epochs']:.3g} epochs of {self.spe})",
                 file=sys.stderr,
             )
+            if e.get("data_note"):  # held on the device, or streamed, and why
+                print(e["data_note"], file=sys.stderr)
         elif t == "step":
             self.last_loss, self.ips = e["train_loss"], e["images_per_s"]
             now = time.perf_counter()
@@ -396,6 +411,8 @@ def render_lr_find(result: dict[str, Any]) -> str:
     data, model = shlex.quote(str(result["spec"]["data"])), shlex.quote(str(result["spec"]["model"]))
     train = result["spec"].get("train_fn")
     net = f"--train {shlex.quote(str(train))} --allow-import" if train else f"--model {model}"
+    if not train and (":" in str(result["spec"]["model"]) or is_data_module(str(result["spec"]["data"]))):
+        net += " --allow-import"  # a module:function model or data imports the user's code
     if s.get("min_lr") is None or s.get("max_lr") is None:  # no range: the failure's advice is the news
         retry = s.get("retry_range")
         lr = f" --lr {retry[0]:.3g}:{retry[1]:.3g}" if retry else ""
@@ -442,6 +459,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             over.pop("optimizer")
         if args.devices is None:
             args.devices = base["devices"]
+        if args.image_size is None and args.data in (None, base["data"]):  # the size it was tuned at
+            args.image_size = base["image_size"]
         if args.wd is None:
             args.wd = over["weight_decay"]
     for k, v in TRAIN_DEFAULTS.items():

@@ -22,7 +22,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume continues the session.",
     )
     p.add_argument(
-        "--data", default="synthetic", help="synthetic, cifar10, cifar100 or folder:PATH (default: synthetic)"
+        "--data",
+        default="synthetic",
+        help="synthetic, cifar10, cifar100, folder:PATH or module:function (your (train, test) Datasets; "
+        "needs --allow-import) (default: synthetic)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side in pixels that a folder:PATH's images are resized to (default: the folder's most common "
+        "size); the profile records it",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the data through DataLoader workers in every run, even when it fits on the device",
     )
     p.add_argument(
         "--model",
@@ -217,6 +232,14 @@ def _new_session(args: argparse.Namespace, store: Any, quiet: bool) -> tuple[Any
     if args.train:  # the function trains its own model: it names the runs' model too
         args.model = args.train
     name = _profile_name(args, args.data, args.model, args.budget)
+    from tuneassist.dataref import folder_side, is_data_module
+    from tuneassist.usercode import consent_error
+
+    if is_data_module(args.data) and not args.allow_import:  # the user's Datasets: the same consent
+        raise consent_error(args.data, "--data")
+    side = args.image_size
+    if side is None and args.data.startswith("folder:"):  # the size it is tuned at, in the profile
+        side = folder_side(args.data.partition(":")[2])
     model_dir = _user_model_dir(args)
     probe = _probe(args, model_dir, quiet)
     refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
@@ -233,9 +256,11 @@ def _new_session(args: argparse.Namespace, store: Any, quiet: bool) -> tuple[Any
         epochs=args.epochs,
         refine=refine,
         baseline=not args.no_baseline,
-        allow_import=args.allow_import and model_dir is not None,
+        allow_import=args.allow_import and (model_dir is not None or is_data_module(args.data)),
         model_dir=model_dir,
         train_fn=args.train,
+        image_size=side,
+        stream=args.stream,
         time_s=args.time,
         images_per_s=ips if args.time else None,
     )

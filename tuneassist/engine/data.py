@@ -1,8 +1,11 @@
-"""Data sets by name: ``synthetic[:N]``, ``cifar10``, ``cifar100``, ``folder:PATH``.
+"""Data sets by name: ``synthetic[:N]``, ``cifar10``, ``cifar100``, ``folder:PATH``, ``module:function``.
 
-Every source returns whole splits as uint8 CPU tensors (N,3,32,32), so the loader can put a split on the
-training device in one copy. A validation split is held out of train (seeded, default 10%): tuning
-decisions read it, while the test split is kept for the final report.
+Every source returns whole splits as uint8 CPU tensors (N,3,H,W; a user's Datasets: float32), so the
+loader can put a split on the training device in one copy. A data set that does not fit on the device
+(engine/residency.py), or any with ``stream``, is held as items instead (engine/items.py) and streamed
+through DataLoader workers (engine/stream.py); `Dataset.note` says which. A validation split is held out
+of train (seeded, default 10%): tuning decisions read it, while the test split is kept for the final
+report.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tuneassist.dataref import parse_data
 from tuneassist.engine.folder import DataWarning
 from tuneassist.errors import UserError
+from tuneassist.spec import RunSpec
 
 __all__ = [
     "DataWarning",
@@ -24,6 +29,7 @@ __all__ = [
     "channel_stats",
     "default_cache_dir",
     "load_dataset",
+    "load_for_run",
     "parse_spec",
     "split_validation",
 ]
@@ -45,7 +51,10 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class Dataset:
-    """Train/val/test splits as uint8 CPU tensors N,3,H,W (labels int64) plus train-split statistics."""
+    """Train/val/test splits as uint8 CPU tensors N,3,H,W (labels int64) plus train-split statistics.
+
+    Streamed, the image splits are ItemImages (the same `shape`, `len` and `index_select`); labels are
+    tensors either way."""
 
     name: str
     classes: list[str]
@@ -57,10 +66,15 @@ class Dataset:
     test_y: torch.Tensor
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    note: str = ""  # the one line that says whether the splits are held on the device or streamed
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train_x, torch.Tensor)
 
     def summary(self) -> str:
         """One line for logs: name, class count and split sizes."""
@@ -158,9 +172,42 @@ def _warn_weak_validation(name: str, classes: list[str], val_y: torch.Tensor, va
         )
 
 
+def float_stats(x: torch.Tensor, max_images: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of float images (a user's Datasets), from an evenly strided subset."""
+    if len(x) == 0:
+        raise UserError("the training split is empty; the data set needs training images")
+    if len(x) > max_images:
+        x = x[:: -(-len(x) // max_images)]
+    v = x.to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
+    return tuple(v.mean(1).tolist()), tuple(max(float(s), 1e-3) for s in v.std(1, correction=0).tolist())
+
+
+def _stats(x: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The train split's channel statistics; a streamed split's from a strided sample of its items."""
+    from tuneassist.engine.items import TensorImages
+
+    if isinstance(x, TensorImages):  # in host memory: the same figures as resident
+        x = x.x.index_select(0, torch.from_numpy(x.indices))
+    elif not isinstance(x, torch.Tensor):
+        from tuneassist.engine.stream import read_sample
+
+        x = read_sample(x, 2048)
+    return channel_stats(x) if x.dtype == torch.uint8 else float_stats(x)
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split a data spec into (kind, argument), e.g. ``folder:/d`` -> ("folder", "/d"): tuneassist.dataref."""
     return parse_data(spec)
+
+
+def load_for_run(spec: RunSpec) -> Dataset:
+    """The data set of a run: its spec's data, split, size, consent, and the resident-or-streamed choice
+    for its device."""
+    return load_dataset(
+        spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed,
+        image_size=spec.image_size, device=spec.device, stream=spec.stream, augment=spec.augment,
+        allow_import=spec.allow_import, module_dir=spec.data_module_dir,
+    )  # fmt: skip
 
 
 def load_dataset(
@@ -169,52 +216,69 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     image_size: int | None = None,
+    *,
+    device: str | None = None,
+    stream: bool = False,
+    augment: bool = True,
+    allow_import: bool = False,
+    module_dir: str | None = None,
 ) -> Dataset:
     """Load a data set by spec and hold out a seeded validation split from its train split.
 
     `data_dir` holds downloads (cifar) and decoded-folder caches; default :func:`default_cache_dir`.
     The `seed` only chooses the validation split: the synthetic images are the same for every seed.
     `image_size` is an image folder's side (default: its most common size); the other sets are 32x32.
+
+    `device` (a run's, e.g. "auto"): the splits are held as items and streamed when they do not fit in
+    its budget, or always with `stream`; None: held whole, no budget read. `augment` sizes the estimate.
+    A `module:function` (the user's Datasets) is imported only with `allow_import`, from `module_dir`.
     """
     kind, arg = parse_spec(spec)
     if kind != "folder" and image_size not in (None, 32):
+        size = "gives its own image size (resize in your Datasets)" if kind == "module" else "is 32x32"
         raise UserError(
-            f"--image-size {image_size}: {spec.strip()} is 32x32; the image size applies to folder:PATH data"
+            f"--image-size {image_size}: {spec.strip()} {size}; the image size applies to folder:PATH data"
         )
-    root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
-    if kind == "synthetic":
-        from tuneassist.engine import synthetic
+    from tuneassist.engine.residency import Chooser
 
-        n_train = synthetic.DEFAULT_TRAIN
-        if arg is not None:
-            try:
-                n_train = int(arg)
-            except ValueError:
-                n_train = -1
-            if not (10 <= n_train <= _SYNTHETIC_MAX):
-                raise UserError(
-                    f"synthetic size {arg!r} must be an integer from 10 to {_SYNTHETIC_MAX}, "
-                    "e.g. synthetic:2000"
-                )
-        classes, tx, ty, sx, sy = synthetic.generate(n_train)
-        name = spec.strip()
+    path = Chooser(device, stream=stream, augment=augment, name=spec.strip())
+    root = Path(data_dir).expanduser() if data_dir else default_cache_dir()
+    tx: Any  # the train and test images: uint8 tensors, float tensors, or items to stream
+    sx: Any
+    if kind == "synthetic":
+        classes, tx, ty, sx, sy = _synthetic(arg)
     elif kind in ("cifar10", "cifar100"):
         from tuneassist.engine import cifar
 
         classes, tx, ty, sx, sy = cifar.load_cifar(kind, root)
-        name = kind
+        path.name = kind
+    elif kind == "module":
+        from tuneassist.engine.userdata import user_data
+
+        assert arg is not None
+        path.name = arg
+        classes, tx, ty, sx, sy = user_data(
+            arg, module_dir, allow_import, path.workers, lambda n, shape: not path.stream_if(n, shape, 4)
+        )
     else:
         from tuneassist.engine import folder
 
         assert arg is not None  # parse_spec guarantees a path
-        classes, tx, ty, sx, sy = folder.load_folder(arg, root, image_size=image_size)
-        name = f"folder:{arg}"
+        path.name = f"folder:{arg}"
+        classes, tx, ty, sx, sy = folder.load_folder(
+            arg, root, image_size=image_size,
+            stream_if=None if path.device is None else lambda n, side: path.stream_if(n, (3, side, side), 1),
+        )  # fmt: skip
+    if kind in ("synthetic", "cifar10", "cifar100") and path.stream_if(len(tx) + len(sx), tx.shape[1:], 1):
+        from tuneassist.engine.items import TensorImages
+
+        tx, sx = TensorImages(tx), TensorImages(sx)  # held in host memory, streamed to the device
     train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
     if kind != "synthetic":  # synthetic data is for trying things out: small on purpose
-        _warn_weak_validation(name, list(classes), val_y, val_fraction)
-    mean, std = channel_stats(train_x)
+        _warn_weak_validation(path.name, list(classes), val_y, val_fraction)
+    mean, std = _stats(train_x)
     return Dataset(
-        name=name,
+        name=path.name,
         classes=list(classes),
         train_x=train_x,
         train_y=train_y,
@@ -224,4 +288,22 @@ def load_dataset(
         test_y=sy,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
+        note=path.note,
     )
+
+
+def _synthetic(arg: str | None) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`synthetic[:N]`: the generated set with N training images (default synthetic.DEFAULT_TRAIN)."""
+    from tuneassist.engine import synthetic
+
+    n_train = synthetic.DEFAULT_TRAIN
+    if arg is not None:
+        try:
+            n_train = int(arg)
+        except ValueError:
+            n_train = -1
+        if not (10 <= n_train <= _SYNTHETIC_MAX):
+            raise UserError(
+                f"synthetic size {arg!r} must be an integer from 10 to {_SYNTHETIC_MAX}, e.g. synthetic:2000"
+            )
+    return synthetic.generate(n_train)

@@ -26,8 +26,9 @@ import re
 import signal
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,10 +76,10 @@ def _listing(split_dir: Path, classes: list[str]) -> list[list[tuple[str, int, i
         files.sort()
         out.append(files)
     if skipped:
-        first, exc = skipped[0]
+        first, err = skipped[0]
         warnings.warn(
             f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {split_dir} that cannot be "
-            f"read (first: {first}: {exc.strerror or exc}); delete or fix them to silence this",
+            f"read (first: {first}: {err.strerror or err}); delete or fix them to silence this",
             DataWarning,
             stacklevel=4,
         )
@@ -100,11 +101,12 @@ def _decode_one(path: str, side: int = SIZE) -> tuple[np.ndarray, tuple[int, int
     """One image as side x side x 3 uint8 and its original (width, height). Raises on unreadable files."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        size = (int(im.size[0]), int(im.size[1]))
+    with Image.open(path) as opened:
+        size = (int(opened.size[0]), int(opened.size[1]))
         resized = size != (side, side)
         if resized:
-            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
+            opened.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
+        im: Image.Image = opened
         if im.mode == "P":
             im = im.convert("RGBA")  # palette transparency is only honoured via RGBA
         if im.mode != "RGB":
@@ -175,7 +177,7 @@ def _pool_child_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_in_pool(chunks: list[list[str]], procs: int) -> list | None:
+def _decode_in_pool(chunks: Sequence[list[str]], procs: int) -> list | None:
     """Decode chunks in `procs` worker processes; None if workers cannot be started here."""
     methods = multiprocessing.get_all_start_methods()
     # fork: workers start instantly and need no re-import (torch's DataLoader does the same on Linux).
@@ -295,6 +297,9 @@ def _split_dirs(root: Path, fix: str) -> tuple[Path, Path] | None:
     return train_dir, test_dir
 
 
+StreamIf = Callable[[int, int], bool]  # (images in all, side) -> stream them rather than decode them all
+
+
 def load_folder(
     path: str | os.PathLike[str],
     cache_root: str | os.PathLike[str],
@@ -302,12 +307,17 @@ def load_folder(
     image_size: int | None = None,
     processes: int | None = None,
     pool_min_files: int = _POOL_MIN_FILES,
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    stream_if: StreamIf | None = None,
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
     """Return (classes, train_x, train_y, test_x, test_y) of an image folder, via the decode cache.
 
     Classes are the sorted sub-directories of ``train/``; ``test/`` (or ``val/``) must have the same ones.
     A folder without ``train/`` is a single root of class folders: a seeded share of each class is its
     test split. Images come out `image_size` square, by default the folder's most common size.
+
+    `stream_if(images, side)` True: the folder is not decoded (nor cached); train_x and test_x are
+    FolderImages (engine/items.py), whose files the streamed loader decodes per item. The default side
+    then comes from the headers of up to 2,000 files, evenly spread (dataref.folder_side's way).
     """
     fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
     if image_size is not None and not (
@@ -324,7 +334,7 @@ def load_folder(
     try:
         dirs = _split_dirs(root, fix)
         cache = Path(cache_root).expanduser()
-        return _load_folder(root, dirs, cache, image_size, processes, pool_min_files)
+        return _load_folder(root, dirs, cache, image_size, processes, pool_min_files, stream_if)
     except OSError as e:  # permissions, vanished files, I/O errors while listing
         raise UserError(f"cannot read image folder {root}: {e}; check that the files are readable") from e
 
@@ -353,7 +363,8 @@ def _load_folder(
     image_size: int | None,
     processes: int | None,
     pool_min_files: int,
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    stream_if: StreamIf | None = None,
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
     train_dir, test_dir = dirs if dirs is not None else (root, root)
     classes = _subdirs(train_dir)
     if not classes:
@@ -396,6 +407,11 @@ def _load_folder(
         )
     # (split, folder) of every listed file: train and test may share one folder (a single root)
     listings = {("train", train_dir): train_files, ("test", test_dir): test_files}
+    if stream_if is not None:
+        paths, labels, splits = _flat(classes, listings)
+        side = image_size or common_side(scan_sizes(paths[:: max(1, len(paths) // 2000)][:2000]))
+        if stream_if(len(paths), side):
+            return _streamed(classes, paths, labels, splits, side)
 
     asked = "auto" if image_size is None else str(image_size)
     layout = "single" if dirs is None else test_dir.name
@@ -437,15 +453,7 @@ def _decode_folder(
     processes: int | None,
     pool_min_files: int,
 ) -> dict:
-    paths: list[str] = []
-    labels: list[int] = []
-    splits: list[int] = []
-    for s, ((_, split_dir), per_class) in enumerate(listings.items()):
-        for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
-            d = split_dir / cls
-            paths.extend(str(d / name) for name, _, _ in files)
-            labels.extend([k] * len(files))
-            splits.extend([s] * len(files))
+    paths, labels, splits = _flat(classes, listings)
     side = image_size if image_size is not None else common_side(scan_sizes(paths))
     images, ok, sizes, bad, first_bad = _decode_all(paths, processes, pool_min_files, side)
     lab = np.asarray(labels, dtype=np.int64)
@@ -462,6 +470,41 @@ def _decode_folder(
     out["first_bad"] = first_bad[0] if first_bad else None
     out["first_reason"] = first_bad[1] if first_bad else None
     return out
+
+
+def _flat(
+    classes: list[str], listings: dict[tuple[str, Path], Listing]
+) -> tuple[list[str], list[int], list[int]]:
+    """Every listed file's path, label and split (0 train, 1 test), in listing order."""
+    paths: list[str] = []
+    labels: list[int] = []
+    splits: list[int] = []
+    for s, ((_, split_dir), per_class) in enumerate(listings.items()):
+        for k, (cls, files) in enumerate(zip(classes, per_class, strict=True)):
+            d = split_dir / cls
+            paths.extend(str(d / name) for name, _, _ in files)
+            labels.extend([k] * len(files))
+            splits.extend([s] * len(files))
+    return paths, labels, splits
+
+
+def _streamed(
+    classes: list[str], paths: list[str], labels: list[int], splits: list[int], side: int
+) -> tuple[list[str], Any, torch.Tensor, Any, torch.Tensor]:
+    """The folder as FolderImages splits, decoded per item by the streamed loader (nothing cached)."""
+    from tuneassist.engine.items import FolderImages
+
+    lab = torch.tensor(labels, dtype=torch.int64)
+    spl = np.asarray(splits)
+    train, test = np.flatnonzero(spl == 0), np.flatnonzero(spl == 1)
+    images = FolderImages(paths, side)
+    return (
+        list(classes),
+        images.index_select(0, torch.from_numpy(train)),
+        lab[torch.from_numpy(train)],
+        images.index_select(0, torch.from_numpy(test)),
+        lab[torch.from_numpy(test)],
+    )
 
 
 def _load_cache(cache_file: Path, key: str) -> dict | None:

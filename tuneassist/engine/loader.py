@@ -22,10 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
 from tuneassist.errors import UserError
+
+# DeviceLoader's keyword settings and their defaults (engine.stream.StreamLoader takes the same)
+SETTINGS: dict[str, Any] = dict(
+    augment=True, seed=0, channels_last=False, drop_last=None, padding=4, rank=0, world_size=1
+)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -38,7 +44,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class DeviceLoader:
-    """Yields ``(x float32 normalised, y int64)`` batches from a uint8 split held on ``device``.
+    """Yields ``(x float32 normalised, y int64)`` batches from a uint8 (or float32) split held on ``device``.
+
+    Given a split held as items (engine/items.py: one that does not fit on the device, or `--stream`),
+    it is an engine.stream.StreamLoader instead: the same interface and batches, read by DataLoader
+    workers. Float32 images (a user's Datasets) are normalised as they are (no /255).
 
     Train mode: a fresh on-device permutation every epoch, crop+flip augmentation (if ``augment``), and
     the last partial batch dropped so every step has the same shape (``drop_last`` defaults to ``train``).
@@ -48,6 +58,13 @@ class DeviceLoader:
     With ``world_size > 1`` (DDP) every rank draws the same permutation and takes every
     ``world_size``-th sample from position ``rank``, so the ranks' samples are disjoint.
     """
+
+    def __new__(cls, x_uint8: Any, *args: Any, **kwargs: Any) -> DeviceLoader:
+        if cls is DeviceLoader and not isinstance(x_uint8, torch.Tensor):
+            from tuneassist.engine.stream import StreamLoader
+
+            return super().__new__(StreamLoader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -67,11 +84,83 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+        if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
-        if y.dim() != 1 or len(y) != len(x_uint8):
-            raise ValueError(f"labels {tuple(y.shape)} do not match {len(x_uint8)} images")
         n, c, h, w = x_uint8.shape
+        self._configure(
+            (n, c, h, w),
+            y,
+            batch_size,
+            device,
+            mean,
+            std,
+            train=train,
+            augment=augment,
+            seed=seed,
+            channels_last=channels_last,
+            drop_last=drop_last,
+            padding=padding,
+            rank=rank,
+            world_size=world_size,
+        )
+
+        x = x_uint8.to(self.device)
+        if self.augment:
+            # Black (zero) padding, like RandomCrop(padding=4), plus mirrored copies (a flipped crop is a
+            # crop of those), written straight into storage in the output memory order.
+            p = self.padding
+            hp, wp = h + 2 * p, w + 2 * p
+            if self.channels_last:
+                store = torch.zeros((2 * n, hp, wp, c), dtype=x.dtype, device=self.device)
+                view4 = store.permute(0, 3, 1, 2)  # NCHW indexing over NHWC memory
+            else:
+                store = view4 = torch.zeros((2 * n, c, hp, wp), dtype=x.dtype, device=self.device)
+            view4[:n, :, p : p + h, p : p + w] = x
+            view4[n:, :, p : p + h, p : p + w] = x.flip(3)
+            self._src = store
+        else:
+            # Store in the output memory order so that batches come out in it without a copy.
+            self._src = x.permute(0, 2, 3, 1).contiguous() if self.channels_last else x.contiguous()
+        self.y = y.to(self.device, dtype=torch.int64)
+        if not self.train and world_size > 1:
+            self._src = self._src[rank::world_size].contiguous()
+            self.y = self.y[rank::world_size].contiguous()
+
+        # Normalisation folded into one multiply-add on the 0..255 values: (x/255 - mean) / std (float
+        # images: (x - mean) / std).
+        unit = 255.0 if x_uint8.dtype == torch.uint8 else 1.0
+        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
+        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
+        view = (c,) if self.channels_last else (c, 1, 1)
+        self._scale = (1.0 / (unit * std_t)).view(view).to(self.device)
+        self._shift = (-mean_t / std_t).view(view).to(self.device)
+
+        if self.augment:
+            self._build_rows()
+
+    def _configure(
+        self,
+        shape: tuple[int, int, int, int],
+        y: torch.Tensor,
+        batch_size: int,
+        device: str | torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        train: bool,
+        augment: bool,
+        seed: int,
+        channels_last: bool,
+        drop_last: bool | None,
+        padding: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        """Check and keep the settings of a split of `shape` (N,C,H,W): the part every loader shares
+        (engine.stream.StreamLoader too), whatever holds the images."""
+        n, c, h, w = shape
+        if y.dim() != 1 or len(y) != n:
+            raise ValueError(f"labels {tuple(y.shape)} do not match {n} images")
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std need {c} values, got {len(mean)}/{len(std)}")
         if not (0 <= rank < world_size):
@@ -96,38 +185,6 @@ class DeviceLoader:
             )
         self._epoch = 0
         self._start_batch = 0
-
-        x = x_uint8.to(self.device)
-        if self.augment:
-            # Black (zero) padding, like RandomCrop(padding=4), plus mirrored copies (a flipped crop is a
-            # crop of those), written straight into storage in the output memory order.
-            p = self.padding
-            hp, wp = h + 2 * p, w + 2 * p
-            if self.channels_last:
-                store = torch.zeros((2 * n, hp, wp, c), dtype=torch.uint8, device=self.device)
-                view4 = store.permute(0, 3, 1, 2)  # NCHW indexing over NHWC memory
-            else:
-                store = view4 = torch.zeros((2 * n, c, hp, wp), dtype=torch.uint8, device=self.device)
-            view4[:n, :, p : p + h, p : p + w] = x
-            view4[n:, :, p : p + h, p : p + w] = x.flip(3)
-            self._src = store
-        else:
-            # Store in the output memory order so that batches come out in it without a copy.
-            self._src = x.permute(0, 2, 3, 1).contiguous() if self.channels_last else x.contiguous()
-        self.y = y.to(self.device, dtype=torch.int64)
-        if not self.train and world_size > 1:
-            self._src = self._src[rank::world_size].contiguous()
-            self.y = self.y[rank::world_size].contiguous()
-
-        # Normalisation folded into one multiply-add on the 0..255 values: (x/255 - mean) / std.
-        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
-        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
-        view = (c,) if self.channels_last else (c, 1, 1)
-        self._scale = (1.0 / (255.0 * std_t)).view(view).to(self.device)
-        self._shift = (-mean_t / std_t).view(view).to(self.device)
-
-        if self.augment:
-            self._build_rows()
 
     def _build_rows(self) -> None:
         """Row-start offsets of a crop at offset (0, 0) and the overlapping-window view they index.
@@ -169,7 +226,9 @@ class DeviceLoader:
 
     def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
         """uint8 batch in storage order -> float32 normalised, NCHW shape (channels_last strides if set)."""
-        out = u8.to(torch.float32).mul_(self._scale).add_(self._shift)
+        # float images: a copy first (an evaluation batch is a view of the stored split)
+        out = u8.to(torch.float32) if u8.dtype != torch.float32 else u8.clone()
+        out = out.mul_(self._scale).add_(self._shift)
         return out.permute(0, 3, 1, 2) if self.channels_last else out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

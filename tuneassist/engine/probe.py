@@ -689,6 +689,8 @@ def data_facts(data: str) -> tuple[int, int]:
         return len(synthetic.CLASSES), n + synthetic.default_test_size(n)
     if kind in BUILTIN:
         return BUILTIN[kind].classes, BUILTIN[kind].train + BUILTIN[kind].test
+    if kind == "module":  # the user's Datasets: never imported to probe memory (streamed if they are big)
+        return 10, 0
     root = Path(str(arg)).expanduser()  # folder:PATH (parse_data refuses any other form)
     train = root / "train"
     single = not train.is_dir()  # a single root of class folders (PATH/<class>/*.jpg)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneassist.engine.data import Dataset, load_dataset
+from tuneassist.engine.data import Dataset, load_for_run
 from tuneassist.engine.distributed import (
     any_rank,
     broadcast_buffers,
@@ -258,10 +258,7 @@ def eval_subset_indices(n: int, k: int) -> torch.Tensor:
 
 
 def _prepare(spec: RunSpec) -> tuple[Dataset, int]:
-    ds = load_dataset(
-        spec.data, data_dir=spec.data_dir, val_fraction=spec.val_fraction, seed=spec.seed,
-        image_size=spec.image_size,
-    )  # fmt: skip
+    ds = load_for_run(spec)  # held on the device, or streamed when it does not fit (engine/data.py)
     n_train = int(ds.train_y.numel())
     if spec.batch_size > n_train:
         raise UserError(
@@ -381,6 +378,7 @@ def train(
             "val_size": int(ds.val_y.numel()),
             "test_size": int(ds.test_y.numel()),
             "start_step": start_step,
+            "data_note": ds.note,
         }
     )
 

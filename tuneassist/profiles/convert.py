@@ -31,6 +31,7 @@ SHARED_FIELDS = (
     "nesterov",
     "optimizer",
     "train_fn",
+    "image_size",
     "rise_fraction",
     "final_div",
 )
@@ -43,7 +44,9 @@ def profile_to_runspec(profile: Profile, *, allow_import: bool = False, **overri
     """
     if profile.needs_import and not allow_import:
         raise UserError(
-            f"profile {profile.name!r} uses model {profile.model!r}, which imports and runs Python code; "
+            f"profile {profile.name!r} uses "
+            + (f"model {profile.model!r}" if ":" in profile.model else f"data {profile.data!r}")
+            + ", which imports and runs Python code; "
             "allow imports (e.g. --allow-import) only if you trust it"
         )
     kw: dict[str, Any] = {k: getattr(profile, k) for k in SHARED_FIELDS}

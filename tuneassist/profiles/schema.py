@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tuneassist.dataref import is_data_module
 from tuneassist.profiles.toml_writer import dumps_toml
 from tuneassist.spec import OPTIMIZERS
 
@@ -77,6 +78,7 @@ TOP_KEYS: dict[str, Key] = {
     "nesterov": Key("bool", "true or false", "nesterov = false"),
     "optimizer": Key("str", "one of: " + ", ".join(OPTIMIZERS), 'optimizer = "sgd"'),
     "train": Key("str", "a module:function, your training function", 'train = "mytrain:train"'),
+    "image_size": Key("int", "a whole number of pixels (a folder's side)", "image_size = 64"),
     "wd_exclude_bn_bias": Key("bool", "true or false", "wd_exclude_bn_bias = false"),
     "notes": Key("str", "a string", 'notes = "..."'),
 }
@@ -154,6 +156,7 @@ class Profile:
     # sgd (the paper's: momentum, L2 WD), adam (beta1 = momentum, L2 WD), adamw (decoupled WD)
     optimizer: str = "sgd"
     train_fn: str | None = None  # your own training function (tune --train): `model` names it too
+    image_size: int | None = None  # the side a folder:PATH was tuned at (train --profile trains at it)
     wd_exclude_bn_bias: bool = False
     schedule: str = "onecycle"
     rise_fraction: float = 0.45
@@ -170,8 +173,8 @@ class Profile:
 
     @property
     def needs_import(self) -> bool:
-        """True when the model is `module:function`: running it imports user code."""
-        return ":" in self.model
+        """True when the model (or the data) is `module:function`: running it imports user code."""
+        return ":" in self.model or is_data_module(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML layout as nested dicts (None and empty optional values left out)."""
@@ -185,6 +188,8 @@ class Profile:
             d["optimizer"] = self.optimizer
         if self.train_fn:
             d["train"] = self.train_fn
+        if self.image_size is not None:
+            d["image_size"] = self.image_size
         if self.wd_exclude_bn_bias:
             d["wd_exclude_bn_bias"] = True
         if self.notes:

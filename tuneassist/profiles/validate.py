@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tuneassist.dataref import parse_data
+from tuneassist.dataref import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, parse_data
 from tuneassist.errors import UserError
 from tuneassist.profiles.schema import (
     DECISION_KEYS,
@@ -87,7 +87,8 @@ def check_data(where: str, data: str) -> None:
     if kind and data == data.strip() and (kind != "synthetic" or arg is None or arg.isdigit()):
         return
     raise UserError(
-        f"{where}: unknown data set {data!r}; use {', '.join(BUILTIN_DATA)}, synthetic:N or folder:PATH"
+        f"{where}: unknown data set {data!r}; use {', '.join(BUILTIN_DATA)}, synthetic:N, folder:PATH or "
+        "module:function"
     )
 
 
@@ -163,6 +164,14 @@ def _check_hyperparameters(raw: Mapping[str, Any], where: str) -> None:
         raise UserError(
             f"{where}: train {train_fn!r} must be a module:function and the profile's model the same, "
             f'e.g. train = "mytrain:train" with model = "mytrain:train"'
+        )
+    image_size = raw.get("image_size")
+    if image_size is not None and not (
+        MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE and str(raw["data"]).startswith("folder:")
+    ):
+        raise UserError(
+            f"{where}: image_size {image_size} must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, "
+            "for folder:PATH data (the other data sets are 32x32), e.g. image_size = 64"
         )
     if optimizer != "sgd" and raw.get("nesterov", False):
         raise UserError(f'{where}: nesterov applies to SGD only; remove it or use optimizer = "sgd"')
@@ -259,6 +268,7 @@ def _build(raw: Mapping[str, Any], tabs: Mapping[str, Mapping[str, Any]]) -> Pro
         nesterov=raw.get("nesterov", False),
         optimizer=raw.get("optimizer", "sgd"),
         train_fn=raw.get("train"),
+        image_size=raw.get("image_size"),
         wd_exclude_bn_bias=raw.get("wd_exclude_bn_bias", False),
         schedule=sched.get("kind", "onecycle"),
         rise_fraction=float(sched.get("rise_fraction", 0.45)),

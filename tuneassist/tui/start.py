@@ -12,10 +12,11 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
+from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import detect_gpus
 from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, parse_duration
-from tuneassist.spec import BUILTIN_MODELS
+from tuneassist.spec import BUILTIN_MODELS, RunSpec
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import fmt_minutes
@@ -76,7 +77,15 @@ class StartScreen(LiveScreen):
                     compact=True,
                     suggester=SuggestFromList(DATA_SUGGESTIONS, case_sensitive=False),
                 )
-                yield Static("synthetic[:N] · cifar10 · cifar100 · folder:PATH", classes="note")
+                yield Static(
+                    "synthetic[:N] · cifar10 · cifar100 · folder:PATH · module:function", classes="note"
+                )
+            with Horizontal(classes="row"):
+                yield Label("Size")
+                yield Input(
+                    "", placeholder="e.g. 64 (optional)", id="image-size", type="integer", compact=True
+                )
+                yield Static("a folder's side (default: its most common)", classes="note")
             with Horizontal(classes="row"):
                 yield Label("Model")
                 yield Select(
@@ -91,6 +100,10 @@ class StartScreen(LiveScreen):
                 yield Label("Custom")
                 yield Input("", placeholder="mynets:build (optional)", id="custom", compact=True)
                 yield Static("a function(num_classes) -> nn.Module", classes="note")
+            with Horizontal(classes="row"):
+                yield Label("Train")
+                yield Input("", placeholder="mytrain:train (optional)", id="train", compact=True)
+                yield Static("your training function(hp, report)", classes="note")
             with Horizontal(classes="row"):
                 yield Label("Budget")
                 yield Select(
@@ -121,7 +134,7 @@ class StartScreen(LiveScreen):
                 classes="note",
                 id="keys-hint",
             )
-        table = DataTable(id="sessions", cursor_type="row")
+        table: DataTable[str] = DataTable(id="sessions", cursor_type="row")
         table.border_title = "Sessions (enter resumes)"
         yield table
         yield KeyFooter()
@@ -160,9 +173,19 @@ class StartScreen(LiveScreen):
             raise UserError("type a data set, e.g. synthetic or cifar10")
         t = self.query_one("#time", Input).value.strip()
         time_s = parse_duration(t) if t else None
+        train = self.query_one("#train", Input).value.strip() or None
+        size_text = self.query_one("#image-size", Input).value.strip()
+        try:
+            image_size = int(size_text) if size_text else None
+        except ValueError:
+            raise UserError(f"image size {size_text!r} must be a whole number of pixels, e.g. 64") from None
+        if image_size is not None:
+            RunSpec(data=data, image_size=image_size).validate()  # the range, and folder:PATH data only
         return {
             "data": data,
-            "model": model,
+            "model": train or model,  # a training function trains its own model: it names the model too
+            "train_fn": train,
+            "image_size": image_size,
             "budget": budget,
             "devices": devices,
             "name": name,
@@ -179,6 +202,8 @@ class StartScreen(LiveScreen):
                 model=f["model"],
                 budget=f["budget"],
                 devices=f["devices"],
+                train_fn=f["train_fn"],
+                image_size=f["image_size"],
                 train_size=estimate_train_size(f["data"]),
                 time_s=f["time_s"],
                 images_per_s=ips if f["time_s"] else None,
@@ -214,31 +239,42 @@ class StartScreen(LiveScreen):
     @guarded
     def action_create(self) -> None:
         f = self._form()
-        if not is_user_model(f["model"]):
+        code = [
+            ("Training function", f["model"], "--train")
+            if f["train_fn"]
+            else ("Model", f["model"], "--model")
+        ]
+        code = [c for c in code if is_user_model(c[1])]
+        if is_data_module(f["data"]):
+            code.append(("Data", f["data"], "--data"))
+        if not code:
             self._create(f)
             return
-        # A module:function model runs the user's code in every run: ask first, naming the file.
-        Checklist(data=f["data"], model=f["model"], budget=f["budget"])  # a malformed name: say so first
-        folder, found = locate_module(f["model"])
+        # A module:function model, training function or data runs the user's code in every run: ask
+        # first, naming each file and the folder the runs import it from.
+        Checklist(data=f["data"], model=f["model"], budget=f["budget"], train_fn=f["train_fn"])  # malformed?
+        found = [(what, ref, *locate_module(ref, flag=flag)) for what, ref, flag in code]
+        model_dir = next((str(folder) for what, _, folder, _ in found if what != "Data"), None)
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._create(f, model_dir=str(folder))
+                self._create(f, model_dir=model_dir, consent=True)
             else:
-                self.app.notify(f"nothing imported; session not created ({f['model']} needs your consent)")
+                refs = " and ".join(ref for _, ref, _, _ in found)
+                self.app.notify(f"nothing imported; session not created ({refs} needs your consent)")
 
+        lines = "; ".join(
+            f"{what} {ref} imports and runs {file} (found in {folder}, which the runs will import it from)"
+            for what, ref, folder, file in found
+        )
         self.app.push_screen(
-            ConfirmDialog(
-                "Import your code?",
-                f"Model {f['model']} imports and runs {found} in every run of this session "
-                f"(found in {folder}, which the runs will import it from). Import it?",
-            ),
-            answer,
+            ConfirmDialog("Import your code?", f"{lines}, in every run of this session. Import it?"), answer
         )
 
     @guarded
-    def _create(self, f: dict[str, Any], model_dir: str | None = None) -> None:
-        """Create the session; `model_dir` set means the user consented to import its model."""
+    def _create(self, f: dict[str, Any], model_dir: str | None = None, consent: bool = False) -> None:
+        """Create the session; `consent` means the user agreed to import its code (model_dir: where its
+        model or training function's module is)."""
         ips = (
             expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))[0] if f["time_s"] else None
         )
@@ -252,8 +288,10 @@ class StartScreen(LiveScreen):
             train_size=estimate_train_size(f["data"]),
             time_s=f["time_s"],
             images_per_s=ips,
-            allow_import=model_dir is not None,
+            allow_import=consent,
             model_dir=model_dir,
+            train_fn=f["train_fn"],
+            image_size=f["image_size"],
         )
         self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
         self.tapp.set_session(session)
