@@ -1,8 +1,10 @@
-"""What the machine's devices hold right now, read without torch (the UI process must not import it).
+"""What the machine has and holds right now, read without torch (the UI process must not import it).
 
-GPUs come from NVML (`nvidia-ml-py`, imported as `pynvml`) when it is installed, else from
-`nvidia-smi`, which every NVIDIA driver ships; the host's memory comes from /proc/meminfo. Every
-reader fails soft: a panel that cannot read a device says so instead of raising.
+The one home of the host facts every layer needs: GPUs (from NVML, `nvidia-ml-py` imported as
+`pynvml`, when it is installed, else from `nvidia-smi`, which every NVIDIA driver ships, and which of
+them CUDA_VISIBLE_DEVICES leaves this process), host RAM (/proc/meminfo, lowered to the cgroup's limit
+in a container), CPU cores and features, and whether a process is alive. The panel readers fail soft:
+a panel that cannot read a device says so instead of raising.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneassist.errors import UserError
+
 GIB = 1024**3
+CGROUP = Path("/sys/fs/cgroup")
+MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True)
@@ -121,17 +127,132 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
-def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None:
-    """(used, total) bytes of host RAM, where used = total - available (what a new run cannot have)."""
+def proc_fields(path: Path) -> dict[str, int]:
+    """The numeric fields of a /proc key-value file (meminfo, PID/status) in bytes ('kB' scaled);
+    empty when it cannot be read."""
+    out: dict[str, int] = {}
     try:
-        fields = {}
-        for line in meminfo.read_text().splitlines():
-            key, _, rest = line.partition(":")
-            fields[key] = int(rest.split()[0]) * 1024
-        total = fields["MemTotal"]
-        return total - fields["MemAvailable"], total
-    except (OSError, KeyError, ValueError, IndexError):
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(":")
+            parts = v.split()
+            if parts and parts[0].isdigit():
+                out[k.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
         return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_bound(total: int, avail: int, src: str, cgroup: Path) -> tuple[int, int, str]:
+    """(total, available, source) lowered to the cgroup's limit less its usage (v2, else v1) when the
+    process runs in a container with less memory than the machine."""
+    for limit_f, usage_f in (
+        (cgroup / "memory.max", cgroup / "memory.current"),
+        (cgroup / "memory" / "memory.limit_in_bytes", cgroup / "memory" / "memory.usage_in_bytes"),
+    ):
+        lim, used = _read_int(limit_f), _read_int(usage_f)
+        if lim is not None and used is not None and lim < total:
+            total = lim
+            if lim - used < avail:
+                avail, src = max(0, lim - used), f"the cgroup limit {limit_f} less its usage"
+            break
+    return total, avail, src
+
+
+def _meminfo_ram(meminfo: Path, cgroup: Path) -> tuple[int, int, str] | None:
+    info = proc_fields(meminfo)
+    if "MemTotal" not in info or "MemAvailable" not in info:
+        return None
+    return _cgroup_bound(info["MemTotal"], info["MemAvailable"], f"MemAvailable in {meminfo}", cgroup)
+
+
+def ram_info(meminfo: Path = MEMINFO, cgroup: Path = CGROUP) -> tuple[int, int, str]:
+    """(total, available) RAM bytes for a new process and where they came from.
+
+    MemAvailable from /proc/meminfo (half the physical RAM where there is none), lowered to the
+    cgroup's limit minus its usage when the process runs in a container with a smaller memory limit.
+    """
+    found = _meminfo_ram(meminfo, cgroup)
+    if found is not None:
+        return found
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        raise UserError(
+            "cannot read the machine's memory size here; pass --device cuda, or set the batch size by hand"
+        ) from None
+    return _cgroup_bound(
+        total, total // 2, f"half the physical RAM (no {meminfo} to read MemAvailable)", cgroup
+    )
+
+
+def host_memory(meminfo: Path = MEMINFO, cgroup: Path = CGROUP) -> tuple[int, int] | None:
+    """(used, total) bytes of host RAM, where used = total - available (what a new run cannot have),
+    within the cgroup's limit as `ram_info` reads it; None without a readable meminfo."""
+    found = _meminfo_ram(meminfo, cgroup)
+    if found is None:
+        return None
+    total, avail, _ = found
+    return total - avail, total
+
+
+def process_alive(pid: int, *, stopped_is_dead: bool = False) -> bool:
+    """Whether process `pid` exists and is not a zombie (which still answers kill(0)); with
+    `stopped_is_dead`, a stopped one (SIGSTOP) counts as gone too. Where /proc cannot say (another
+    system, or not allowed to look) a process that exists counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    dead = ("Z", "X", "T") if stopped_is_dead else ("Z", "X")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in dead
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # exited while we looked, or no /proc here
+    except (OSError, IndexError):
+        return True
+
+
+def cuda_visible(env: dict[str, str] | None = None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: the entries up to the first empty or negative one (CUDA
+    stops there); None when it is not set."""
+    env = os.environ if env is None else env
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    ids = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part or part.startswith("-"):
+            break
+        ids.append(part)
+    return ids
+
+
+def driver_gpu_count() -> int:
+    """GPUs the NVIDIA driver shows, CUDA_VISIBLE_DEVICES aside: /proc/driver/nvidia/gpus, else NVML
+    or nvidia-smi; 0 without a driver."""
+    proc_dir = Path("/proc/driver/nvidia/gpus")
+    if proc_dir.is_dir():
+        return sum(1 for _ in proc_dir.iterdir())
+    return len(read_gpus()[0])
+
+
+def visible_gpu_ids(env: dict[str, str] | None = None) -> list[str]:
+    """Ids of the NVIDIA GPUs this process may use: the driver's, narrowed by CUDA_VISIBLE_DEVICES."""
+    n = driver_gpu_count()
+    visible = cuda_visible(env)
+    return visible if n and visible is not None else [str(i) for i in range(n)]
 
 
 def read_gpus() -> tuple[list[GpuState], str]:
@@ -192,9 +313,7 @@ def cuda_build_problem(
     shows none (or CUDA_VISIBLE_DEVICES hides them on purpose). Call it only once torch has said CUDA
     is unavailable: then a GPU the driver lists means a torch build that does not match the driver,
     and training on the CPU instead would be a silent 10-100x slowdown."""
-    env = dict(os.environ) if env is None else env
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and (not visible.strip() or visible.strip().startswith("-")):
+    if cuda_visible(env) == []:
         return None  # the user hid every GPU: the CPU is what they asked for
     if gpus is None:
         gpus = read_gpus()[0]

@@ -30,14 +30,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
+from tuneassist.engine.events import RunHooks, sink, stopper
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
 
-EventSink = Callable[[dict[str, Any]], None]
 ENTRY = "tuneassist.engine.distributed"
 _GRACE_S = 20.0  # after the ranks' exit was asked for: SIGTERM, then this long before SIGKILL
 
@@ -136,13 +135,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_distributed(
-    spec: RunSpec,
-    on_event: EventSink | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
+def run_distributed(spec: RunSpec, **hooks: Unpack[RunHooks]) -> dict[str, Any]:
     """Train `spec` on `spec.devices` ranks of this machine (torchrun + DDP); returns the end event.
 
     Device pinning is the caller's: on CUDA the ranks use the GPUs in CUDA_VISIBLE_DEVICES, rank r the
@@ -152,8 +145,8 @@ def run_distributed(
     nproc = spec.devices
     if nproc < 2:
         raise UserError("a distributed run needs --devices 2 or more; one device trains in-process")
-    emit: EventSink = on_event or (lambda e: None)
-    stop = should_stop or (lambda: False)
+    emit, stop = sink(hooks.get("on_event")), stopper(hooks.get("should_stop"))
+    checkpoint_path = hooks.get("checkpoint_path")
     work = Path(tempfile.mkdtemp(prefix="tuneassist-ddp-"))
     relay: _Relay | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -167,7 +160,7 @@ def run_distributed(
                 str(stop_file), "--error-dir", str(err_dir), "--parent-pid", str(os.getpid())]  # fmt: skip
         if checkpoint_path is not None:
             args += ["--checkpoint", str(checkpoint_path)]
-            if resume:
+            if hooks.get("resume"):
                 args.append("--resume")
         env = dict(os.environ)
         env["OMP_NUM_THREADS"] = str(threads_per_rank(spec, nproc))

@@ -20,6 +20,9 @@ What a multi-device run means (the same on one node or many):
   collective.
 - Events and checkpoints come from rank 0 only; every rank loads the checkpoint on resume.
 
+This module is the rank's entry point; the collectives the loop uses are in
+`tuneassist.engine.collectives` (so the loop never imports its own caller).
+
 Rank entry (torchrun runs it; `tuneassist.engine.ddp_launch` builds this command for one node)::
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m tuneassist.engine.distributed \
@@ -38,83 +41,26 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from tuneassist.engine.device import resolve_device
+from tuneassist.engine.events import RunHooks
+from tuneassist.engine.train import train
 from tuneassist.errors import UserError
+from tuneassist.hardware import process_alive
 from tuneassist.spec import RunSpec, splits_over
-
-EventSink = Callable[[dict[str, Any]], None]
-
-
-# ----------------------------------------------------------------------------- helpers for train()
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless a process group is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model under DDP (gradient all_reduce in buckets during backward)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [device.index] if device.type == "cuda" else None
-    # Buckets as the gradients' storage: no copy in or out of them, less memory.
-    return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
-
-
-def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """The element-wise mean over ranks (identical on every rank afterwards)."""
-    _, world = rank_world()
-    if world > 1:
-        dist.all_reduce(t)
-        t.div_(world)
-    return t
-
-
-def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    if rank_world()[1] > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when it is true on any: a decision all ranks act on at the same step."""
-    if rank_world()[1] == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def broadcast_buffers(model: nn.Module) -> None:
-    """Rank 0's buffers (BN running statistics) everywhere, so every rank evaluates the same model."""
-    if rank_world()[1] == 1:
-        return
-    for b in model.buffers():
-        dist.broadcast(b, src=0)
 
 
 # ----------------------------------------------------------------------------- one rank
-def run_rank(
-    spec: RunSpec,
-    on_event: EventSink | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
+def run_rank(spec: RunSpec, **hooks: Unpack[RunHooks]) -> dict[str, Any]:
     """Join the process group torchrun set up, train `spec` as this rank, leave the group.
 
     Only rank 0 should pass `on_event`/`should_stop`; the others' are ignored by the caller's design.
     """
-    from tuneassist.engine.train import resolve_device, train
-
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not splits_over(spec.batch_size, world):
@@ -137,9 +83,7 @@ def run_rank(
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
     else:
         dist.init_process_group("gloo")
-    end = train(
-        spec, on_event=on_event, should_stop=should_stop, checkpoint_path=checkpoint_path, resume=resume
-    )
+    end = train(spec, **hooks)
     # Only after a clean end: leaving the group while a failed peer's collective is pending can hang,
     # and a rank that raised exits (and torchrun stops the others) anyway.
     dist.destroy_process_group()
@@ -163,32 +107,14 @@ class FifoSink:
             view = view[os.write(self.fd, view) :]
 
 
-def _alive(pid: int) -> bool:
-    """False when `pid` is gone, a zombie (it still answers kill(0)) or stopped (SIGSTOP: its heartbeat
-    stops too, so the run will be declared lost and may be resumed elsewhere; ranks that trained on
-    could overwrite that attempt's checkpoint)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X", "T")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def watch_parent(pid: int, interval: float = 0.5) -> None:
     """Exit at once, writing nothing, when the run's owner dies or is frozen: the run may be resumed
-    elsewhere, and only the owner's ranks may write its checkpoint."""
+    elsewhere, and only the owner's ranks may write its checkpoint. A stopped owner (SIGSTOP) counts as
+    gone: its heartbeat stops too, so the run will be declared lost and may be resumed elsewhere, and
+    ranks that trained on could overwrite that attempt's checkpoint."""
 
     def loop() -> None:
-        while _alive(pid):
+        while process_alive(pid, stopped_is_dead=True):
             time.sleep(interval)
         print(
             f"tuneassist rank: owner process {pid} is gone or stopped; exiting", file=sys.stderr, flush=True

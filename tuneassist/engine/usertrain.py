@@ -15,16 +15,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from tuneassist.engine.device import resolve_device
+from tuneassist.engine.divergence import DivergenceMonitor
+from tuneassist.engine.events import EventSink, end_event, sink, stopper
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.schedules import Schedule, build_schedule
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
-
-EventSink = Callable[[dict[str, Any]], None]
 
 
 def load_train_fn(spec: RunSpec) -> Callable[..., Any]:
@@ -62,7 +64,7 @@ class Hyper:
         self.image_size = spec.image_size
         self.is_range_test = spec.is_range_test
         self.test = spec.test  # measure your test split after the last step: report(test_loss=, test_acc=)
-        self.device = _device(spec.device)
+        self.device = resolve_device(spec.device)
         self.total_steps: int | None = None
         self.steps_per_epoch: int | None = None
         self._schedule: Schedule | None = None
@@ -125,10 +127,78 @@ class Hyper:
         return done >= total or (bool(every) and done % every == 0) or (not every and done % spe == 0)
 
 
-def _device(name: str) -> torch.device:
-    from tuneassist.engine.train import resolve_device
+@dataclass
+class _Reports:
+    """What the user's reports have told so far: how the run goes, its last readings, its pace."""
 
-    return resolve_device(name)
+    spec: RunSpec
+    hp: Hyper
+    emit: EventSink
+    stop: Callable[[], bool]
+    monitor: DivergenceMonitor
+    outcome: str = "finished"
+    reason: str = "reached the last step"
+    step: int = 0  # steps reported so far
+    diverged_at: int | None = None
+    diverged_lr: float | None = None
+    last_val: tuple[float | None, float | None] = (None, None)
+    test: tuple[Any, Any] = (None, None)
+    trained: int = 0
+    tick: tuple[float, int] = field(default_factory=lambda: (time.perf_counter(), 0))  # last step report
+
+    def __call__(
+        self,
+        step: int,
+        *,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        val_acc: float | None = None,
+        test_loss: float | None = None,
+        test_acc: float | None = None,
+        images: int | None = None,
+    ) -> bool:
+        """The `report` your function calls: False when the run must stop."""
+        if self.hp.total_steps is None:
+            raise UserError("call hp.plan(len(train_loader)) before report(): it fixes the run's length")
+        if self.outcome != "finished":
+            return False
+        if train_loss is not None and self._train_loss(step, float(train_loss), images):
+            return False
+        if val_loss is not None or val_acc is not None:
+            self._val(step, val_loss, val_acc)
+        if test_loss is not None or test_acc is not None:
+            self.test = (test_loss, test_acc)
+        if self.stop():
+            self.outcome, self.reason = "cancelled", f"cancelled at step {step + 1}"
+            return False
+        return step + 1 < self.hp.total_steps
+
+    def _train_loss(self, step: int, loss: float, images: int | None) -> bool:
+        """A step event for `step`: True when the loss says the run diverged."""
+        now = time.perf_counter()
+        n = images if images is not None else self.spec.batch_size
+        self.trained += n
+        ips = n * max(1, step + 1 - self.tick[1]) / max(now - self.tick[0], 1e-9)
+        self.tick = (now, step + 1)
+        lr = self.hp.lr(step)
+        self.emit({"type": "step", "step": step, "epoch": step / (self.hp.steps_per_epoch or 1), "lr": lr,
+                   "momentum": self.hp.momentum(step), "train_loss": loss if math.isfinite(loss) else None,
+                   "images_per_s": ips})  # fmt: skip
+        self.step = step + 1
+        if not self.monitor.update(loss):
+            return False
+        self.outcome, self.reason = "diverged", f"training loss blew up at step {step} (LR {lr:.3g})"
+        self.diverged_at, self.diverged_lr = step, lr
+        return True
+
+    def _val(self, step: int, val_loss: float | None, val_acc: float | None) -> None:
+        self.last_val = (
+            None if val_loss is None else float(val_loss),
+            None if val_acc is None else float(val_acc),
+        )
+        spe = self.hp.steps_per_epoch or 1
+        self.emit({"type": "eval", "step": step + 1, "epoch": (step + 1) / spe, "val_loss": self.last_val[0],
+                   "val_acc": self.last_val[1]})  # fmt: skip
 
 
 def train_user(
@@ -140,10 +210,7 @@ def train_user(
 ) -> dict[str, Any]:
     """Run `spec.train_fn` as a run: reports become step/eval events, the divergence rule and cancel
     stop it, and the end event says how it ended. No checkpoint: a resumed run starts again from step 0."""
-    from tuneassist.engine.train import DivergenceMonitor
-
-    emit: EventSink = on_event or (lambda e: None)
-    stop = should_stop or (lambda: False)
+    emit = sink(on_event)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     torch.manual_seed(spec.seed)
@@ -151,85 +218,18 @@ def train_user(
     hp = Hyper(spec, emit)
     monitor = DivergenceMonitor(spec.divergence_factor, strict=spec.is_range_test)
     t0 = time.perf_counter()
-    state: dict[str, Any] = {"outcome": "finished", "reason": "reached the last step", "step": 0}
-    last_val: list[float | None] = [None, None]
-    tick = [time.perf_counter(), 0]
-    trained = [0]
-
-    def report(
-        step: int,
-        *,
-        train_loss: float | None = None,
-        val_loss: float | None = None,
-        val_acc: float | None = None,
-        test_loss: float | None = None,
-        test_acc: float | None = None,
-        images: int | None = None,
-    ) -> bool:
-        if hp.total_steps is None:
-            raise UserError("call hp.plan(len(train_loader)) before report(): it fixes the run's length")
-        if state["outcome"] != "finished":
-            return False
-        spe = hp.steps_per_epoch or 1
-        if train_loss is not None:
-            loss = float(train_loss)
-            now = time.perf_counter()
-            n = images if images is not None else spec.batch_size
-            trained[0] += n
-            ips = n * max(1, step + 1 - tick[1]) / max(now - tick[0], 1e-9)
-            tick[0], tick[1] = now, step + 1
-            emit(
-                {
-                    "type": "step",
-                    "step": step,
-                    "epoch": step / spe,
-                    "lr": hp.lr(step),
-                    "momentum": hp.momentum(step),
-                    "train_loss": loss if math.isfinite(loss) else None,
-                    "images_per_s": ips,
-                }
-            )
-            state["step"] = step + 1
-            if monitor.update(loss):
-                state.update(
-                    outcome="diverged",
-                    reason=f"training loss blew up at step {step} (LR {hp.lr(step):.3g})",
-                    diverged_at=step,
-                    diverged_lr=hp.lr(step),
-                )
-                return False
-        if val_loss is not None or val_acc is not None:
-            last_val[0] = None if val_loss is None else float(val_loss)
-            last_val[1] = None if val_acc is None else float(val_acc)
-            emit({"type": "eval", "step": step + 1, "epoch": (step + 1) / spe, "val_loss": last_val[0],
-                  "val_acc": last_val[1]})  # fmt: skip
-        if test_loss is not None or test_acc is not None:
-            state.update(test_loss=test_loss, test_acc=test_acc)
-        if stop():
-            state.update(outcome="cancelled", reason=f"cancelled at step {step + 1}")
-            return False
-        return step + 1 < hp.total_steps
-
-    fn(hp, report)
+    reports = _Reports(spec, hp, emit, stopper(should_stop), monitor)
+    fn(hp, reports)
     if hp.total_steps is None:
         raise UserError(f"--train {spec.train_fn} returned without calling hp.plan() and report(); see "
                         "examples/cifar_style.py for the shape of a training function")  # fmt: skip
     elapsed = time.perf_counter() - t0
-    spe = hp.steps_per_epoch or 1
-    end = {
-        "type": "end",
-        "outcome": state["outcome"],
-        "step": state["step"],
-        "epoch": state["step"] / spe,
-        "diverged_at_step": state.get("diverged_at"),
-        "diverged_lr": state.get("diverged_lr"),
-        "val_loss": last_val[0],
-        "val_acc": last_val[1],
-        "test_loss": None if state.get("test_loss") is None else float(state["test_loss"]),
-        "test_acc": None if state.get("test_acc") is None else float(state["test_acc"]),
-        "wall_time": elapsed,
-        "images_per_s": trained[0] / elapsed if elapsed > 0 else 0.0,
-        "reason": state["reason"],
-    }
+    r = reports
+    test_loss, test_acc = (None if v is None else float(v) for v in r.test)
+    end = end_event(
+        r.outcome, r.reason, r.step, hp.steps_per_epoch or 1,
+        diverged_at=r.diverged_at, diverged_lr=r.diverged_lr, val=r.last_val, test=(test_loss, test_acc),
+        wall_time=elapsed, images=r.trained, train_time=elapsed,
+    )  # fmt: skip
     emit(end)
     return end
