@@ -13,10 +13,13 @@ from tuneassist.hardware import (
     GIB,
     DeviceReport,
     GpuState,
+    cuda_visible,
     describe,
     host_memory,
     panel_lines,
     parse_nvidia_smi,
+    process_alive,
+    ram_info,
 )
 
 # What `nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu
@@ -61,11 +64,89 @@ def test_failing_nvidia_smi_means_no_gpu(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_host_memory_from_meminfo(tmp_path: Path) -> None:
     f = tmp_path / "meminfo"
+    no_cgroup = tmp_path / "no-cgroup"  # the test's own machine may run in a container with a limit
     f.write_text("MemTotal:       25165824 kB\nMemFree:  100 kB\nMemAvailable:   20971520 kB\n")
-    assert host_memory(f) == (4 * GIB, 24 * GIB)
+    assert host_memory(f, no_cgroup) == (4 * GIB, 24 * GIB)
     f.write_text("nonsense\n")
-    assert host_memory(f) is None
-    assert host_memory(tmp_path / "missing") is None
+    assert host_memory(f, no_cgroup) is None
+    assert host_memory(tmp_path / "missing", no_cgroup) is None
+
+
+def _cgroup(tmp_path: Path, v2: bool, limit: int, usage: int) -> Path:
+    cg = tmp_path / ("cg2" if v2 else "cg1")
+    folder = cg if v2 else cg / "memory"
+    folder.mkdir(parents=True)
+    (folder / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(f"{limit}\n")
+    (folder / ("memory.current" if v2 else "memory.usage_in_bytes")).write_text(f"{usage}\n")
+    return cg
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_host_ram_is_the_cgroups_when_its_limit_is_lower(tmp_path: Path, v2: bool) -> None:
+    """A container's limit, not the machine's RAM: the panel and the probe read the same numbers."""
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       25165824 kB\nMemAvailable:   20971520 kB\n")  # 24 GiB, 20 free
+    cg = _cgroup(tmp_path, v2, limit=8 * GIB, usage=5 * GIB)
+    total, avail, src = ram_info(f, cg)
+    assert (total, avail) == (8 * GIB, 3 * GIB) and "cgroup limit" in src
+    assert host_memory(f, cg) == (5 * GIB, 8 * GIB)
+    roomy = _cgroup(tmp_path / "roomy", v2, limit=64 * GIB, usage=GIB)  # above the machine: ignored
+    assert ram_info(f, roomy) == (24 * GIB, 20 * GIB, f"MemAvailable in {f}")
+    (tmp_path / "max").mkdir()
+    (tmp_path / "max" / "memory.max").write_text("max\n")  # v2 without a limit
+    (tmp_path / "max" / "memory.current").write_text("12345\n")
+    assert host_memory(f, tmp_path / "max") == (4 * GIB, 24 * GIB)
+
+
+def test_ram_info_without_meminfo_takes_half_the_physical_ram(tmp_path: Path) -> None:
+    total, avail, src = ram_info(tmp_path / "missing", tmp_path / "no-cgroup")
+    assert total > 0 and avail == total // 2 and "half the physical RAM" in src
+
+
+def test_process_alive_tells_running_zombie_and_stopped_processes_apart() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert process_alive(os.getpid()) and process_alive(os.getpid(), stopped_is_dead=True)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while process_alive(child.pid, stopped_is_dead=True) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_alive(child.pid) and not process_alive(child.pid, stopped_is_dead=True)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process_alive(child.pid) and time.monotonic() < deadline:  # a zombie until reaped
+            time.sleep(0.05)
+        assert not process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)  # reaped: gone
+
+
+def test_cuda_visible_reads_the_variable_as_cuda_does() -> None:
+    assert cuda_visible({}) is None
+    assert cuda_visible({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert cuda_visible({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert cuda_visible({"CUDA_VISIBLE_DEVICES": " 2, 0 "}) == ["2", "0"]
+    assert cuda_visible({"CUDA_VISIBLE_DEVICES": "1,-1,0"}) == ["1"]  # CUDA stops at the first invalid one
+    assert cuda_visible({"CUDA_VISIBLE_DEVICES": "GPU-8f3c,1"}) == ["GPU-8f3c", "1"]
+
+
+def test_visible_gpu_ids_narrow_the_drivers_by_cuda_visible_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hardware, "driver_gpu_count", lambda: 4)
+    assert hardware.visible_gpu_ids({}) == ["0", "1", "2", "3"]
+    assert hardware.visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "3,1"}) == ["3", "1"]
+    assert hardware.visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    monkeypatch.setattr(hardware, "driver_gpu_count", lambda: 0)
+    assert hardware.visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "0"}) == []  # no driver: nothing to narrow
 
 
 def test_panel_lines_fit_the_sidebar() -> None:

@@ -14,18 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneassist.engine import probe
+from tuneassist.engine import probe, probe_ram, probe_search
+from tuneassist.engine.device import FAKE_OOM_ENV
 from tuneassist.engine.models import build_model
-from tuneassist.engine.probe import (
-    FAKE_OOM_ENV,
-    ProbeResult,
-    data_facts,
-    probe_max_batch,
-    ram_info,
-    round_batch,
-    search_largest,
-)
+from tuneassist.engine.probe import ProbeResult, data_facts, probe_max_batch
+from tuneassist.engine.probe_result import round_batch
+from tuneassist.engine.probe_search import search_largest
 from tuneassist.errors import UserError
+from tuneassist.hardware import ram_info
 from tuneassist.runs import probe_client
 from tuneassist.runs.probe_client import probe_in_subprocess
 
@@ -69,12 +65,12 @@ def test_fake_oom_search_finds_n_and_cleans_up_after_every_oom(monkeypatch: pyte
     monkeypatch.setenv(FAKE_OOM_ENV, str(n))
     checked: list[int] = []
     alive: list[weakref.ref[torch.Tensor]] = []  # the last batch's input and output
-    real_fits = probe._Stepper.fits
+    real_fits = probe_search._Stepper.fits
 
     def watch(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         alive[:] = [weakref.ref(args[0]), weakref.ref(out)]
 
-    def checking_fits(self: probe._Stepper, b: int) -> bool:
+    def checking_fits(self: probe_search._Stepper, b: int) -> bool:
         if not self.tries:
             self.model.register_forward_hook(watch)
         ok = real_fits(self, b)
@@ -86,7 +82,7 @@ def test_fake_oom_search_finds_n_and_cleans_up_after_every_oom(monkeypatch: pyte
             checked.append(b)
         return ok
 
-    monkeypatch.setattr(probe._Stepper, "fits", checking_fits)
+    monkeypatch.setattr(probe_search._Stepper, "fits", checking_fits)
     res = probe_max_batch("simple3", 10, device="cpu", start=4, limit=64, safety=0.9)
     assert res.method == "cuda-oom-search" and res.simulated
     assert res.largest_fit == n and res.first_oom == n + 1
@@ -153,10 +149,10 @@ def test_bad_hook_value_and_bad_arguments_are_user_errors(monkeypatch: pytest.Mo
 def test_errors_other_than_oom_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAKE_OOM_ENV, "50")
 
-    def broken(self: probe._Stepper, b: int) -> None:
+    def broken(self: probe_search._Stepper, b: int) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(probe._Stepper, "_step", broken)
+    monkeypatch.setattr(probe_search._Stepper, "_step", broken)
     with pytest.raises(RuntimeError, match="shapes"):
         probe_max_batch("simple3", device="cpu", start=8, limit=64)
 
@@ -187,11 +183,11 @@ def test_ram_bound_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     fixed, per = 900 * MiB, 2 * MiB
     state = 10 * MiB  # the optimiser's momentum buffers, added by size
     monkeypatch.setattr(
-        probe, "_measure_peaks", lambda m, c, s, bs, cl: ({b: fixed + per * b for b in bs}, state)
+        probe_ram, "_measure_peaks", lambda m, c, s, bs, cl: ({b: fixed + per * b for b in bs}, state)
     )
-    monkeypatch.setattr(probe, "ram_info", lambda: (16 * 1024 * MiB, 4 * 1024 * MiB, "test"))
+    monkeypatch.setattr(probe_ram, "ram_info", lambda: (16 * 1024 * MiB, 4 * 1024 * MiB, "test"))
     res = probe_max_batch("simple3", device="cpu", safety=0.9, data_bytes=100 * MiB)
-    loop = probe.RUN_OVERHEAD_BYTES / MiB
+    loop = probe_ram.RUN_OVERHEAD_BYTES / MiB
     expect = (0.9 * 4096 - 100 - 900 - 10 - loop) / 2  # MiB usable / MiB per sample
     assert res.method == "cpu-ram-bound" and res.device == "cpu"
     assert res.bytes_per_sample == pytest.approx(per) and res.fixed_bytes == pytest.approx(
@@ -201,17 +197,17 @@ def test_ram_bound_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res.available_memory == 4 * 1024 * MiB and res.total_memory == 16 * 1024 * MiB
     assert "2.00 MiB per sample" in res.explanation and str(int(expect)) in res.explanation
     # Plenty of RAM: capped at the limit.
-    monkeypatch.setattr(probe, "ram_info", lambda: (1 << 50, 1 << 45, "test"))
+    monkeypatch.setattr(probe_ram, "ram_info", lambda: (1 << 50, 1 << 45, "test"))
     assert probe_max_batch("simple3", device="cpu", limit=4096).max_batch == 4096
     # Too little: one clear error.
-    monkeypatch.setattr(probe, "ram_info", lambda: (1 << 30, 800 * MiB, "test"))
+    monkeypatch.setattr(probe_ram, "ram_info", lambda: (1 << 30, 800 * MiB, "test"))
     with pytest.raises(UserError, match="not enough free RAM"):
         probe_max_batch("simple3", device="cpu")
 
 
 def test_cpu_peak_measurement_is_real() -> None:
     """A separate process, one training step per batch: the peak grows linearly, by a plausible amount."""
-    peaks, state = probe._measure_peaks("simple3", 10, 32, [8, 72, 136])
+    peaks, state = probe_ram._measure_peaks("simple3", 10, 32, [8, 72, 136])
     assert state == 4 * sum(p.numel() for p in build_model("simple3", 10).parameters())
     slope1 = (peaks[72] - peaks[8]) / 64
     slope2 = (peaks[136] - peaks[72]) / 64

@@ -142,7 +142,7 @@ def test_run_files_are_never_opened_through_a_symlink(tmp_path: Path, ws: Path) 
 
     import torch
 
-    from tuneassist.engine.train import _save_checkpoint
+    from tuneassist.engine.checkpoint import save_checkpoint as _save_checkpoint
     from tuneassist.fsafe import open_new
 
     victim = tmp_path / "victim"
