@@ -112,13 +112,39 @@ def test_fused_kernels_on_cpu_when_available(optimizer: str) -> None:
         torch.testing.assert_close(p, q)
 
 
-def test_fused_kernels_only_for_dense_float_parameters() -> None:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_parameter_fused_kernels_cannot_take_falls_back_to_the_default(optimizer: str) -> None:
+    """Fused kernels refuse a complex parameter (torch's step raises with fused=True): such a model still gets
+    an optimiser, unfused, whose steps match torch's default implementation."""
+    spec = RunSpec(optimizer=optimizer, lr_max=0.1, weight_decay=1e-3)
+    z = nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    z.grad = torch.ones_like(z)
+    with pytest.raises(RuntimeError, match="fused"):  # what fused=True would do with it
+        torch.optim.SGD([z], lr=0.1, fused=True).step()
 
+    def net() -> nn.ParameterList:
+        return nn.ParameterList(
+            [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, dtype=torch.complex64))]
+        )
+
+    a, b = net(), net()
+    opt = build_optimizer(a, spec)
+    assert not opt.defaults.get("fused")
+    plain = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.95, weight_decay=1e-3)
+    if optimizer == "adam":
+        plain = torch.optim.Adam(b.parameters(), lr=0.1, betas=(0.95, 0.999), weight_decay=1e-3)
+    for _ in range(3):
+        for model, o in ((a, opt), (b, plain)):
+            o.zero_grad()
+            (model[0].square().sum() + model[1].abs().square().sum()).backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_fused_kernels_only_for_dense_float_parameters() -> None:
     from tuneassist.engine.optim import _fast_impl
 
-    opt = build_optimizer(_net(), RunSpec())  # agrees with torch's own list of fused devices
-    assert bool(opt.defaults.get("fused")) == ("cpu" in _get_fused_kernels_supported_devices())
     assert _fast_impl([torch.zeros(3)]) == {"fused": True}
     assert _fast_impl([torch.zeros(3), torch.zeros(3, dtype=torch.complex64)]) == {}
     assert _fast_impl([torch.zeros(3, device="meta")]) == {}

@@ -11,11 +11,10 @@ image). On CUDA, `cuda_peak_mib_per_image` gives the allocator's real peak for c
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
+from tuneassist.engine.device import autocast
 from tuneassist.engine.models import build_model
 
 
@@ -49,8 +48,7 @@ def saved_mib_per_image(
         return t
 
     x = _batch(model, batch, channels_last, torch.device("cpu"), side)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(x.device, bf16):
         out = model(x)
         F.cross_entropy(out.float(), torch.zeros(batch, dtype=torch.long))
     return sum(sizes.values()) / batch / 2**20
@@ -68,10 +66,9 @@ def cuda_peak_mib_per_image(
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _batch(model, batch, channels_last, device)
     y = torch.zeros(batch, dtype=torch.long, device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step() -> None:
-        with amp:
+        with autocast(device, bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,7 +102,29 @@ class StepSchedule(Schedule):
         return self.momentum_value
 
 
-class RangeTestSchedule(Schedule):
+@dataclass(repr=False, eq=False)
+class _Sweep(Schedule):
+    """The fields of a schedule that sweeps the LR between two values and the momentum between two
+    (the range test, 1cycle), given once; `_check` refuses an LR range that is not 0 < min <= max."""
+
+    total_steps: int
+    lr_min: float
+    lr_max: float
+    momentum_max: float
+    momentum_min: float
+
+    def _check(self, what: str, example: str) -> None:
+        Schedule.__init__(self, self.total_steps)
+        if not lr_range_ok(self.lr_min, self.lr_max):
+            raise UserError(
+                f"{what} needs 0 < lr_min <= lr_max, got {self.lr_min:g}:{self.lr_max:g}; e.g. --lr {example}"
+            )
+        self.lr_min, self.lr_max = float(self.lr_min), float(self.lr_max)
+        self.momentum_max, self.momentum_min = float(self.momentum_max), float(self.momentum_min)
+
+
+@dataclass(repr=False, eq=False)
+class RangeTestSchedule(_Sweep):
     """The LR range test: LR from ``lr_min`` at step 0 to ``lr_max`` at the last step.
 
     ``exponential`` spaces the LRs evenly in log (each decade gets equal steps), otherwise
@@ -110,25 +133,11 @@ class RangeTestSchedule(Schedule):
     LRs stable, so the LR found is the one 1cycle can use.
     """
 
-    def __init__(
-        self,
-        total_steps: int,
-        lr_min: float,
-        lr_max: float,
-        momentum_max: float,
-        momentum_min: float,
-        exponential: bool = True,
-    ) -> None:
-        super().__init__(total_steps)
-        if not lr_range_ok(lr_min, lr_max):
-            raise UserError(
-                f"range test needs 0 < lr_min <= lr_max, got {lr_min:g}:{lr_max:g}; e.g. --lr 1e-4:10"
-            )
-        self.lr_min = float(lr_min)
-        self.lr_max = float(lr_max)
-        self.momentum_max = float(momentum_max)
-        self.momentum_min = float(momentum_min)
-        self.exponential = bool(exponential)
+    exponential: bool = True
+
+    def __post_init__(self) -> None:
+        self._check("range test", "1e-4:10")
+        self.exponential = bool(self.exponential)
 
     def _frac(self, step: int) -> float:
         return self._clamp(step) / (self.total_steps - 1) if self.total_steps > 1 else 0.0
@@ -148,7 +157,8 @@ class RangeTestSchedule(Schedule):
         return self.momentum_max + (self.momentum_min - self.momentum_max) * t
 
 
-class OneCycleSchedule(Schedule):
+@dataclass(repr=False, eq=False)
+class OneCycleSchedule(_Sweep):
     """Smith's 1cycle in closed form, equal to ``torch.optim.lr_scheduler.OneCycleLR`` with
     ``three_phase=True, anneal_strategy="linear"``, ``max_lr=lr_max``, ``div_factor=lr_max/lr_min``,
     ``final_div_factor=final_div``, ``pct_start=rise_fraction``, ``base_momentum=momentum_min``,
@@ -162,29 +172,17 @@ class OneCycleSchedule(Schedule):
     that the rise has no length (where OneCycleLR divides by zero) the first step uses lr_min.
     """
 
-    def __init__(
-        self,
-        total_steps: int,
-        lr_min: float,
-        lr_max: float,
-        momentum_max: float,
-        momentum_min: float,
-        rise_fraction: float = 0.45,
-        final_div: float = 100.0,
-    ) -> None:
-        super().__init__(total_steps)
-        if not lr_range_ok(lr_min, lr_max):
-            raise UserError(f"1cycle needs 0 < lr_min <= lr_max, got {lr_min:g}:{lr_max:g}; e.g. --lr 0.1:1")
-        if not rise_fraction_ok(rise_fraction):
-            raise UserError(f"1cycle rise fraction {rise_fraction} must be in {RISE_FRACTION_RANGE}")
-        if not (final_div >= 1):
-            raise UserError(f"1cycle final divisor {final_div} must be >= 1")
-        self.lr_min = float(lr_min)
-        self.lr_max = float(lr_max)
-        self.momentum_max = float(momentum_max)
-        self.momentum_min = float(momentum_min)
-        self.rise_fraction = float(rise_fraction)
-        self.final_div = float(final_div)
+    rise_fraction: float = 0.45
+    final_div: float = 100.0
+
+    def __post_init__(self) -> None:
+        self._check("1cycle", "0.1:1")
+        if not rise_fraction_ok(self.rise_fraction):
+            raise UserError(f"1cycle rise fraction {self.rise_fraction} must be in {RISE_FRACTION_RANGE}")
+        if not (self.final_div >= 1):
+            raise UserError(f"1cycle final divisor {self.final_div} must be >= 1")
+        self.rise_fraction = float(self.rise_fraction)
+        self.final_div = float(self.final_div)
         self.lr_final = self.lr_min / self.final_div
         end1 = float(self.rise_fraction * self.total_steps) - 1
         end2 = float(2 * self.rise_fraction * self.total_steps) - 2
