@@ -30,10 +30,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Unpack
 
-from tuneassist.engine.events import RunHooks, sink, stopper
+from tuneassist.engine.events import EventSink, RunHooks, sink, stopper
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
 
@@ -142,60 +143,79 @@ def run_distributed(spec: RunSpec, **hooks: Unpack[RunHooks]) -> dict[str, Any]:
     r-th one (the worker sets it from the slots it claimed). On the CPU the ranks use gloo.
     """
     spec.validate()
-    nproc = spec.devices
-    if nproc < 2:
+    if spec.devices < 2:
         raise UserError("a distributed run needs --devices 2 or more; one device trains in-process")
-    emit, stop = sink(hooks.get("on_event")), stopper(hooks.get("should_stop"))
-    checkpoint_path = hooks.get("checkpoint_path")
     work = Path(tempfile.mkdtemp(prefix="tuneassist-ddp-"))
-    relay: _Relay | None = None
-    proc: subprocess.Popen[bytes] | None = None
     try:
-        (work / "spec.json").write_text(json.dumps(spec.to_dict()))
-        err_dir = work / "errors"
-        err_dir.mkdir()
-        stop_file = work / "stop"
-        relay = _Relay(work / "events")
-        args = ["--spec", str(work / "spec.json"), "--events", str(work / "events"), "--stop-file",
-                str(stop_file), "--error-dir", str(err_dir), "--parent-pid", str(os.getpid())]  # fmt: skip
-        if checkpoint_path is not None:
-            args += ["--checkpoint", str(checkpoint_path)]
-            if hooks.get("resume"):
-                args.append("--resume")
-        env = dict(os.environ)
-        env["OMP_NUM_THREADS"] = str(threads_per_rank(spec, nproc))
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(
-            torchrun_command(nproc, args), env=env, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        end: dict[str, Any] | None = None
-        exited = False
-        while True:
-            for ev in relay.read(0.2):
-                if ev.get("type") == "end":
-                    end = ev
-                emit(ev)
-            if stop() and not stop_file.exists():
-                stop_file.touch()
-            if exited:
-                break
-            exited = proc.poll() is not None  # one more read after the exit drains the FIFO
-        code = proc.returncode
-    finally:
-        if proc is not None:
-            _stop_group(proc)
-        if relay is not None:
-            relay.close()
-    try:
+        code, end = _run_ranks(spec, work, hooks)
         if code != 0 or end is None:
-            first = _first_error(err_dir)
-            if first is None:
-                raise DistributedRunError(
-                    f"torchrun exited with code {code} and no rank reported an error (killed?)"
-                )
-            if first[0]:
-                raise UserError(first[1])
-            raise DistributedRunError(first[1])
+            raise _rank_error(work / "errors", code)
         return end
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _rank_args(work: Path, hooks: RunHooks) -> list[str]:
+    """The rank entry's arguments: the files in `work` it talks through, this process, the checkpoint."""
+    args = ["--spec", str(work / "spec.json"), "--events", str(work / "events"),
+            "--stop-file", str(work / "stop"), "--error-dir", str(work / "errors"),
+            "--parent-pid", str(os.getpid())]  # fmt: skip
+    checkpoint_path = hooks.get("checkpoint_path")
+    if checkpoint_path is not None:
+        args += ["--checkpoint", str(checkpoint_path)]
+        if hooks.get("resume"):
+            args.append("--resume")
+    return args
+
+
+def _run_ranks(spec: RunSpec, work: Path, hooks: RunHooks) -> tuple[int, dict[str, Any] | None]:
+    """Start torchrun on the ranks and relay their events until it exits: (its exit code, the end
+    event if rank 0 sent one). torchrun and its ranks are gone when this returns, whatever happened."""
+    (work / "spec.json").write_text(json.dumps(spec.to_dict()))
+    (work / "errors").mkdir()
+    relay = _Relay(work / "events")
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(threads_per_rank(spec, spec.devices))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            torchrun_command(spec.devices, _rank_args(work, hooks)), env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        end = _relay_until_exit(proc, relay, sink(hooks.get("on_event")), stopper(hooks.get("should_stop")),
+                                work / "stop")  # fmt: skip
+        return proc.returncode, end
+    finally:
+        if proc is not None:
+            _stop_group(proc)
+        relay.close()
+
+
+def _relay_until_exit(
+    proc: subprocess.Popen[bytes], relay: _Relay, emit: EventSink, stop: Callable[[], bool], stop_file: Path
+) -> dict[str, Any] | None:
+    """Pass rank 0's events on and a stop request down (the stop file) until torchrun exits; the end
+    event, if one came."""
+    end: dict[str, Any] | None = None
+    exited = False
+    while True:
+        for ev in relay.read(0.2):
+            if ev.get("type") == "end":
+                end = ev
+            emit(ev)
+        if stop() and not stop_file.exists():
+            stop_file.touch()
+        if exited:
+            return end
+        exited = proc.poll() is not None  # one more read after the exit drains the FIFO
+
+
+def _rank_error(err_dir: Path, code: int) -> Exception:
+    """The error of a run whose ranks failed: the first failing rank's (a UserError when it was one)."""
+    first = _first_error(err_dir)
+    if first is None:
+        return DistributedRunError(
+            f"torchrun exited with code {code} and no rank reported an error (killed?)"
+        )
+    return UserError(first[1]) if first[0] else DistributedRunError(first[1])
