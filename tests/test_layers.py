@@ -4,6 +4,12 @@ Why statically, with `ast`: a lazy import only runs when its function does, so i
 proves nothing about it, and a cycle through one is still a cycle (a partly initialised module the day
 the call order changes). `if TYPE_CHECKING:` blocks never run and are left out.
 
+The layers themselves are written once, as the import-linter contracts in pyproject.toml (CI runs
+`lint-imports` on them); the rules here read their module lists from there. What import-linter does
+not check is checked here: that the package has no cycle at all, and that the front end (the CLI
+included, whose lazy loads of the engine the worker and a foreground run need) loads neither torch nor
+the engine when it is imported.
+
 Run as a script to print the graph's cycles and the UI's lazy imports of torch or the engine:
 
     python tests/test_layers.py
@@ -13,17 +19,31 @@ from __future__ import annotations
 
 import ast
 import sys
+import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "tuneassist"
-# The UI process: it must not load torch or the engine when it imports these (see DESIGN.md).
+# The front end: it must not load torch or the engine when it imports these (see DESIGN.md).
 UI = ("tuneassist.cli", "tuneassist.tui", "tuneassist.session", "tuneassist.curves", "tuneassist.spec",
       "tuneassist.profiles")  # fmt: skip
 ADVISOR = "tuneassist.advisor"
-ADVISOR_MUST_NOT = ("torch", "tuneassist.engine", "tuneassist.runs", "tuneassist.cli", "tuneassist.tui")
+
+
+def contract(source: str) -> list[str]:
+    """The modules pyproject.toml's import-linter contract for `source` forbids it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for c in config.get("tool", {}).get("importlinter", {}).get("contracts", []):
+        if source in c.get("source_modules", []):
+            return list(c["forbidden_modules"])
+    raise LookupError(f"pyproject.toml has no import-linter contract for {source}")
+
+
+def engine_and_torch() -> tuple[str, ...]:
+    """What the UI process must not load: the UI contract's forbidden modules."""
+    return tuple(contract("tuneassist.tui"))
 
 
 @dataclass(frozen=True)
@@ -173,7 +193,7 @@ def ui_violations(imports: dict[str, list[Import]]) -> list[str]:
     for m in sorted(imports):
         if _under(m, UI):
             for target, chain in sorted(loaded_at_import(m, imports).items()):
-                if _under(target, ("torch", "tuneassist.engine")):
+                if _under(target, engine_and_torch()):
                     bad.append(" -> ".join(chain))
     return bad
 
@@ -186,18 +206,19 @@ def ui_lazy_engine_imports(imports: dict[str, list[Import]]) -> list[str]:
         for m in sorted(imports)
         if _under(m, UI)
         for i in imports[m]
-        if not i.at_import and _under(i.target, ("torch", "tuneassist.engine"))
+        if not i.at_import and _under(i.target, engine_and_torch())
     ]
 
 
 def advisor_violations(imports: dict[str, list[Import]]) -> list[str]:
-    """The advisor's imports (lazy ones too) of torch, the engine, the run store or the UI."""
+    """The advisor's imports (lazy ones too) of torch, the engine, the run store or the front end."""
+    forbidden = contract(ADVISOR)
     return [
         f"{m}:{i.line} imports {i.target}"
         for m in sorted(imports)
         if _under(m, (ADVISOR,))
         for i in imports[m]
-        if _under(i.target, ADVISOR_MUST_NOT)
+        if _under(i.target, forbidden)
     ]
 
 
@@ -214,10 +235,14 @@ def test_the_package_has_no_import_cycle() -> None:
 
 
 def test_the_advisor_is_numpy_only() -> None:
+    forbidden = contract(ADVISOR)
+    for layer in ("torch", "tuneassist.engine", "tuneassist.runs", "tuneassist.cli", "tuneassist.tui"):
+        assert layer in forbidden  # the rule itself, as DESIGN.md states it
     assert not advisor_violations(_imports())
 
 
 def test_the_ui_loads_neither_torch_nor_the_engine_at_import() -> None:
+    assert {"torch", "tuneassist.engine"} <= set(engine_and_torch())
     assert not ui_violations(_imports())
 
 
