@@ -226,8 +226,7 @@ def process_alive(pid: int, *, stopped_is_dead: bool = False) -> bool:
 def cuda_visible(env: dict[str, str] | None = None) -> list[str] | None:
     """CUDA_VISIBLE_DEVICES as CUDA reads it: the entries up to the first empty or negative one (CUDA
     stops there); None when it is not set."""
-    env = os.environ if env is None else env
-    raw = env.get("CUDA_VISIBLE_DEVICES")
+    raw = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if raw is None:
         return None
     ids = []

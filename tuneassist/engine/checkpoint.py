@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -64,7 +64,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink()
         with os.fdopen(open_new(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
             sink = _WriteErrors(f)
-            torch.save(payload, sink)
+            torch.save(payload, cast(IO[bytes], sink))  # it has what torch's writer uses
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -168,8 +168,8 @@ class _Loaders:
 
     @classmethod
     def build(cls, spec: RunSpec, ds: Dataset, device: torch.device, rank: int, world: int) -> _Loaders:
-        kw = dict(device=device, mean=ds.mean, std=ds.std, channels_last=spec.channels_last, rank=rank,
-                  world_size=world)  # fmt: skip
+        kw: dict[str, Any] = dict(device=device, mean=ds.mean, std=ds.std, channels_last=spec.channels_last,
+                                  rank=rank, world_size=world)  # fmt: skip
         per_rank = spec.batch_size // world  # spec.batch_size is the total over all ranks
         train = DeviceLoader(
             ds.train_x, ds.train_y, per_rank, train=True, augment=spec.augment, seed=spec.seed, **kw

@@ -124,7 +124,7 @@ class Hyper:
         total, spe = self.total_steps or 0, self.steps_per_epoch or 1
         every = self.spec.eval_every
         done = step + 1
-        return done >= total or (bool(every) and done % every == 0) or (not every and done % spe == 0)
+        return done >= total or bool(every and done % every == 0) or (not every and done % spe == 0)
 
 
 @dataclass
