@@ -43,7 +43,7 @@ class DeviceReport:
 
 def _from_nvml() -> list[GpuState] | None:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return None
     try:
@@ -277,7 +277,7 @@ def driver_versions() -> tuple[str | None, str | None]:
     """The NVIDIA driver's version and the CUDA version it supports (NVML, else nvidia-smi); Nones
     when neither answers. Cached: the driver does not change under a running process."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         try:

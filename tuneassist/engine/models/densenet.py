@@ -33,12 +33,12 @@ class _BufferView(torch.autograd.Function):
     """``buf[:, :channels]`` as the differentiable concatenation of ``features``."""
 
     @staticmethod
-    def forward(ctx, buf: torch.Tensor, channels: int, *features: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, buf: torch.Tensor, channels: int, *features: torch.Tensor) -> torch.Tensor:
         ctx.sizes = [f.shape[1] for f in features]
         return buf.data[:, :channels]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return (None, None, *torch.split(grad, ctx.sizes, dim=1))
 
 

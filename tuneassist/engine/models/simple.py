@@ -39,8 +39,9 @@ class Simple3(nn.Module):
     def reset_parameters(self) -> None:
         """PyTorch's default initialisation; BN scale 1 and shift 0."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not self and callable(reset):
+                reset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
