@@ -3,7 +3,7 @@ what the resident loader holds, and the one line that says which path a run take
 
 The resident path (engine/loader.py) is the fast one, so it is taken whenever the splits fit in a share
 of the device's free memory (the model, its activations and the optimiser need the rest): on a GPU its
-free memory, on the CPU the host's available RAM (cgroup limits included, engine.probe.ram_info). A
+free memory, on the CPU the host's available RAM (cgroup limits included, hardware.ram_info). A
 data set that does not fit is streamed (engine/stream.py), never decoded whole.
 """
 
@@ -51,7 +51,7 @@ def data_budget(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda" and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info(device)
         return int(DATA_SHARE * free), f"half of {device}'s free memory"
-    from tuneassist.engine.probe import ram_info
+    from tuneassist.hardware import ram_info
 
     _, avail, _ = ram_info()
     return int(DATA_SHARE * avail), "half the host's available RAM"
