@@ -22,7 +22,7 @@ from tuneassist.engine import residency  # noqa: E402
 from tuneassist.engine.data import load_dataset  # noqa: E402
 from tuneassist.engine.items import FolderImages, TensorImages  # noqa: E402
 from tuneassist.engine.loader import DeviceLoader  # noqa: E402
-from tuneassist.engine.stream import StreamLoader, stream_workers  # noqa: E402
+from tuneassist.engine.stream import StreamLoader, open_loader, stream_workers  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*the validation split has only")  # small on purpose
 
@@ -62,10 +62,10 @@ def test_streamed_batches_are_the_resident_batches_bit_for_bit() -> None:
         for channels_last in (False, True):
             for rank, world in ((0, 1), (1, 2)):
                 kw = dict(train=train, seed=5, channels_last=channels_last, rank=rank, world_size=world)
-                a = DeviceLoader(
+                a = open_loader(
                     resident.train_x, resident.train_y, 32, "cpu", resident.mean, resident.std, **kw
                 )
-                b = DeviceLoader(
+                b = open_loader(
                     streamed.train_x, streamed.train_y, 32, "cpu", streamed.mean, streamed.std, **kw
                 )
                 assert isinstance(b, StreamLoader) and type(a) is DeviceLoader
@@ -98,11 +98,11 @@ def test_a_folder_that_does_not_fit_is_streamed_per_file_and_never_decoded_whole
     assert not list((cache / "folders").glob("*.pt"))  # nothing decoded whole, nothing cached
     assert ds.train_x.shape == resident.train_x.shape and torch.equal(ds.train_y, resident.train_y)
     assert (ds.mean, ds.std) == (resident.mean, resident.std)  # a small split's sample is all of it
-    a = DeviceLoader(resident.train_x, resident.train_y, 8, "cpu", resident.mean, resident.std, train=True)
-    b = DeviceLoader(ds.train_x, ds.train_y, 8, "cpu", ds.mean, ds.std, train=True)
+    a = open_loader(resident.train_x, resident.train_y, 8, "cpu", resident.mean, resident.std, train=True)
+    b = open_loader(ds.train_x, ds.train_y, 8, "cpu", ds.mean, ds.std, train=True)
     assert _same_batches(a, b) == len(a) == 27 // 8
-    a = DeviceLoader(resident.test_x, resident.test_y, 5, "cpu", resident.mean, resident.std, train=False)
-    b = DeviceLoader(ds.test_x, ds.test_y, 5, "cpu", ds.mean, ds.std, train=False)
+    a = open_loader(resident.test_x, resident.test_y, 5, "cpu", resident.mean, resident.std, train=False)
+    b = open_loader(ds.test_x, ds.test_y, 5, "cpu", ds.mean, ds.std, train=False)
     assert _same_batches(a, b) == 2  # 9 test images, the last batch kept
 
 

@@ -360,7 +360,7 @@ def _run(
     """The test's steps, into `trace`: the LR (and momentum) set, the loss accumulated and stepped,
     stopped at the first blown-up loss; the caller restores the model and optimiser afterwards."""
     from tuneassist.engine.optim import set_hyper
-    from tuneassist.engine.train import DivergenceMonitor
+    from tuneassist.engine.divergence import DivergenceMonitor
 
     model, scaler = work.model, work.scaler
     monitor = DivergenceMonitor(factor, strict=True)

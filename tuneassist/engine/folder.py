@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from tuneassist.dataref import (
-    DEFAULT_SIDE,
     FOLDER_TEST_FRACTION,
     MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
@@ -42,18 +41,14 @@ from tuneassist.dataref import (
     folder_test_count,
     scan_sizes,
 )
+from tuneassist.engine.decode import SIZE, DataWarning, decode_one
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
-SIZE = DEFAULT_SIDE  # the size of every other data source, and of the models' design
 # 2: the cache also holds the image sizes seen (for the resize warning); 3: any size, single-root folders
 _CACHE_VERSION = 3
 _CHUNK = 256  # files per worker task: large enough to amortise IPC, small enough to balance load
 _POOL_MIN_FILES = 1024  # below this, decoding in-process beats starting workers
-
-
-class DataWarning(UserWarning):
-    """Something about the data the user should know (skipped or resized images) that is not fatal."""
 
 
 def _listing(split_dir: Path, classes: list[str]) -> list[list[tuple[str, int, int]]]:
@@ -97,28 +92,6 @@ def _subdirs(d: Path) -> list[str]:
         return sorted(e.name for e in it if not e.name.startswith(".") and is_dir(e))
 
 
-def _decode_one(path: str, side: int = SIZE) -> tuple[np.ndarray, tuple[int, int]]:
-    """One image as side x side x 3 uint8 and its original (width, height). Raises on unreadable files."""
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        size = (int(opened.size[0]), int(opened.size[1]))
-        resized = size != (side, side)
-        if resized:
-            opened.draft("RGB", (side, side))  # JPEG: decode at reduced scale straight away (much faster)
-        im: Image.Image = opened
-        if im.mode == "P":
-            im = im.convert("RGBA")  # palette transparency is only honoured via RGBA
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        if im.size != (side, side):
-            im = im.resize((side, side), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.shape != (side, side, 3):
-        raise ValueError(f"decoded to shape {arr.shape}")
-    return arr, size
-
-
 class _Chunk(list):
     """Paths to decode together, with the side to decode them to (travels to the worker processes)."""
 
@@ -141,7 +114,7 @@ def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray, Sizes, tupl
         warnings.simplefilter("ignore")  # PIL's per-file warnings (EXIF, bombs) would flood the terminal
         for i, p in enumerate(paths):
             try:
-                out[i], size = _decode_one(p, side)
+                out[i], size = decode_one(p, side)
             except Exception as e:  # any decoder failure means "unreadable": count it, keep going
                 if first_bad is None:
                     first_bad = (p, f"{type(e).__name__}: {e}".splitlines()[0])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneassist.engine.decode import DataWarning, decode_one
 from tuneassist.errors import UserError
 
 
@@ -73,13 +74,11 @@ class FolderImages(ItemImages):
         self._warned = False
 
     def _read(self, source_index: int) -> torch.Tensor:
-        from tuneassist.engine.folder import DataWarning, _decode_one
-
         path = self.paths[source_index]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # PIL's per-file warnings (EXIF, bombs)
-                arr, _ = _decode_one(path, self.side)
+                arr, _ = decode_one(path, self.side)
         except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
             if not self._warned:
                 self._warned = True

@@ -46,9 +46,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class DeviceLoader:
     """Yields ``(x float32 normalised, y int64)`` batches from a uint8 (or float32) split held on ``device``.
 
-    Given a split held as items (engine/items.py: one that does not fit on the device, or `--stream`),
-    it is an engine.stream.StreamLoader instead: the same interface and batches, read by DataLoader
-    workers. Float32 images (a user's Datasets) are normalised as they are (no /255).
+    A split held as items (engine/items.py: one that does not fit on the device, or `--stream`) goes
+    to engine.stream.StreamLoader instead: the same interface and batches, read by DataLoader workers;
+    engine.stream.open_loader picks the one that fits the split. Float32 images (a user's Datasets)
+    are normalised as they are (no /255).
 
     Train mode: a fresh on-device permutation every epoch, crop+flip augmentation (if ``augment``), and
     the last partial batch dropped so every step has the same shape (``drop_last`` defaults to ``train``).
@@ -58,13 +59,6 @@ class DeviceLoader:
     With ``world_size > 1`` (DDP) every rank draws the same permutation and takes every
     ``world_size``-th sample from position ``rank``, so the ranks' samples are disjoint.
     """
-
-    def __new__(cls, x_uint8: Any, *args: Any, **kwargs: Any) -> DeviceLoader:
-        if cls is DeviceLoader and not isinstance(x_uint8, torch.Tensor):
-            from tuneassist.engine.stream import StreamLoader
-
-            return super().__new__(StreamLoader)
-        return super().__new__(cls)
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 `StreamLoader` is the `DeviceLoader` of a split held as items (engine/items.py): the same constructor,
 `len`, `set_epoch(e, start_batch=k)`, `epoch` and `(x float32 normalised, y int64)` batches on the
-device, so the training loop cannot tell them apart (`DeviceLoader(...)` returns one when given items).
+device, so the training loop cannot tell them apart (`open_loader(...)` returns one when given items).
 
 Same batches: each epoch's permutation, crop offsets and flips are drawn exactly as `DeviceLoader`
 draws them (the same generator, seed and order, on the CPU), and each item is padded with black,
@@ -216,3 +216,11 @@ class StreamLoader(DeviceLoader):
                 x = x.contiguous(memory_format=torch.channels_last)
             out = x.to(torch.float32) if x.dtype != torch.float32 else x.clone()
             yield out.mul_(self._scale).add_(self._shift), yb.to(self.device, non_blocking=True)
+
+
+def open_loader(x: torch.Tensor | ItemImages, *args: Any, **kwargs: Any) -> DeviceLoader:
+    """The loader for a split as `load_dataset` holds it: a `DeviceLoader` for a tensor on the device,
+    a `StreamLoader` for items (the same constructor arguments)."""
+    if isinstance(x, torch.Tensor):
+        return DeviceLoader(x, *args, **kwargs)
+    return StreamLoader(x, *args, **kwargs)

@@ -59,6 +59,7 @@ from tuneassist.engine.loader import DeviceLoader
 from tuneassist.engine.models import build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.schedules import Schedule, build_schedule
+from tuneassist.engine.stream import open_loader
 from tuneassist.engine.usertrain import train_user
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec, splits_over
@@ -171,21 +172,21 @@ class _Loaders:
         kw: dict[str, Any] = dict(device=device, mean=ds.mean, std=ds.std, channels_last=spec.channels_last,
                                   rank=rank, world_size=world)  # fmt: skip
         per_rank = spec.batch_size // world  # spec.batch_size is the total over all ranks
-        train = DeviceLoader(
+        train = open_loader(
             ds.train_x, ds.train_y, per_rank, train=True, augment=spec.augment, seed=spec.seed, **kw
         )
         eval_bs = max(spec.batch_size, 256)
-        val = DeviceLoader(ds.val_x, ds.val_y, eval_bs, train=False, **kw)
+        val = open_loader(ds.val_x, ds.val_y, eval_bs, train=False, **kw)
         quick_val = val
         if spec.eval_subset and spec.eval_subset < ds.val_y.numel():
             pick = eval_subset_indices(ds.val_y.numel(), spec.eval_subset)
-            quick_val = DeviceLoader(
+            quick_val = open_loader(
                 ds.val_x.index_select(0, pick), ds.val_y[pick], eval_bs, train=False, **kw
             )
         return cls(train, val, quick_val, kw, eval_bs)
 
     def test(self, ds: Dataset) -> DeviceLoader:
-        return DeviceLoader(ds.test_x, ds.test_y, self.eval_bs, train=False, **self.kw)
+        return open_loader(ds.test_x, ds.test_y, self.eval_bs, train=False, **self.kw)
 
 
 @dataclass

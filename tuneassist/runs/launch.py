@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, TextIO
 import tuneassist
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new, write_file
-from tuneassist.hardware import cpu_cores, read_gpus
+from tuneassist.hardware import cpu_cores, read_gpus, visible_gpu_ids
 from tuneassist.runs.packing import Fits, count_limit, fits_by_memory
 from tuneassist.runs.store import METRIC_FIELDS, Store, check_export_target, checkpoint_problem
 from tuneassist.spec import RunSpec
@@ -40,25 +39,7 @@ def detect_gpus() -> list[str]:
         return [g for g in os.environ[GPU_ENV].split(",") if g.strip()]
     if _gpu_cache is not None:
         return list(_gpu_cache)
-    n = 0
-    proc_dir = Path("/proc/driver/nvidia/gpus")
-    if proc_dir.is_dir():
-        n = sum(1 for _ in proc_dir.iterdir())
-    elif shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-            n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            n = 0
-    ids = [str(i) for i in range(n)]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if n and visible is not None:
-        ids = []
-        for part in visible.split(","):
-            part = part.strip()
-            if not part or part.startswith("-"):
-                break  # CUDA stops at the first invalid entry
-            ids.append(part)
+    ids = visible_gpu_ids()  # the driver's GPUs, narrowed by CUDA_VISIBLE_DEVICES (tuneassist.hardware)
     _gpu_cache = ids
     return list(ids)
 

@@ -8,7 +8,6 @@ owned twice or lost while its worker lives.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneassist.errors import UserError
+from tuneassist.hardware import process_alive
 from tuneassist.runs.db import Database
 from tuneassist.runs.packing import Fits, count_limit
 from tuneassist.runs.workspace import heartbeat_timeout
@@ -265,24 +265,17 @@ def _vanished(
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether pid is a live (non-zombie) tuneassist worker on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether pid is a live (non-zombie) tuneassist worker on this machine: alive as
+    tuneassist.hardware.process_alive says, and (where /proc shows it) still running the worker."""
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else: cannot be ours, but do not guess
     proc = Path("/proc") / str(pid)
     if proc.is_dir():
         try:
-            stat = (proc / "stat").read_text()
-            state = stat.rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                return False
             cmdline = (proc / "cmdline").read_bytes()
         except PermissionError:
             return True  # cannot look: the heartbeat decides
-        except (OSError, IndexError):
+        except OSError:
             return False  # it exited while we looked
         # pid reuse: a different program now has this pid
         return b"tuneassist.runs.worker" in cmdline
