@@ -359,8 +359,8 @@ def _run(
 ) -> None:
     """The test's steps, into `trace`: the LR (and momentum) set, the loss accumulated and stepped,
     stopped at the first blown-up loss; the caller restores the model and optimiser afterwards."""
-    from tuneassist.engine.optim import set_hyper
     from tuneassist.engine.divergence import DivergenceMonitor
+    from tuneassist.engine.optim import set_hyper
 
     model, scaler = work.model, work.scaler
     monitor = DivergenceMonitor(factor, strict=True)
