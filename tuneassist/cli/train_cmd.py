@@ -428,41 +428,36 @@ def render_lr_find(result: dict[str, Any]) -> str:
 TRAIN_DEFAULTS = {"data": "synthetic", "model": "simple3", "batch_size": 128}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    over: dict[str, Any] = {}
-    if args.profile:  # the profile's values, then whatever the command line gives explicitly
-        from tuneassist.cli.profile_cmd import profile_dirs
-        from tuneassist.profiles import find_profile, profile_to_runspec
+# What `train --profile` takes from the profile (the rest: the command line, or the defaults).
+_PROFILE_KEYS = (
+    "data", "model", "batch_size", "weight_decay", "wd_exclude_bn_bias", "nesterov", "optimizer",
+    "train_fn", "schedule", "lr_min", "lr_max", "momentum_max", "momentum_min", "epochs",
+    "rise_fraction", "final_div",
+)  # fmt: skip
 
-        prof = find_profile(args.profile, profile_dirs(getattr(args, "workspace", None)))
-        base = profile_to_runspec(prof, allow_import=args.allow_import).to_dict()
-        keep = (
-            "data",
-            "model",
-            "batch_size",
-            "weight_decay",
-            "wd_exclude_bn_bias",
-            "nesterov",
-            "optimizer",
-            "train_fn",
-            "schedule",
-            "lr_min",
-            "lr_max",
-            "momentum_max",
-            "momentum_min",
-            "epochs",
-            "rise_fraction",
-            "final_div",
-        )
-        over = {k: base[k] for k in keep}
-        if args.optimizer is not None:  # given on the command line: it wins over the profile's
-            over.pop("optimizer")
-        if args.devices is None:
-            args.devices = base["devices"]
-        if args.image_size is None and args.data in (None, base["data"]):  # the size it was tuned at
-            args.image_size = base["image_size"]
-        if args.wd is None:
-            args.wd = over["weight_decay"]
+
+def _profile_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile's values, and its devices, image size and WD into `args` where the command line
+    left them unset: whatever the command line gives explicitly wins."""
+    from tuneassist.cli.profile_cmd import profile_dirs
+    from tuneassist.profiles import find_profile, profile_to_runspec
+
+    prof = find_profile(args.profile, profile_dirs(getattr(args, "workspace", None)))
+    base = profile_to_runspec(prof, allow_import=args.allow_import).to_dict()
+    over = {k: base[k] for k in _PROFILE_KEYS}
+    if args.optimizer is not None:  # given on the command line: it wins over the profile's
+        over.pop("optimizer")
+    if args.devices is None:
+        args.devices = base["devices"]
+    if args.image_size is None and args.data in (None, base["data"]):  # the size it was tuned at
+        args.image_size = base["image_size"]
+    if args.wd is None:
+        args.wd = over["weight_decay"]
+    return over
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    over: dict[str, Any] = _profile_values(args) if args.profile else {}
     for k, v in TRAIN_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, over.get(k, v))
