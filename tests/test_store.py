@@ -218,6 +218,32 @@ def test_writer_merges_evals_and_holds_back_the_newest_step(tmp_path: Path) -> N
         assert s.metrics_since(run_id, 3) == [rows[4], rows[5]]
 
 
+def test_a_failed_commit_keeps_its_rows_for_the_next_flush(tmp_path: Path) -> None:
+    """Seen under load: the workspace's disk filled by a checkpoint's temp file for a moment, the
+    background commit failed, and the rows it held (steps 0-14) were gone from the run for good."""
+    with Store(tmp_path) as s:
+        run_id, attempt = _running(s)
+        w = MetricWriter(s, run_id, attempt=attempt, background=False)
+        for step in range(6):
+            w.add_train(step, epoch=step / 6, train_loss=2.0 - step / 10)
+        w.add_eval(2, val_loss=1.7, val_acc=0.3)
+        real_write = s.write
+
+        def disk_full(fn: object) -> object:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        s.write = disk_full  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            w.flush()
+        s.write = real_write  # type: ignore[method-assign]
+        w.add_eval(0, val_loss=1.9, val_acc=0.1)
+        w.close()
+        rows = {r["step"]: r for r in s.metrics(run_id)}
+        assert sorted(rows) == list(range(6))
+        assert rows[2]["val_loss"] == 1.7 and rows[0]["val_acc"] == 0.1
+        assert rows[5]["train_loss"] == pytest.approx(1.5)
+
+
 def test_writer_reset_after_and_ownership(tmp_path: Path) -> None:
     with Store(tmp_path) as s:
         run_id, attempt = _running(s)

@@ -158,7 +158,14 @@ class MetricWriter:
             self._pending = keep
             if self.lost_ownership:
                 return 0
-            written = self.store.write(lambda c: self._commit(c, rows, late))
+            try:
+                written = self.store.write(lambda c: self._commit(c, rows, late))
+            except BaseException:
+                # Keep them for the next flush: a full disk (a checkpoint's temp file filling it) is often
+                # free again a moment later, and the final flush must still write every row.
+                self._pending = {**{r["step"]: r for r in rows}, **keep}
+                self._late = late + self._late
+                raise
             if written is None:
                 self.lost_ownership = True
                 return 0
