@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
+from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
@@ -36,6 +37,19 @@ def session_progress(cl: Checklist) -> str:
     done = sum(1 for s in STEPS if s in cl.decisions and not cl.decisions[s].stale)
     cur = cl.current_step
     return f"{done}/5 · complete" if cur is None else f"{done}/5 · next: {STEP_TITLES[cur]}"
+
+
+def _row(label: str, field: Widget, note: str | None = None) -> Horizontal:
+    """One row of the form: its label, its field, and the note that says what the field takes."""
+    parts: list[Widget] = [Label(label), field]
+    if note is not None:
+        parts.append(Static(note, classes="note"))
+    return Horizontal(*parts, classes="row")
+
+
+def _optional(field_id: str, example: str, **kw: Any) -> Input:
+    """An optional text field, empty, its placeholder an example."""
+    return Input("", placeholder=f"{example} (optional)", id=field_id, compact=True, **kw)
 
 
 class StartScreen(LiveScreen):
@@ -69,63 +83,26 @@ class StartScreen(LiveScreen):
         yield TopBar()
         with Vertical(id="form") as form:
             form.border_title = "New tuning session"
-            with Horizontal(classes="row"):
-                yield Label("Data")
-                yield Input(
-                    "synthetic",
-                    id="data",
-                    compact=True,
-                    suggester=SuggestFromList(DATA_SUGGESTIONS, case_sensitive=False),
-                )
-                yield Static(
-                    "synthetic[:N] · cifar10 · cifar100 · folder:PATH · module:function", classes="note"
-                )
-            with Horizontal(classes="row"):
-                yield Label("Size")
-                yield Input(
-                    "", placeholder="e.g. 64 (optional)", id="image-size", type="integer", compact=True
-                )
-                yield Static("a folder's side (default: its most common)", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Model")
-                yield Select(
-                    [(m, m) for m in BUILTIN_MODELS],
-                    value="simple3",
-                    allow_blank=False,
-                    id="model",
-                    compact=True,
-                )
-                yield Static("or type module:function below", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Custom")
-                yield Input("", placeholder="mynets:build (optional)", id="custom", compact=True)
-                yield Static("a function(num_classes) -> nn.Module", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Train")
-                yield Input("", placeholder="mytrain:train (optional)", id="train", compact=True)
-                yield Static("your training function(hp, report)", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Budget")
-                yield Select(
-                    [(BUDGET_HELP[b], b) for b in BUDGETS],
-                    value="quick",
-                    allow_blank=False,
-                    id="budget",
-                    compact=True,
-                )
-            with Horizontal(classes="row"):
-                yield Label("Time")
-                yield Input("", placeholder="e.g. 20m (optional)", id="time", compact=True)
-                yield Static("fit the whole checklist in this wall time", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Devices")
-                yield Input("1", id="devices", type="integer", compact=True)
-                gpus = detect_gpus()
-                seen = f"{len(gpus)} GPU(s) seen" if gpus else "no GPU seen: runs use the CPU"
-                yield Static(f"per run; {seen}", classes="note")
-            with Horizontal(classes="row"):
-                yield Label("Name")
-                yield Input("", placeholder="(default: data · model)", id="name", compact=True)
+            yield _row(
+                "Data",
+                Input("synthetic", id="data", compact=True,
+                      suggester=SuggestFromList(DATA_SUGGESTIONS, case_sensitive=False)),
+                "synthetic[:N] · cifar10 · cifar100 · folder:PATH · module:function",
+            )  # fmt: skip
+            yield _row("Size", _optional("image-size", "e.g. 64", type="integer"),
+                       "a folder's side (default: its most common)")  # fmt: skip
+            models = Select([(m, m) for m in BUILTIN_MODELS], value="simple3", allow_blank=False, id="model",
+                            compact=True)  # fmt: skip
+            yield _row("Model", models, "or type module:function below")
+            yield _row("Custom", _optional("custom", "mynets:build"), "a function(num_classes) -> nn.Module")
+            yield _row("Train", _optional("train", "mytrain:train"), "your training function(hp, report)")
+            yield _row("Budget", Select([(BUDGET_HELP[b], b) for b in BUDGETS], value="quick",
+                                        allow_blank=False, id="budget", compact=True))  # fmt: skip
+            yield _row("Time", _optional("time", "e.g. 20m"), "fit the whole checklist in this wall time")
+            gpus = detect_gpus()
+            seen = f"{len(gpus)} GPU(s) seen" if gpus else "no GPU seen: runs use the CPU"
+            yield _row("Devices", Input("1", id="devices", type="integer", compact=True), f"per run; {seen}")
+            yield _row("Name", Input("", placeholder="(default: data · model)", id="name", compact=True))
             yield Static(id="estimate")
             yield Button("Create session (enter)", id="create", compact=True)
             yield Static(
