@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import run_main
 
-from tests.testkit import run_main
 from tuneassist.advisor.checklist import Checklist
 from tuneassist.errors import UserError
 from tuneassist.profiles import load_profile, profile_from_runspec, profile_to_runspec

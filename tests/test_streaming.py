@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import run_main
 
-from tests.testkit import run_main
 from tuneassist.errors import UserError
 
 torch = pytest.importorskip("torch")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import run_main
 
-from tests.testkit import run_main
 from tuneassist.dataref import is_data_module, parse_data
 from tuneassist.errors import UserError
 from tuneassist.spec import RunSpec
