@@ -43,6 +43,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return z & (2**63 - 1)
 
 
+def normaliser(
+    mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, view: tuple[int, ...], device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) that fold (x/255 - mean) / std into one multiply-add on the 0..255 values (float
+    images: (x - mean) / std), shaped `view` to broadcast over a batch."""
+    unit = 255.0 if dtype == torch.uint8 else 1.0
+    std_t = torch.tensor([float(v) for v in std], dtype=torch.float32)
+    mean_t = torch.tensor([float(v) for v in mean], dtype=torch.float32)
+    return (1.0 / (unit * std_t)).view(view).to(device), (-mean_t / std_t).view(view).to(device)
+
+
 class DeviceLoader:
     """Yields ``(x float32 normalised, y int64)`` batches from a uint8 (or float32) split held on ``device``.
 
@@ -120,14 +131,8 @@ class DeviceLoader:
             self._src = self._src[rank::world_size].contiguous()
             self.y = self.y[rank::world_size].contiguous()
 
-        # Normalisation folded into one multiply-add on the 0..255 values: (x/255 - mean) / std (float
-        # images: (x - mean) / std).
-        unit = 255.0 if x_uint8.dtype == torch.uint8 else 1.0
-        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
-        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
         view = (c,) if self.channels_last else (c, 1, 1)
-        self._scale = (1.0 / (unit * std_t)).view(view).to(self.device)
-        self._shift = (-mean_t / std_t).view(view).to(self.device)
+        self._scale, self._shift = normaliser(mean, std, x_uint8.dtype, view, self.device)
 
         if self.augment:
             self._build_rows()

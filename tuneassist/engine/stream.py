@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from tuneassist.engine.items import ItemImages
-from tuneassist.engine.loader import SETTINGS, DeviceLoader, _epoch_seed
+from tuneassist.engine.loader import SETTINGS, DeviceLoader, _epoch_seed, normaliser
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
@@ -154,11 +154,7 @@ class StreamLoader(DeviceLoader):
         self._n_all = n
         self.y = y.to(torch.int64)
         self.workers = stream_workers() if workers is None else int(workers)
-        unit = 255.0 if images.dtype == torch.uint8 else 1.0
-        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
-        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
-        self._scale = (1.0 / (unit * std_t)).view(c, 1, 1).to(self.device)  # as DeviceLoader rounds it
-        self._shift = (-mean_t / std_t).view(c, 1, 1).to(self.device)
+        self._scale, self._shift = normaliser(mean, std, images.dtype, (c, 1, 1), self.device)
         self._batches = _EpochBatches(self.batch_size, len(self))
         pin = self.device.type == "cuda"
         kw: dict[str, Any] = {}
