@@ -92,22 +92,9 @@ class DeviceLoader:
         if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         n, c, h, w = x_uint8.shape
-        self._configure(
-            (n, c, h, w),
-            y,
-            batch_size,
-            device,
-            mean,
-            std,
-            train=train,
-            augment=augment,
-            seed=seed,
-            channels_last=channels_last,
-            drop_last=drop_last,
-            padding=padding,
-            rank=rank,
-            world_size=world_size,
-        )
+        self._configure((n, c, h, w), y, batch_size, device, mean, std, train=train, augment=augment,
+                        seed=seed, channels_last=channels_last, drop_last=drop_last, padding=padding,
+                        rank=rank, world_size=world_size)  # fmt: skip
 
         x = x_uint8.to(self.device)
         if self.augment:
