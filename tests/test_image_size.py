@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from testkit import run_main
+from testkit import banded_folder, run_main
 
 from tuneassist.advisor.checklist import Checklist
 from tuneassist.errors import UserError
@@ -17,16 +15,7 @@ from tuneassist.spec import RunSpec
 
 
 def _folder(root: Path, side: int = 48) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("test", 4)):
-        for k, cls in enumerate(("a", "b")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = (rng.random((side, side, 3)) * 80).astype(np.uint8)
-                img[k * side // 2 : (k + 1) * side // 2] = 220
-                Image.fromarray(img).save(d / f"{i:03d}.png")
-    return root
+    return banded_folder(root, ("a", "b"), 12, 4, side)
 
 
 def test_a_profile_records_the_image_size_and_gives_it_back(tmp_path: Path) -> None:

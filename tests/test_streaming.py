@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from testkit import run_main
+from testkit import banded_folder, run_main
 
 from tuneassist.errors import UserError
 
@@ -29,16 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*the validation split has only"
 
 def _folder(root: Path, per_class: int = 10, side: int = 48) -> Path:
     """Three learnable classes of `side` x `side` PNGs (a bright band per class), train/ and test/."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", max(2, per_class // 3))):
-        for k, cls in enumerate(("a", "b", "c")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = (rng.random((side, side, 3)) * 80).astype(np.uint8)
-                img[k * side // 3 : (k + 1) * side // 3] = 220
-                Image.fromarray(img).save(d / f"{i:03d}.png")
-    return root
+    return banded_folder(root, ("a", "b", "c"), per_class, max(2, per_class // 3), side)
 
 
 def _same_batches(a: object, b: object, **kw: object) -> int:

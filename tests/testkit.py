@@ -101,3 +101,23 @@ def kill_workers(path: Path) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def banded_folder(
+    root: Path, classes: tuple[str, ...], per_class: int, test_per_class: int, side: int
+) -> Path:
+    """A learnable image folder, train/ and test/: `side` x `side` PNGs, each class a bright band."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    k_all = len(classes)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for k, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = (rng.random((side, side, 3)) * 80).astype(np.uint8)
+                img[k * side // k_all : (k + 1) * side // k_all] = 220
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
