@@ -24,7 +24,7 @@ from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.checklist_plot import range_ylim, step_chart
 from tuneassist.tui.checklist_view import StepView, candidate_rows, recommendation_text, recommendation_title
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
-from tuneassist.tui.fmt import HINTS, STEP_STATUS, RunRow, fmt_minutes, parse_value, value_text
+from tuneassist.tui.fmt import HINTS, STEP_STATUS, RunRow, badge, fmt_minutes, parse_value, value_text
 from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
@@ -217,9 +217,7 @@ class ChecklistScreen(LiveScreen):
         box = self.query_one("#explain", Static)
         i = STEPS.index(step) + 1
         state = next(st for st in s.steps() if st.step == step)
-        box.border_title = (
-            f"{i} · {STEP_TITLES[step]} ({STEP_STATUS.get(state.status, ('', state.status))[1]})"
-        )
+        box.border_title = f"{i} · {STEP_TITLES[step]} ({badge(STEP_STATUS, state.status).word})"
         try:
             text = cl.propose(step).explanation
         except UserError:

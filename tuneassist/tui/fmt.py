@@ -7,7 +7,7 @@ read the same. Parsing turns what the user types into checklist values, with one
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.text import Text
 
@@ -20,23 +20,45 @@ from tuneassist.text import g, pct  # noqa: F401 - the screens' numbers, shared 
 # A run as the screens get it: the store's typed Run, or a plain row (tests, a run gone from the store).
 RunRow = Run | Mapping[str, Any]
 
+
+class Badge(NamedTuple):
+    """A status as the screens show it: the symbol and word carry it, the style only adds colour."""
+
+    symbol: str
+    word: str
+    style: str
+
+    def text(self, more: str = "") -> Text:
+        return Text(f"{self.symbol} {self.word}{more}", style=self.style)
+
+
+# What runs and checklist steps share: running, ended well, failed look the same on every screen.
+RUNNING = Badge("●", "running", "cyan")
+DONE = Badge("✓", "done", "green")
+FAILED = Badge("✗", "failed", "red")
+
 RUN_STATUS = {
-    "queued": ("◌", "queued", "bright_black"),
-    "running": ("●", "running", "cyan"),
-    "finished": ("✓", "finished", "green"),
-    "diverged": ("✗", "diverged", "yellow"),
-    "failed": ("✗", "failed", "red"),
-    "cancelled": ("■", "cancelled", "bright_black"),
-    "lost": ("?", "lost", "red"),
+    "queued": Badge("◌", "queued", "bright_black"),
+    "running": RUNNING,
+    "finished": DONE._replace(word="finished"),
+    "diverged": Badge("✗", "diverged", "yellow"),
+    "failed": FAILED,
+    "cancelled": Badge("■", "cancelled", "bright_black"),
+    "lost": Badge("?", "lost", "red"),
 }
 STEP_STATUS = {
-    "pending": ("·", "to do", ""),
-    "running": ("●", "running", "cyan"),
-    "ready": ("◆", "decide", "bright_yellow"),
-    "done": ("✓", "done", "green"),
-    "stale": ("!", "stale", "yellow"),
-    "failed": ("✗", "failed", "red"),
+    "pending": Badge("·", "to do", ""),
+    "running": RUNNING,
+    "ready": Badge("◆", "decide", "bright_yellow"),
+    "done": DONE,
+    "stale": Badge("!", "stale", "yellow"),
+    "failed": FAILED,
 }
+
+
+def badge(table: Mapping[str, Badge], status: str) -> Badge:
+    """The status's badge; one this UI does not know (a newer store's) still reads, as '?' and its name."""
+    return table.get(status) or Badge("?", status, "")
 
 
 def run_status(status: str, cancel_requested: bool = False, run: RunRow | None = None) -> Text:
@@ -46,11 +68,11 @@ def run_status(status: str, cancel_requested: bool = False, run: RunRow | None =
     if status == "diverged" and run is not None and is_range_test(run):
         d_lr = (run.get("outcome") or {}).get("diverged_lr")
         where = f", diverged at LR {fmt_num(d_lr)}" if d_lr is not None else " (diverged)"
-        return Text(f"✓ done{where}", style="green")
-    sym, word, color = RUN_STATUS.get(status, ("?", status, ""))
+        return DONE.text(where)
+    b = badge(RUN_STATUS, status)
     if cancel_requested and status == "running":
-        word = "stopping"
-    return Text(f"{sym} {word}", style=color)
+        b = b._replace(word="stopping")
+    return b.text()
 
 
 def is_range_test(run: RunRow) -> bool:
@@ -61,8 +83,7 @@ def is_range_test(run: RunRow) -> bool:
 
 
 def step_status(status: str) -> Text:
-    sym, word, color = STEP_STATUS.get(status, ("?", status, ""))
-    return Text(f"{sym} {word}", style=color)
+    return badge(STEP_STATUS, status).text()
 
 
 def fmt_minutes(seconds: float) -> str:

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuneassist.tui.chart import Chart, chart_signature, render_chart
-from tuneassist.tui.fmt import STEP_STATUS
+from tuneassist.tui.fmt import STEP_STATUS, badge
 
 if TYPE_CHECKING:
     from tuneassist.session import StepState
@@ -170,7 +170,7 @@ class StepSidebar(OptionList):
 
     @staticmethod
     def _prompt(i: int, s: StepState, current: str | None, narrow: bool) -> Text:
-        sym, word, color = STEP_STATUS.get(s.status, ("?", s.status, ""))
+        sym, word, color = badge(STEP_STATUS, s.status)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("›" if s.step == current else " ")
         if narrow:
