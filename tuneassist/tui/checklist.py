@@ -8,6 +8,7 @@ the hero: one sentence with the value and its reason, and the keys to accept, ov
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from textual.app import ComposeResult
@@ -25,6 +26,7 @@ from tuneassist.tui.checklist_plot import range_ylim, step_chart
 from tuneassist.tui.checklist_view import StepView, candidate_rows, recommendation_text, recommendation_title
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
 from tuneassist.tui.fmt import HINTS, STEP_STATUS, RunRow, badge, fmt_minutes, parse_value, value_text
+from tuneassist.tui.keys import PLOT_METRIC
 from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
 
@@ -59,7 +61,7 @@ class ChecklistScreen(LiveScreen):
         Binding("e", "edit", "edit"),
         Binding("n", "add", "add value", show=False),
         Binding("x", "remove", "remove value", show=False),
-        Binding("m", "metric", "plot metric", show=False),
+        replace(PLOT_METRIC, show=False),
         Binding("f", "refine", "refine (final step)", show=False),
         Binding("left_square_bracket", "step(-1)", "previous step", show=False),
         Binding("right_square_bracket", "step(1)", "next step", show=False),

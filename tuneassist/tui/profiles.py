@@ -29,6 +29,7 @@ from tuneassist.runs.launch import launch_run
 from tuneassist.runs.store import check_export_target
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.dialogs import ChoiceDialog, ConfirmDialog, InputDialog
+from tuneassist.tui.keys import BACK_TO_CHECKLIST
 from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, TopBar
 
@@ -54,7 +55,7 @@ class ProfilesScreen(LiveScreen):
         Binding("s", "app.save_profile", "save session result"),
         Binding("e", "export", "export"),
         Binding("t", "train", "train from it"),
-        Binding("escape", "app.goto('checklist')", "back", show=False),
+        BACK_TO_CHECKLIST,
     ]
 
     def __init__(self) -> None:

@@ -21,6 +21,7 @@ from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.chart import Chart, Series, VLine, ema
 from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import fmt_time, g, hyper, pct, progress_text, run_kind, run_status
+from tuneassist.tui.keys import BACK_TO_CHECKLIST, CANCEL_RUN, PLOT_METRIC, RESUME_RUN
 from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, TopBar, sync_table
 
@@ -159,11 +160,11 @@ class RunsScreen(LiveScreen):
     """
     BINDINGS = [
         Binding("enter", "open", "open", show=False),
-        Binding("c", "cancel", "cancel run"),
-        Binding("u", "resume", "resume run"),
+        CANCEL_RUN,
+        RESUME_RUN,
         Binding("f", "filter_session", "session/all"),
         Binding("s", "filter_status", "status filter"),
-        Binding("escape", "app.goto('checklist')", "back", show=False),
+        BACK_TO_CHECKLIST,
     ]
 
     def __init__(self) -> None:
@@ -323,9 +324,9 @@ class RunDetailScreen(LiveScreen):
     """
     BINDINGS = [
         Binding("escape", "back", "back"),
-        Binding("c", "cancel", "cancel run"),
-        Binding("u", "resume", "resume run"),
-        Binding("m", "metric", "plot metric"),
+        CANCEL_RUN,
+        RESUME_RUN,
+        PLOT_METRIC,
     ]
 
     def __init__(self, run_id: int) -> None:

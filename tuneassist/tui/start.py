@@ -21,6 +21,7 @@ from tuneassist.spec import BUILTIN_MODELS, RunSpec
 from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import fmt_minutes
+from tuneassist.tui.keys import BACK_TO_CHECKLIST
 from tuneassist.tui.live import PollResult
 from tuneassist.tui.widgets import KeyFooter, TopBar
 from tuneassist.usercode import is_user_model, locate_module
@@ -71,7 +72,7 @@ class StartScreen(LiveScreen):
     """
     BINDINGS = [
         Binding("ctrl+n", "create", "create session"),
-        Binding("escape", "app.goto('checklist')", "back", show=False),
+        BACK_TO_CHECKLIST,
     ]
 
     def __init__(self) -> None:
