@@ -246,30 +246,21 @@ def _check_provenance(prov: Mapping[str, Any], where: str) -> None:
                 raise UserError(f"{where}: provenance.decisions.{k} is {v!r}; it must be a string")
 
 
+# A flat key of the file sets the Profile field of its name (`train` sets train_fn); an absent one
+# leaves the field's default. These are stored as floats; epochs keeps a whole number an int.
+_FIELD_OF_KEY = {"train": "train_fn"}
+_FLOAT_KEYS = ("lr_min", "lr_max", "momentum_max", "momentum_min", "weight_decay")
+
+
 def _build(raw: Mapping[str, Any], tabs: Mapping[str, Mapping[str, Any]]) -> Profile:
     """The Profile of checked values (defaults filled in, numbers as float)."""
     sched, acc, prov = tabs["schedule"], tabs["accuracy"], tabs["provenance"]
     rng = acc.get("expected_range")
     spe = sched.get("steps_per_epoch")
+    flat = {_FIELD_OF_KEY.get(k, k): raw[k] for k in TOP_KEYS if k in raw}
+    flat.update({k: float(raw[k]) for k in _FLOAT_KEYS})
     return Profile(
-        name=raw["name"],
-        data=raw["data"],
-        model=raw["model"],
-        batch_size=raw["batch_size"],
-        epochs=raw["epochs"],
-        lr_min=float(raw["lr_min"]),
-        lr_max=float(raw["lr_max"]),
-        momentum_max=float(raw["momentum_max"]),
-        momentum_min=float(raw["momentum_min"]),
-        weight_decay=float(raw["weight_decay"]),
-        devices=raw.get("devices", 1),
-        description=raw.get("description", ""),
-        notes=raw.get("notes", ""),
-        nesterov=raw.get("nesterov", False),
-        optimizer=raw.get("optimizer", "sgd"),
-        train_fn=raw.get("train"),
-        image_size=raw.get("image_size"),
-        wd_exclude_bn_bias=raw.get("wd_exclude_bn_bias", False),
+        **flat,
         schedule=sched.get("kind", "onecycle"),
         rise_fraction=float(sched.get("rise_fraction", 0.45)),
         final_div=float(sched.get("final_div", 100.0)),
