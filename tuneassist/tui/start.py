@@ -53,6 +53,18 @@ def _optional(field_id: str, example: str, **kw: Any) -> Input:
     return Input("", placeholder=f"{example} (optional)", id=field_id, compact=True, **kw)
 
 
+def _checklist_kw(form: dict[str, Any], ips: float | None) -> dict[str, Any]:
+    """The Checklist the form describes, as keywords: the estimate is of the session `create` makes.
+    The form's fields carry Checklist's names (all but `name`, the session's); a time budget plans
+    from the throughput `ips`."""
+    kw = {k: v for k, v in form.items() if k != "name"}
+    return {
+        **kw,
+        "train_size": estimate_train_size(form["data"]),
+        "images_per_s": ips if form["time_s"] else None,
+    }
+
+
 class StartScreen(LiveScreen):
     """A form for a new session above the list of existing ones (enter resumes the selected one)."""
 
@@ -175,17 +187,7 @@ class StartScreen(LiveScreen):
         try:
             f = self._form()
             ips, source = expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))
-            cl = Checklist(
-                data=f["data"],
-                model=f["model"],
-                budget=f["budget"],
-                devices=f["devices"],
-                train_fn=f["train_fn"],
-                image_size=f["image_size"],
-                train_size=estimate_train_size(f["data"]),
-                time_s=f["time_s"],
-                images_per_s=ips if f["time_s"] else None,
-            )
+            cl = Checklist(**_checklist_kw(f, ips))
             secs = cl.estimate_seconds(images_per_s=ips)["total"]
             plan = f" {cl.time_plan_text()}" if cl.time_s else ""
             box.update(
@@ -258,18 +260,10 @@ class StartScreen(LiveScreen):
         )
         session = TuningSession.create(
             self.tapp.store,
-            f["data"],
-            f["model"],
-            budget=f["budget"],
-            devices=f["devices"],
             name=f["name"],
-            train_size=estimate_train_size(f["data"]),
-            time_s=f["time_s"],
-            images_per_s=ips,
             allow_import=consent,
             model_dir=model_dir,
-            train_fn=f["train_fn"],
-            image_size=f["image_size"],
+            **_checklist_kw(f, ips),
         )
         self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
         self.tapp.set_session(session)
