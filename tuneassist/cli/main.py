@@ -29,6 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from tuneassist.cli import train_cmd
+    from tuneassist.cli.options import add_workspace
 
     parser = OneLineParser(
         prog="tuneassist",
@@ -36,11 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum, weight decay, then one 1cycle run.",
     )
     parser.add_argument("--version", action="version", version=f"tuneassist {__version__}")
-    parser.add_argument(
-        "--workspace",
-        default=argparse.SUPPRESS,
-        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
-    )
+    add_workspace(parser, metavar=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     train_cmd.register(sub)
     for name in ("lr_read_cmd", "runs_cmd", "profile_cmd", "tune_cmd", "tui_cmd"):

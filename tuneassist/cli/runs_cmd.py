@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneassist.cli.options import add_workspace
 from tuneassist.curves import Curves, finite_points
 from tuneassist.errors import UserError, printable
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
@@ -26,16 +27,6 @@ _ENDED_OK = ("finished", "cancelled", "diverged")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _add_workspace(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS: an absent option must not overwrite a top-level --workspace given before the command.
-    p.add_argument(
-        "--workspace",
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="folder holding the run store (default: $TUNEASSIST_HOME or the user data dir)",
-    )
-
-
 def open_store(args: argparse.Namespace) -> Store:
     """The store of --workspace / $TUNEASSIST_HOME / the user data dir."""
     return Store(getattr(args, "workspace", None))
@@ -168,17 +159,6 @@ FIT_STEPS = (
 
 
 # ----------------------------------------------------------------------------- launching (for lr-find/train)
-def add_background_option(parser: argparse.ArgumentParser) -> None:
-    """Add `--background` (and `--workspace`) to a command that can run as a background job."""
-    parser.add_argument(
-        "--background",
-        action="store_true",
-        help="run as a background job in the run store; print its id and return",
-    )
-    if not any("--workspace" in a.option_strings for a in parser._actions):
-        _add_workspace(parser)
-
-
 def launch_background(args: argparse.Namespace, spec: RunSpec, kind: str) -> int:
     """Queue `spec` as a background run, start it if its device is free, print its id and how to watch it."""
     store = open_store(args)
@@ -517,13 +497,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Background runs live in detached worker processes and the run store; this lists "
         "them (default) and follows, cancels, resumes or exports one.",
     )
-    _add_workspace(p)
+    add_workspace(p)
     _list_options(p)
     p.set_defaults(func=cmd_list)
     sub = p.add_subparsers(dest="runs_action", metavar="ACTION")
 
     ls = sub.add_parser("list", help="list runs (the default)")
-    _add_workspace(ls)
+    add_workspace(ls)
     _list_options(ls)
     ls.set_defaults(func=cmd_list)
 
@@ -571,9 +551,9 @@ def _one_run(
     p.add_argument("run_id", type=_run_id, metavar="ID", help="run id, as `tuneassist runs` lists it")
     for flags, kw in options:
         p.add_argument(*flags, **kw)
-    _add_workspace(p)
+    add_workspace(p)
     p.set_defaults(func=func)
     return p
 
 
-__all__ = ["register", "add_background_option", "launch_background", "open_store", "UserError"]
+__all__ = ["register", "launch_background", "open_store", "UserError"]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tuneassist.cli.options import add_background
 from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.spec import BUILTIN_MODELS, RunSpec, lr_range_ok
@@ -117,11 +118,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
-    p.add_argument(
-        "--background",
-        action="store_true",
-        help="run as a background job in the run store; print its id and return",
-    )
+    add_background(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

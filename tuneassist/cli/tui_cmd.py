@@ -12,7 +12,7 @@ import shlex
 import socket
 import sys
 
-from tuneassist.cli.runs_cmd import _add_workspace
+from tuneassist.cli.options import add_workspace
 from tuneassist.errors import UserError
 
 DEFAULT_PORT = 8000
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The guided checklist with live plots, the runs and the profiles. It opens the last "
         "session; quitting leaves runs running, and opening it again shows them live.",
     )
-    _add_workspace(p)
+    add_workspace(p)
     p.add_argument("--session", default=None, metavar="ID", help="open this session (id or name)")
     p.set_defaults(func=open_tui_here)
 
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serves the same app through textual-serve, bound to localhost by default: reach it "
         "from your machine through an SSH tunnel.",
     )
-    _add_workspace(s)
+    add_workspace(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.set_defaults(func=serve)
