@@ -25,7 +25,7 @@ def jitter(scale: float, seed: int = 1) -> np.ndarray:
 
 def test_underfitting_when_val_loss_still_falls() -> None:
     val = 2.3 * np.exp(-VSTEPS / 600) + 0.5 + jitter(0.005)
-    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, **CURRENT)
     assert d.kind == "underfitting"
     assert d.evidence["val_change_rel"] < -0.02
     assert "raise the max LR to 0.8 (from 0.4)" in d.remedy and "lower WD to 3e-5 (from 1e-4)" in d.remedy
@@ -34,7 +34,7 @@ def test_underfitting_when_val_loss_still_falls() -> None:
 
 def test_overfitting_when_val_rises_while_train_falls() -> None:
     val = np.where(VSTEPS <= 400, 2.3 * np.exp(-VSTEPS / 100) + 1.0, 1.0 + 0.5 * ((VSTEPS - 400) / 600) ** 2)
-    d = diagnose(STEPS, train_curve(), VSTEPS, val + jitter(0.005), current=CURRENT)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val + jitter(0.005), **CURRENT)
     assert d.kind == "overfitting"
     assert d.evidence["val_change_rel"] > 0.02 and d.evidence["train_change_rel"] < 0
     assert "raise WD to 3e-4 (from 1e-4)" in d.remedy
@@ -57,7 +57,7 @@ def _overfit_val() -> np.ndarray:
 def test_overfitting_without_wd_adds_the_grids_first_value(model: str | None, first: str) -> None:
     """From WD 0 there is no multiple to raise: start where the WD step's grid for the net starts."""
     d = diagnose(
-        STEPS, train_curve(), VSTEPS, _overfit_val(), current={**CURRENT, "weight_decay": 0.0}, model=model
+        STEPS, train_curve(), VSTEPS, _overfit_val(), **{**CURRENT, "weight_decay": 0.0}, model=model
     )
     assert d.kind == "overfitting" and d.remedy.startswith(first)
 
@@ -67,7 +67,7 @@ def test_best_val_loss_is_quoted_as_recorded() -> None:
     as a value the run recorded, at the step that recorded it."""
     val = _overfit_val()
     val[7] = 0.5  # one lucky evaluation (step 400): skipped
-    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, **CURRENT)
     assert d.kind == "overfitting"
     i = int(np.nonzero(VSTEPS == d.evidence["val_min_step"])[0][0])
     assert d.evidence["val_min"] == val[i] and d.evidence["val_min"] > 0.5
@@ -90,7 +90,7 @@ def test_good_fit_when_val_flattens() -> None:
 
 def test_too_noisy_to_tell() -> None:
     val = 0.8 + 1.5 * np.exp(-VSTEPS / 100) + jitter(0.15, seed=3)
-    d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
+    d = diagnose(STEPS, train_curve(), VSTEPS, val, **CURRENT)
     assert d.kind == "too_noisy"
     assert "raise TBS to 256 (from 128)" in d.remedy
 
@@ -98,7 +98,7 @@ def test_too_noisy_to_tell() -> None:
 def test_nan_is_diverged_with_the_step() -> None:
     t = train_curve()
     t[50:] = np.nan
-    d = diagnose(STEPS, t, VSTEPS, 0.8 + 1.5 * np.exp(-VSTEPS / 100), current=CURRENT)
+    d = diagnose(STEPS, t, VSTEPS, 0.8 + 1.5 * np.exp(-VSTEPS / 100), **CURRENT)
     assert d.kind == "diverged" and d.evidence["diverged_at_step"] == 500
     assert "lower the max LR to 0.1 (from 0.4)" in d.remedy
 
@@ -158,7 +158,7 @@ def test_a_run_near_chance_is_not_learning_never_a_good_fit() -> None:
 
 def test_the_remedy_comes_with_its_change_for_a_refinement_run() -> None:
     val = 2.3 * np.exp(-VSTEPS / 600) + 0.5 + jitter(0.005)
-    assert diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT).change == {"lr_max": 2.0}
+    assert diagnose(STEPS, train_curve(), VSTEPS, val, **CURRENT).change == {"lr_max": 2.0}
     over = np.where(VSTEPS <= 400, 2.3 * np.exp(-VSTEPS / 100) + 1.0, 1.0 + 0.5 * ((VSTEPS - 400) / 600) ** 2)
-    d = diagnose(STEPS, train_curve(), VSTEPS, over + jitter(0.005), current={**CURRENT, "weight_decay": 0})
+    d = diagnose(STEPS, train_curve(), VSTEPS, over + jitter(0.005), **{**CURRENT, "weight_decay": 0})
     assert d.kind == "overfitting" and d.change == {"weight_decay": 1e-5}  # from 0: the value to add

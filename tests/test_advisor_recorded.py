@@ -250,7 +250,9 @@ def test_overfitting_run_is_diagnosed_overfitting() -> None:
         c.eval_steps,
         c.val_loss,
         c.val_acc,
-        current={"lr_max": spec["lr_max"], "weight_decay": spec["weight_decay"], "batch_size": 32},
+        lr_max=spec["lr_max"],
+        weight_decay=spec["weight_decay"],
+        batch_size=32,
     )
     assert d.kind == "overfitting", d.explanation
     assert "WD" in d.remedy
@@ -263,7 +265,7 @@ def test_diverged_run_is_diagnosed_diverged() -> None:
     spec = _run("diverge_simple3")["spec"]
     assert c.outcome == "diverged"
     d = diagnose(
-        c.steps, c.train_loss, c.eval_steps, c.val_loss, c.val_acc, current={"lr_max": spec["lr_max"]}
+        c.steps, c.train_loss, c.eval_steps, c.val_loss, c.val_acc, lr_max=spec["lr_max"]
     )
     assert d.kind == "diverged", d.explanation
     assert "lower the max LR to 1.0 (from 3.0)" in d.remedy

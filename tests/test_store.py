@@ -18,6 +18,7 @@ import pytest
 
 from tuneassist.errors import UserError
 from tuneassist.runs import schema as store_mod
+from tuneassist.runs.schema import EvalValues, TrainValues
 from tuneassist.runs.store import SCHEMA_VERSION, MetricWriter, Store, resolve_workspace
 
 CPU = (["cpu"], 1)
@@ -194,18 +195,20 @@ def test_writer_merges_evals_and_holds_back_the_newest_step(tmp_path: Path) -> N
         for step in range(5):
             w.add_train(
                 step,
-                epoch=step / 5,
-                lr=0.1,
-                momentum=0.9,
-                train_loss=2.0 - step / 10,
-                images_per_s=1e3,
-                wall=step,
+                TrainValues(
+                    epoch=step / 5,
+                    lr=0.1,
+                    momentum=0.9,
+                    train_loss=2.0 - step / 10,
+                    images_per_s=1e3,
+                    wall=step,
+                ),
             )
         assert w.flush() == 4  # step 4 stays buffered: an evaluation of it may still come
         assert [r["step"] for r in s.metrics_since(run_id, -1)] == [0, 1, 2, 3]
-        w.add_eval(4, val_loss=1.5, val_acc=0.4, epoch=1.0)
-        w.add_eval(1, val_loss=1.9, val_acc=0.2)  # an older, already stored step: updated in place
-        w.add_train(5, epoch=1.0, lr=0.1, train_loss=1.4)
+        w.add_eval(4, EvalValues(val_loss=1.5, val_acc=0.4, epoch=1.0))
+        w.add_eval(1, EvalValues(val_loss=1.9, val_acc=0.2))  # an older, stored step: updated in place
+        w.add_train(5, TrainValues(epoch=1.0, lr=0.1, train_loss=1.4))
         w.close()
         rows = {r["step"]: r for r in s.metrics(run_id)}
         assert sorted(rows) == [0, 1, 2, 3, 4, 5]
@@ -225,8 +228,8 @@ def test_a_failed_commit_keeps_its_rows_for_the_next_flush(tmp_path: Path) -> No
         run_id, attempt = _running(s)
         w = MetricWriter(s, run_id, attempt=attempt, background=False)
         for step in range(6):
-            w.add_train(step, epoch=step / 6, train_loss=2.0 - step / 10)
-        w.add_eval(2, val_loss=1.7, val_acc=0.3)
+            w.add_train(step, TrainValues(epoch=step / 6, train_loss=2.0 - step / 10))
+        w.add_eval(2, EvalValues(val_loss=1.7, val_acc=0.3))
         real_write = s.write
 
         def disk_full(fn: object) -> object:
@@ -236,7 +239,7 @@ def test_a_failed_commit_keeps_its_rows_for_the_next_flush(tmp_path: Path) -> No
         with pytest.raises(sqlite3.OperationalError):
             w.flush()
         s.write = real_write  # type: ignore[method-assign]
-        w.add_eval(0, val_loss=1.9, val_acc=0.1)
+        w.add_eval(0, EvalValues(val_loss=1.9, val_acc=0.1))
         w.close()
         rows = {r["step"]: r for r in s.metrics(run_id)}
         assert sorted(rows) == list(range(6))
@@ -249,17 +252,17 @@ def test_writer_reset_after_and_ownership(tmp_path: Path) -> None:
         run_id, attempt = _running(s)
         w = MetricWriter(s, run_id, attempt=attempt, background=False)
         for step in range(10):
-            w.add_train(step, epoch=step / 10, train_loss=1.0)
+            w.add_train(step, TrainValues(epoch=step / 10, train_loss=1.0))
             if step % 5 == 4:
-                w.add_eval(step, val_loss=1.0 - step / 100, val_acc=step / 10)
+                w.add_eval(step, EvalValues(val_loss=1.0 - step / 100, val_acc=step / 10))
         w.flush(final=True)
         w.reset_after(5)
         assert [r["step"] for r in s.metrics(run_id)] == list(range(6))
         assert s.get_run(run_id)["best_val_acc"] == 0.4 and s.get_run(run_id)["last_step"] == 5
         # The run is taken over by a newer attempt: this writer's rows must not land.
         s.update_run(run_id, attempt=attempt + 1)
-        w.add_train(6, train_loss=1.0)
-        w.add_train(7, train_loss=1.0)
+        w.add_train(6, TrainValues(train_loss=1.0))
+        w.add_train(7, TrainValues(train_loss=1.0))
         assert w.flush(final=True) == 0 and w.lost_ownership
         assert s.metric_count(run_id) == 6
 
@@ -269,7 +272,7 @@ def test_background_writer_commits_within_its_interval(tmp_path: Path) -> None:
         run_id, attempt = _running(s)
         w = MetricWriter(s, run_id, attempt=attempt, interval=0.1)
         for step in range(3):
-            w.add_train(step, train_loss=1.0)
+            w.add_train(step, TrainValues(train_loss=1.0))
         deadline = time.monotonic() + 5
         while s.metric_count(run_id) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -313,14 +316,17 @@ def test_lost_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 _WRITER = textwrap.dedent(
     """
     import sys, time
+    from tuneassist.runs.schema import EvalValues, TrainValues
     from tuneassist.runs.store import MetricWriter, Store
     ws, run_id, attempt, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     s = Store(ws)
     w = MetricWriter(s, run_id, attempt=attempt, interval=0.05, max_rows=64)
     for step in range(n):
-        w.add_train(step, epoch=step / 100, lr=0.1, momentum=0.9, train_loss=1.0 + step, images_per_s=5.0)
+        w.add_train(
+            step, TrainValues(epoch=step / 100, lr=0.1, momentum=0.9, train_loss=1.0 + step, images_per_s=5.0)
+        )
         if step % 50 == 49:
-            w.add_eval(step, val_loss=float(step), val_acc=0.5)
+            w.add_eval(step, EvalValues(val_loss=float(step), val_acc=0.5))
             s.update_run(run_id, heartbeat=time.time())  # other writes interleave, like the heartbeat
         if step % 20 == 0:
             time.sleep(0.004)
@@ -426,9 +432,9 @@ def _finished_run(store: Store) -> int:
     store.update_run(run_id, session_id=sid, info={"total_steps": 8, "steps_per_epoch": 4, "epochs": 2.0})
     w = MetricWriter(store, run_id, attempt=attempt, background=False)
     for step in range(8):
-        w.add_train(step, step / 4, 0.05, 0.9, 2.0 - step / 10, 900.0, step * 0.5)
+        w.add_train(step, TrainValues(step / 4, 0.05, 0.9, 2.0 - step / 10, 900.0, step * 0.5))
         if step % 4 == 3:
-            w.add_eval(step, val_loss=1.9 - step / 20, val_acc=0.1 * step)
+            w.add_eval(step, EvalValues(val_loss=1.9 - step / 20, val_acc=0.1 * step))
     w.close()
     end = {"type": "end", "outcome": "finished", "step": 8, "epoch": 2.0, "val_loss": 1.55, "val_acc": 0.7,
            "test_loss": 1.6, "test_acc": 0.65, "wall_time": 4.0, "images_per_s": 900.0,

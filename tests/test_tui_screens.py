@@ -21,6 +21,7 @@ import pytest
 from rich.console import Console
 
 from tuneassist.runs.launch import cancel_run
+from tuneassist.runs.schema import EvalValues, TrainValues
 from tuneassist.runs.store import MetricWriter, Store
 from tuneassist.session import TuningSession
 from tuneassist.tui.app import TuneApp
@@ -88,9 +89,11 @@ def _record(
     now = time.time()
     w = MetricWriter(store, rid, background=False)
     for s, ep, lr, loss in train:
-        w.add_train(s, epoch=ep, lr=lr, momentum=0.9, train_loss=loss, images_per_s=1480.0, wall=0.01 * s)
+        w.add_train(
+            s, TrainValues(epoch=ep, lr=lr, momentum=0.9, train_loss=loss, images_per_s=1480.0, wall=0.01 * s)
+        )
     for s, vl, va in evals:
-        w.add_eval(s, val_loss=vl, val_acc=va)
+        w.add_eval(s, EvalValues(val_loss=vl, val_acc=va))
     w.flush(final=True)
     fields: dict[str, Any] = dict(
         status=status,

@@ -232,6 +232,7 @@ def test_checkpoint_write_failure_stops_the_run_with_a_clear_error(
 _LIST_SCRIPT = textwrap.dedent(
     """
     import json, os, subprocess, sys
+    from tuneassist.runs.schema import TrainValues
     from tuneassist.runs.store import MetricWriter, Store
     ws, fill = sys.argv[1], sys.argv[2] == "fill"
     if not os.path.exists(os.path.join(ws, "tuneassist.db")):  # made here: on the tiny file system
@@ -239,7 +240,7 @@ _LIST_SCRIPT = textwrap.dedent(
             done = store.add_run({"model": "simple3", "data": "synthetic:300"}, "train")
             store.update_run(done, status="finished", started=1.0, ended=2.0)
             w = MetricWriter(store, done, background=False)
-            w.add_train(0, epoch=0.0, lr=0.01, train_loss=2.3)
+            w.add_train(0, TrainValues(epoch=0.0, lr=0.01, train_loss=2.3))
             w.close()
             dead = store.add_run({"model": "simple3"}, "train")  # its worker is gone, not yet marked lost
             store.update_run(dead, status="running", pid=2**22 + 7, heartbeat=1.0, device="cpu", started=1.0)

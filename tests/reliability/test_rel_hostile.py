@@ -191,13 +191,14 @@ def test_exports_refuse_the_store_its_wal_and_run_files(
 ) -> None:
     from relkit import tiny_spec
 
+    from tuneassist.runs.schema import TrainValues
     from tuneassist.runs.store import MetricWriter, Store
 
     with Store(ws) as store:
         run_id = store.add_run(tiny_spec(), "train")
         w = MetricWriter(store, run_id, background=False)
         for step in range(5):
-            w.add_train(step, train_loss=1.0)
+            w.add_train(step, TrainValues(train_loss=1.0))
         w.close()
         (store.run_dir(run_id) / "checkpoint.pt").write_bytes(b"ckpt")
         before = store.metrics(run_id)

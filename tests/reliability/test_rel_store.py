@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from relkit import one_line_error, run_main, subprocess_env, tiny_spec
 
+from tuneassist.runs.schema import EvalValues, TrainValues
 from tuneassist.runs.store import MetricWriter, Store
 from tuneassist.session import TuningSession
 
@@ -73,9 +74,11 @@ def _store_range_test(store: Store, session_id: int) -> int:
         if lx > m:
             at_m = 2.3 - 1.8 / (1 + math.exp(-1.2 / 0.3))
             loss = at_m * (1 + 3 * ((lx - m) / (d - m)) ** 2)
-        writer.add_train(i, epoch=i / 8, lr=lr, momentum=0.9, train_loss=loss + 0.01 * math.sin(7 * i))
+        writer.add_train(
+            i, TrainValues(epoch=i / 8, lr=lr, momentum=0.9, train_loss=loss + 0.01 * math.sin(7 * i))
+        )
         if (i + 1) % 5 == 0:
-            writer.add_eval(i, val_loss=loss + 0.1, val_acc=0.5)
+            writer.add_eval(i, EvalValues(val_loss=loss + 0.1, val_acc=0.5))
     writer.close()
     outcome = {"outcome": "diverged", "diverged_lr": diverged_lr, "step": i, "epoch": i / 8}
     info = {"steps_per_epoch": 8}
@@ -186,7 +189,7 @@ def test_runs_stored_by_an_older_version_still_list_and_export(
         run_id = s.add_run(old_spec, "train")
         s.update_run(run_id, status="finished", started=1.0, ended=2.0)
         w = MetricWriter(s, run_id, background=False)
-        w.add_train(0, epoch=0.0, lr=0.01, train_loss=2.3)
+        w.add_train(0, TrainValues(epoch=0.0, lr=0.01, train_loss=2.3))
         w.close()
     code, out, err = run_main(capsys, "runs", "--json")
     assert code == 0, err

@@ -17,6 +17,7 @@ import pytest
 from relkit import one_line_error, run_main, tiny_spec
 
 from tuneassist.errors import UserError
+from tuneassist.runs.schema import TrainValues
 from tuneassist.runs.store import MetricWriter, Store
 
 # -- `module:function` models --------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def test_workspace_is_private_even_with_a_permissive_umask(tmp_path: Path) -> No
             run_id = store.add_run(tiny_spec(), "train")
             store.run_dir(run_id)
             w = MetricWriter(store, run_id, background=False)
-            w.add_train(0, train_loss=1.0)
+            w.add_train(0, TrainValues(train_loss=1.0))
             w.close()
             files = [ws, ws / "runs", store.run_dir(run_id), *ws.glob("tuneassist.db*")]
             modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}

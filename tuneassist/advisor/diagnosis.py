@@ -316,29 +316,39 @@ def _trend(
 
 
 def diagnose(
-    train_steps: Sequence[float],
+    steps: Sequence[float],
     train_loss: Sequence[float | None],
     val_steps: Sequence[float],
     val_loss: Sequence[float | None],
     val_acc: Sequence[float | None] | None = None,
     *,
-    current: Mapping[str, float | None] | None = None,
+    lr_max: float | None = None,
+    weight_decay: float | None = None,
+    batch_size: int | None = None,
     model: str | None = None,
     window_fraction: float = 1 / 3,
     num_classes: int | None = None,
 ) -> Diagnosis:
-    """Classify a run as underfitting / overfitting / good_fit / diverged / too_noisy / too_short.
+    """Under-/over-fitting diagnosis of logged curves (the paper's step 5): underfitting / overfitting /
+    good_fit / diverged / too_noisy / too_short / not_learning. Also the public `tuneassist.diagnose`.
 
-    `current` (optional: lr_max, weight_decay, batch_size) turns the remedy into concrete values;
-    `model` (optional) picks the first WD to add to a run without any. With `num_classes`, a run whose
-    val accuracy is still near chance is "not_learning", never a good fit.
-    Losses may contain None or NaN (a blown-up step); that reads as diverged.
+    `steps`/`train_loss` per training step, `val_steps`/`val_loss` (and `val_acc`) per evaluation, on
+    the same step axis. Give the run's `lr_max`, `weight_decay` and `batch_size` and the remedy names
+    values ("raise the max LR to 0.2") instead of directions; `model` picks the first WD to add to a
+    run without any; `num_classes` tells a net still at chance ("not_learning") from a good fit.
+    Losses may contain None or NaN (a blown-up step); that reads as diverged. Returns the `Diagnosis`:
+    `.kind`, `.explanation`, `.remedy`, `.evidence`.
     """
-    ts, tl = _arr(train_steps), _arr(train_loss)
+    given = (("lr_max", lr_max), ("weight_decay", weight_decay), ("batch_size", batch_size))
+    current = {k: float(v) for k, v in given if v is not None} or None
+    ts, tl = _arr(steps), _arr(train_loss)
     vs, vl = _arr(val_steps), _arr(val_loss)
     va = _arr(val_acc) if val_acc is not None and len(val_acc) == len(vl) else None
     if len(ts) != len(tl) or len(vs) != len(vl):
-        raise ValueError("steps and losses must have the same length")
+        raise ValueError(
+            "steps and losses must have the same length: give one train loss per entry of steps and "
+            "one val loss per entry of val_steps"
+        )
     nan = _nan_diverged(ts, tl, vs, vl, current)
     if nan is not None:
         return nan

@@ -228,7 +228,9 @@ class StepReading(ChecklistState):
             c.eval_steps,
             c.val_loss,
             c.val_acc or None,
-            current={k: hp[k] for k in ("lr_max", "weight_decay", "batch_size")},
+            lr_max=hp["lr_max"],
+            weight_decay=hp["weight_decay"],
+            batch_size=hp["batch_size"],
             model=self.model,
             num_classes=c.num_classes,
         )

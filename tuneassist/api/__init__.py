@@ -15,14 +15,13 @@ torch-lr-finder::
 This package imports torch only inside `range_test` (the other functions are numpy and SQLite only),
 so `import tuneassist` stays torch-free for the UI, as the layering in DESIGN.md requires. One module
 per function: `lr_range_test` (with the model state it saves in `model_state`), `curve_files`
-(`read_curve`), `fit_diagnosis` (`diagnose`) and `tracking` (`track`).
+(`read_curve`) and `tracking` (`track`); `diagnose` and `suggest_lr` are the advisor's own.
 """
 
 from tuneassist import _API
-from tuneassist.advisor.diagnosis import Diagnosis  # noqa: F401
+from tuneassist.advisor.diagnosis import Diagnosis, diagnose  # noqa: F401
 from tuneassist.advisor.lr_range import LRSuggestion, suggest_lr  # noqa: F401
 from tuneassist.api.curve_files import read_curve, read_range_test  # noqa: F401
-from tuneassist.api.fit_diagnosis import diagnose  # noqa: F401
 from tuneassist.api.lr_range_test import RangeTestResult, range_test  # noqa: F401
 from tuneassist.api.tracking import TrackedRun, track  # noqa: F401
 

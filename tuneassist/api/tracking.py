@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneassist.api.checks import check_positive, number_or_none
+from tuneassist.runs.schema import EvalValues, TrainValues
 
 
 @dataclass
@@ -74,11 +75,11 @@ class TrackedRun:
         wall = now - self._t0
         lr_, mom = number_or_none("lr", lr), number_or_none("momentum", momentum)
         if any(v is not None for v in (lr_, mom, tl)) or (train_loss is not None):
-            self._writer.add_train(step, ep, lr_, mom, tl, ips, wall)
+            self._writer.add_train(step, TrainValues(ep, lr_, mom, tl, ips, wall))
             self._tick = (step, now)
         vl, va = number_or_none("val_loss", val_loss), number_or_none("val_acc", val_acc)
         if vl is not None or va is not None:
-            self._writer.add_eval(step, val_loss=vl, val_acc=va, epoch=ep, wall=wall)
+            self._writer.add_eval(step, EvalValues(val_loss=vl, val_acc=va, epoch=ep, wall=wall))
             if vl is not None:
                 self._last["val_loss"] = vl
             if va is not None:

@@ -22,16 +22,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
 
 from tuneassist.errors import UserError
 
-# DeviceLoader's keyword settings and their defaults (engine.stream.StreamLoader takes the same)
-SETTINGS: dict[str, Any] = dict(
-    augment=True, seed=0, channels_last=False, drop_last=None, padding=4, rank=0, world_size=1
-)
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """A loader's knobs, written once: DeviceLoader and engine.stream.StreamLoader take them as their
+    arguments after the split (batch_size, device, mean, std, then keywords) and check them alike."""
+
+    batch_size: int
+    device: str | torch.device
+    mean: Sequence[float]
+    std: Sequence[float]
+    _: KW_ONLY
+    train: bool
+    augment: bool = True
+    seed: int = 0
+    channels_last: bool = False
+    drop_last: bool | None = None
+    padding: int = 4
+    rank: int = 0
+    world_size: int = 1
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -71,30 +87,13 @@ class DeviceLoader:
     ``world_size``-th sample from position ``rank``, so the ranks' samples are disjoint.
     """
 
-    def __init__(
-        self,
-        x_uint8: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        device: str | torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        train: bool,
-        augment: bool = True,
-        seed: int = 0,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        padding: int = 4,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """`args`/`kwargs`: the LoaderSettings (batch_size, device, mean, std, train=, augment= ...)."""
         if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         n, c, h, w = x_uint8.shape
-        self._configure((n, c, h, w), y, batch_size, device, mean, std, train=train, augment=augment,
-                        seed=seed, channels_last=channels_last, drop_last=drop_last, padding=padding,
-                        rank=rank, world_size=world_size)  # fmt: skip
+        s = LoaderSettings(*args, **kwargs)
+        self._configure((n, c, h, w), y, s)
 
         x = x_uint8.to(self.device)
         if self.augment:
@@ -114,56 +113,39 @@ class DeviceLoader:
             # Store in the output memory order so that batches come out in it without a copy.
             self._src = x.permute(0, 2, 3, 1).contiguous() if self.channels_last else x.contiguous()
         self.y = y.to(self.device, dtype=torch.int64)
-        if not self.train and world_size > 1:
-            self._src = self._src[rank::world_size].contiguous()
-            self.y = self.y[rank::world_size].contiguous()
+        if not self.train and self.world_size > 1:
+            self._src = self._src[self.rank :: self.world_size].contiguous()
+            self.y = self.y[self.rank :: self.world_size].contiguous()
 
         view = (c,) if self.channels_last else (c, 1, 1)
-        self._scale, self._shift = normaliser(mean, std, x_uint8.dtype, view, self.device)
+        self._scale, self._shift = normaliser(s.mean, s.std, x_uint8.dtype, view, self.device)
 
         if self.augment:
             self._build_rows()
 
-    def _configure(
-        self,
-        shape: tuple[int, int, int, int],
-        y: torch.Tensor,
-        batch_size: int,
-        device: str | torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        train: bool,
-        augment: bool,
-        seed: int,
-        channels_last: bool,
-        drop_last: bool | None,
-        padding: int,
-        rank: int,
-        world_size: int,
-    ) -> None:
+    def _configure(self, shape: tuple[int, int, int, int], y: torch.Tensor, s: LoaderSettings) -> None:
         """Check and keep the settings of a split of `shape` (N,C,H,W): the part every loader shares
         (engine.stream.StreamLoader too), whatever holds the images."""
         n, c, h, w = shape
         if y.dim() != 1 or len(y) != n:
             raise ValueError(f"labels {tuple(y.shape)} do not match {n} images")
-        if len(mean) != c or len(std) != c:
-            raise ValueError(f"mean/std need {c} values, got {len(mean)}/{len(std)}")
-        if not (0 <= rank < world_size):
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        if batch_size < 1:
-            raise UserError(f"batch size {batch_size} must be a positive integer, e.g. --batch-size 128")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
-        self.augment = bool(augment) and self.train and padding > 0
-        self.seed = int(seed)
-        self.channels_last = bool(channels_last)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.padding = int(padding)
-        self.rank, self.world_size = int(rank), int(world_size)
+        if len(s.mean) != c or len(s.std) != c:
+            raise ValueError(f"mean/std need {c} values, got {len(s.mean)}/{len(s.std)}")
+        if not (0 <= s.rank < s.world_size):
+            raise ValueError(f"rank {s.rank} outside world size {s.world_size}")
+        if s.batch_size < 1:
+            raise UserError(f"batch size {s.batch_size} must be a positive integer, e.g. --batch-size 128")
+        self.device = torch.device(s.device)
+        self.batch_size = int(s.batch_size)
+        self.train = bool(s.train)
+        self.augment = bool(s.augment) and self.train and s.padding > 0
+        self.seed = int(s.seed)
+        self.channels_last = bool(s.channels_last)
+        self.drop_last = self.train if s.drop_last is None else bool(s.drop_last)
+        self.padding = int(s.padding)
+        self.rank, self.world_size = int(s.rank), int(s.world_size)
         self.shape = (c, h, w)
-        self.num_samples = n // world_size if self.train else len(range(rank, n, world_size))
+        self.num_samples = n // s.world_size if self.train else len(range(s.rank, n, s.world_size))
         if self.drop_last and self.num_samples < self.batch_size:
             raise UserError(
                 f"batch size {self.batch_size} is larger than the {self.num_samples} training images "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from tuneassist.engine.items import ItemImages
-from tuneassist.engine.loader import SETTINGS, DeviceLoader, _epoch_seed, normaliser
+from tuneassist.engine.loader import DeviceLoader, LoaderSettings, _epoch_seed, normaliser
 from tuneassist.errors import UserError
 from tuneassist.hardware import cpu_cores
 
@@ -132,29 +132,18 @@ class StreamLoader(DeviceLoader):
     """`DeviceLoader` for a split held as items: batches read by `workers` DataLoader processes."""
 
     def __init__(
-        self,
-        x_uint8: ItemImages,
-        y: torch.Tensor,
-        batch_size: int,
-        device: str | torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        train: bool,
-        workers: int | None = None,
-        **settings: Any,
+        self, x_uint8: ItemImages, y: torch.Tensor, *args: Any, workers: int | None = None, **kwargs: Any
     ) -> None:
-        """DeviceLoader's arguments and defaults (augment, seed, channels_last, drop_last, padding, rank,
-        world_size), plus `workers`: DataLoader processes (default `stream_workers()`)."""
+        """DeviceLoader's arguments (engine.loader.LoaderSettings), plus `workers`: DataLoader processes
+        (default `stream_workers()`)."""
         images = x_uint8
         n, c, h, w = images.shape
-        self._configure(
-            (n, c, h, w), y, batch_size, device, mean, std, train=train, **{**SETTINGS, **settings}
-        )
+        s = LoaderSettings(*args, **kwargs)
+        self._configure((n, c, h, w), y, s)
         self._n_all = n
         self.y = y.to(torch.int64)
         self.workers = stream_workers() if workers is None else int(workers)
-        self._scale, self._shift = normaliser(mean, std, images.dtype, (c, 1, 1), self.device)
+        self._scale, self._shift = normaliser(s.mean, s.std, images.dtype, (c, 1, 1), self.device)
         self._batches = _EpochBatches(self.batch_size, len(self))
         pin = self.device.type == "cuda"
         kw: dict[str, Any] = {}

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
 
-from tuneassist.runs.schema import METRIC_FIELDS, TRAIN_FIELDS
+from tuneassist.runs.schema import METRIC_FIELDS, TRAIN_FIELDS, EvalValues, TrainValues
 
 if TYPE_CHECKING:
     from tuneassist.runs.store import Store
@@ -29,8 +29,6 @@ class MetricWriter:
     attempt); otherwise they are dropped and `lost_ownership` is set.
     """
 
-    _TRAIN, _EVAL = 0, 1
-
     def __init__(
         self,
         store: Store,
@@ -47,7 +45,8 @@ class MetricWriter:
         self.max_rows = max_rows
         self.lost_ownership = False
         self.rows_written = 0
-        self._events: collections.deque[tuple[Any, ...]] = collections.deque()  # append/popleft are atomic
+        # append/popleft are atomic
+        self._events: collections.deque[tuple[int, TrainValues | EvalValues]] = collections.deque()
         self._pending: dict[int, dict[str, Any]] = {}  # merged rows not yet committed (flush lock)
         self._late: list[dict[str, Any]] = []  # evaluations of steps already committed
         self._committed_max = -(2**62)
@@ -62,56 +61,40 @@ class MetricWriter:
             self._thread.start()
 
     # -- called from the training thread: no locks, no SQLite
-    def add_train(
-        self,
-        step: int,
-        epoch: float | None = None,
-        lr: float | None = None,
-        momentum: float | None = None,
-        train_loss: float | None = None,
-        images_per_s: float | None = None,
-        wall: float | None = None,
-    ) -> None:
+    def add_train(self, step: int, values: TrainValues) -> None:
         """A training step's values."""
         self._raise_failed()
-        self._events.append((self._TRAIN, step, epoch, lr, momentum, train_loss, images_per_s, wall))
+        self._events.append((step, values))
         if len(self._events) >= self.max_rows:
             self._wake.set()
 
-    def add_eval(
-        self,
-        step: int,
-        val_loss: float | None = None,
-        val_acc: float | None = None,
-        epoch: float | None = None,
-        wall: float | None = None,
-    ) -> None:
+    def add_eval(self, step: int, values: EvalValues) -> None:
         """An evaluation belonging to a step's row (epoch/wall only fill a row that has no train values)."""
         self._raise_failed()
-        self._events.append((self._EVAL, step, val_loss, val_acc, epoch, wall))
+        self._events.append((step, values))
 
     # -- merging (under the flush lock)
     def _drain(self) -> None:
         events, pending = self._events, self._pending
         while events:
-            ev = events.popleft()
-            step = int(ev[1])
+            step, values = events.popleft()
+            step = int(step)
             row = pending.get(step)
             if row is None and step <= self._committed_max:
-                if ev[0] == self._EVAL:  # an evaluation of an older step: update the stored row in place
-                    self._late.append({"step": step, "val_loss": ev[2], "val_acc": ev[3]})
+                if isinstance(values, EvalValues):  # an evaluation of an older step: update the stored row
+                    self._late.append({"step": step, "val_loss": values.val_loss, "val_acc": values.val_acc})
                 continue
             if row is None:
                 row = pending[step] = {"step": step}
-            if ev[0] == self._TRAIN:
-                for k, v in zip(TRAIN_FIELDS, ev[2:], strict=True):
+            if isinstance(values, TrainValues):
+                for k, v in zip(TRAIN_FIELDS, values, strict=True):
                     if v is not None:
                         row[k] = v
             else:
-                for k, v in (("val_loss", ev[2]), ("val_acc", ev[3])):
+                for k, v in (("val_loss", values.val_loss), ("val_acc", values.val_acc)):
                     if v is not None:
                         row[k] = v
-                for k, v in (("epoch", ev[4]), ("wall", ev[5])):
+                for k, v in (("epoch", values.epoch), ("wall", values.wall)):
                     if v is not None and row.get(k) is None:
                         row[k] = v
             if step > self._max_seen:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from typing import NamedTuple
 
 APPLICATION_ID = 0x54554E41  # "TUNA": marks a database as ours, so a foreign file is never touched
 DB_NAME = "tuneassist.db"
@@ -24,7 +25,30 @@ METRIC_FIELDS = (
     "images_per_s",
     "wall",
 )
-TRAIN_FIELDS = ("epoch", "lr", "momentum", "train_loss", "images_per_s", "wall")
+
+
+class TrainValues(NamedTuple):
+    """A training step's values in its metrics row, the one list of them (runs.metrics.MetricWriter
+    takes it; the worker builds it from an engine step event, api.tracking from a user's log())."""
+
+    epoch: float | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    train_loss: float | None = None
+    images_per_s: float | None = None
+    wall: float | None = None
+
+
+class EvalValues(NamedTuple):
+    """An evaluation's values in its step's row (its epoch/wall only fill a row without train values)."""
+
+    val_loss: float | None = None
+    val_acc: float | None = None
+    epoch: float | None = None
+    wall: float | None = None
+
+
+TRAIN_FIELDS = TrainValues._fields
 
 # Migration i brings schema version i to i + 1. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [

@@ -21,6 +21,7 @@ from typing import Any
 from tuneassist.errors import UserError
 from tuneassist.fsafe import open_new
 from tuneassist.runs.launch import advance_queue, detect_gpus, placement, slots_for
+from tuneassist.runs.schema import EvalValues, TrainValues
 from tuneassist.runs.store import MetricWriter, Run, Store, heartbeat_interval
 from tuneassist.spec import RunSpec
 
@@ -138,19 +139,21 @@ class _Recorder:
         if kind == "step":  # the hot path: one tuple appended, nothing else
             self.writer.add_train(
                 ev["step"],
-                ev.get("epoch"),
-                ev.get("lr"),
-                ev.get("momentum"),
-                ev.get("train_loss"),
-                ev.get("images_per_s"),
-                self.wall(),
+                TrainValues(
+                    ev.get("epoch"),
+                    ev.get("lr"),
+                    ev.get("momentum"),
+                    ev.get("train_loss"),
+                    ev.get("images_per_s"),
+                    self.wall(),
+                ),
             )
         elif kind == "eval":
             # The engine evaluates after `step` optimiser steps: that is the row of step index step - 1,
             # which is still buffered, so the evaluation lands in it before any reader sees the row.
             row = max(int(ev["step"]) - 1, 0)
             self.writer.add_eval(
-                row, val_loss=ev.get("val_loss"), val_acc=ev.get("val_acc"), epoch=ev.get("epoch")
+                row, EvalValues(val_loss=ev.get("val_loss"), val_acc=ev.get("val_acc"), epoch=ev.get("epoch"))
             )
             log.info("eval after step %s (epoch %.2f): val loss %s, val acc %s",
                      ev["step"], ev.get("epoch") or 0.0, ev.get("val_loss"), ev.get("val_acc"))  # fmt: skip

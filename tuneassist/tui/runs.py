@@ -135,11 +135,9 @@ def run_reading(run: Run, c: Curves) -> Text:
                 c.eval_steps,
                 c.val_loss,
                 c.val_acc if len(c.val_acc) == len(c.val_loss) else None,
-                current={
-                    "lr_max": spec.get("lr_max"),
-                    "weight_decay": spec.get("weight_decay"),
-                    "batch_size": spec.get("batch_size"),
-                },
+                lr_max=spec.get("lr_max"),
+                weight_decay=spec.get("weight_decay"),
+                batch_size=spec.get("batch_size"),
                 model=spec.get("model"),
             )
             t.append(f"Diagnosis: {d.kind.replace('_', ' ')}. ", style="bold")
