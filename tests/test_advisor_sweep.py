@@ -124,6 +124,8 @@ def test_accuracy_decides_when_loss_ties() -> None:
     r = rank_sweep("weight_decay", cands, model="resnet56")
     assert r.winner == 1e-5 and r.metric == "val_acc"
     assert "val loss did not separate" in r.explanation and "so val accuracy decided: 74" in r.explanation
+    (win,) = [row for row in r.rows if row.winner]
+    assert win.value == 1e-5 and win.val_acc == pytest.approx(0.744, abs=5e-4)  # the 74 in the sentence
 
 
 def test_forced_accuracy_metric() -> None:
@@ -242,7 +244,7 @@ def test_batch_sizes_compare_by_epoch() -> None:
 
     r = rank_sweep("batch_size", [run(256, 1.30, 0), run(512, 1.20, 1), run(1024, 1.25, 2)])
     assert r.axis == "epoch" and r.winner == 512
-    assert "at epoch 4.5" in r.explanation
+    assert r.decision_at == pytest.approx(0.9 * 5) and "at epoch 4.5" in r.explanation
 
 
 def test_tie_rules_are_stated() -> None:
@@ -338,6 +340,7 @@ def test_a_pair_where_one_swings_wildly_is_not_a_tie() -> None:
     mixed[-3] = -2.0
     r2 = rank_sweep("batch_size", [cands[0], {**cands[1], "val_loss": calm + mixed}], start=1024)
     assert "every one of" not in r2.explanation
+    assert r2.winner == 1024 and [row.tie for row in r2.rows] == [True, False]  # a tie: the start stays
 
 
 def test_a_start_value_that_trails_on_both_metrics_does_not_stay() -> None:
