@@ -448,6 +448,8 @@ def test_runs_cli_list_export_cancel_watch(
     ws = ["--workspace", str(tmp_path)]
     assert main(["runs", "cancel", str(queued), *ws]) == 0
     assert f"run {queued} cancelled" in capsys.readouterr().out
+    with Store(tmp_path) as s:
+        assert s.get_run(queued).status == "cancelled"
     assert main(["runs", *ws]) == 0
     table = capsys.readouterr().out
     assert "demo" in table and "2.00/2" in table and "1.55" in table and "70.0%" in table

@@ -74,6 +74,7 @@ def test_a_folder_that_does_not_fit_is_streamed_per_file_and_never_decoded_whole
     root = _folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
     resident = load_dataset(f"folder:{root}", data_dir=cache, device="cpu")
+    assert not resident.streamed  # it fits: held whole
     assert "fit in the" in resident.note and resident.note.endswith("held on cpu")
     for cached in (cache / "folders").glob("*.pt"):
         cached.unlink()
