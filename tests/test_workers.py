@@ -118,6 +118,7 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
         shell.wait()
     out = log.read_text()
     assert f"run {first} (train) started on cpu" in out, out
+    assert store.get_run(first).device == "cpu"  # the slot the line names
     assert f"run {second} (train) queued" in out and f"tuneassist runs watch {second}" in out
     assert store.get_run(first)["status"] == "running" and store.get_run(second)["status"] == "queued"
     # Follow the first run with the CLI (not a terminal: progress lines, no plot).
