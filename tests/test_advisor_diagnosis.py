@@ -93,6 +93,7 @@ def test_too_noisy_to_tell() -> None:
     d = diagnose(STEPS, train_curve(), VSTEPS, val, current=CURRENT)
     assert d.kind == "too_noisy"
     assert "raise TBS to 256 (from 128)" in d.remedy
+    assert d.change == {}  # nothing the refinement can apply alone: a TBS change needs the LR range rescaled
 
 
 def test_nan_is_diverged_with_the_step() -> None:
