@@ -279,30 +279,6 @@ def test_background_writer_commits_within_its_interval(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- liveness
-def test_lost_reason_is_kept_in_info_and_cleared_on_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reason a run was lost is a field (info["lost_reason"]) beside what the worker put in info;
-    resuming clears it, and a store that cannot record it still shows it."""
-    from tuneassist.cli.runs_cmd import run_summary
-
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "2")
-    with Store(tmp_path) as s:
-        run_id, _ = _running(s)
-        s.update_run(run_id, heartbeat=time.time() - 3, info={"steps_per_epoch": 5})
-        assert s.refresh_lost() == [run_id]
-        assert s.get_run(run_id).info == {"steps_per_epoch": 5, "lost_reason": "heartbeat"}
-        assert run_summary(s.get_run(run_id))["lost_reason"] == "heartbeat"  # what `runs --json` shows
-        s.requeue_for_resume(run_id, keep_checkpoint=True)
-        assert s.get_run(run_id).info == {"steps_per_epoch": 5}
-        never, _ = _running(s)  # no info yet
-        s.update_run(never, heartbeat=time.time() - 3)
-        s.read_only, s.read_only_why = True, "is read-only here"
-        run = s.get_run(never)
-        assert run.status == "lost" and "not recorded" in (run.error or "")
-        assert run.info == {"lost_reason": "heartbeat"}
-
-
 def test_lost_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "2")
     # A process that looks like a worker (its command line names the worker module).
