@@ -37,7 +37,7 @@ def test_overfitting_when_val_rises_while_train_falls() -> None:
     d = diagnose(STEPS, train_curve(), VSTEPS, val + jitter(0.005), **CURRENT)
     assert d.kind == "overfitting"
     assert d.evidence["val_change_rel"] > 0.02 and d.evidence["train_change_rel"] < 0
-    assert "raise WD to 3e-4 (from 1e-4)" in d.remedy
+    assert "raise WD to 3e-4 (from 1e-4)" in d.remedy and d.change == {"weight_decay": 3.0}
     assert "Overfitting" in d.explanation and "train/val gap" in d.explanation
 
 
@@ -93,6 +93,7 @@ def test_too_noisy_to_tell() -> None:
     d = diagnose(STEPS, train_curve(), VSTEPS, val, **CURRENT)
     assert d.kind == "too_noisy"
     assert "raise TBS to 256 (from 128)" in d.remedy
+    assert d.change == {}  # nothing the refinement can apply alone: a TBS change needs the LR range rescaled
 
 
 def test_nan_is_diverged_with_the_step() -> None:
@@ -100,7 +101,7 @@ def test_nan_is_diverged_with_the_step() -> None:
     t[50:] = np.nan
     d = diagnose(STEPS, t, VSTEPS, 0.8 + 1.5 * np.exp(-VSTEPS / 100), **CURRENT)
     assert d.kind == "diverged" and d.evidence["diverged_at_step"] == 500
-    assert "lower the max LR to 0.1 (from 0.4)" in d.remedy
+    assert "lower the max LR to 0.1 (from 0.4)" in d.remedy and d.change == {"lr_max": pytest.approx(1 / 3)}
 
 
 def test_none_losses_count_as_blown_up() -> None:
@@ -132,7 +133,7 @@ def test_without_train_curve_and_without_current_values() -> None:
     val = 2.3 * np.exp(-VSTEPS / 600) + 0.5
     d = diagnose([], [], VSTEPS, val, val_acc=np.linspace(0.3, 0.7, len(VSTEPS)))
     assert d.kind == "underfitting"
-    assert "raise the max LR (x2.0)" in d.remedy
+    assert "raise the max LR (x2.0)" in d.remedy and d.change == {"lr_max": 2.0}
     assert d.evidence["gap"] is None and d.evidence["val_acc_last"] == pytest.approx(0.7)
     assert json.loads(json.dumps(d.to_dict()))["kind"] == "underfitting"
 

@@ -91,6 +91,9 @@ def test_clear_winner() -> None:
     assert r.decision_at == pytest.approx(0.9 * 1200)
     assert r.explanation.startswith("WD 1e-4: lowest val loss at step 1080 (1.2")
     assert "1e-5" in r.explanation and "larger than the noise" in r.explanation
+    # The same facts in fields: a gap decided, against the runner-up 1e-5, and it exceeds the noise.
+    assert r.decided_by == "gap" and [row.label for row in r.rows if row.rank == 2] == ["1e-5"]
+    assert r.runner_gap is not None and r.runner_gap.gap > r.runner_gap.thr == r.noise
     assert [row.rank for row in r.rows] == [1, 2, 3, 4]
     assert not any(row.tie for row in r.rows)
     assert json.loads(json.dumps(r.to_dict()))["winner"] == 1e-4
@@ -104,6 +107,8 @@ def test_tie_goes_to_the_larger_wd_for_resnets() -> None:
     assert r.winner == 1e-4
     assert "within noise of the lowest" in r.explanation and "a tie within noise" in r.explanation
     assert "larger value is preferred as the paper advises for ResNets" in r.explanation
+    assert r.decided_by == "prior" and r.tie_prefer == "larger" and r.runner_gap is None
+    assert r.tie_rule == tie_rule_for("weight_decay", "resnet56").reason and r.tie_rule in r.explanation
     tied = {row.label for row in r.rows if row.tie}
     assert tied == {"3e-5"}
 
@@ -113,6 +118,7 @@ def test_tie_goes_to_the_smaller_wd_for_densenet() -> None:
         "weight_decay", wd_candidates([(1e-4, 1.21), (1e-6, 1.22), (1e-3, 1.6)], 0.02), model="densenet40"
     )
     assert r.winner == 1e-6 and "smaller value is preferred" in r.explanation
+    assert r.decided_by == "prior" and r.tie_prefer == "smaller"
 
 
 def test_accuracy_decides_when_loss_ties() -> None:
@@ -124,6 +130,9 @@ def test_accuracy_decides_when_loss_ties() -> None:
     r = rank_sweep("weight_decay", cands, model="resnet56")
     assert r.winner == 1e-5 and r.metric == "val_acc"
     assert "val loss did not separate" in r.explanation and "so val accuracy decided: 74" in r.explanation
+    assert r.decided_by == "accuracy" and {row.label for row in r.rows if row.tie} == {"1e-4"}
+    (win,) = [row for row in r.rows if row.winner]
+    assert win.value == 1e-5 and win.val_acc == pytest.approx(0.744, abs=5e-4)  # the 74 in the sentence
 
 
 def test_forced_accuracy_metric() -> None:
@@ -133,6 +142,7 @@ def test_forced_accuracy_metric() -> None:
     ]
     r = rank_sweep("weight_decay", cands, metric="val_acc")
     assert r.winner == 1e-6 and r.metric == "val_acc" and "highest val accuracy" in r.explanation
+    assert r.decided_by == "gap"
 
 
 def test_paired_gap_separates_candidates_that_share_seed_and_data_order() -> None:
@@ -150,6 +160,9 @@ def test_paired_gap_separates_candidates_that_share_seed_and_data_order() -> Non
     )
     assert r.winner == 1e-5 and not any(row.tie for row in r.rows)
     assert "0.04 on average over 5 paired evaluations, is larger than the noise" in r.explanation
+    g = r.runner_gap
+    assert r.decided_by == "gap" and g is not None and g.paired == 5 and g.every is None
+    assert g.gap == pytest.approx(0.04) and g.gap > g.thr
 
 
 def test_paired_gap_of_inconsistent_sign_is_a_tie() -> None:
@@ -163,7 +176,7 @@ def test_paired_gap_of_inconsistent_sign_is_a_tie() -> None:
         model="resnet56",
     )
     assert r.winner == 1e-4 and "a tie within noise" in r.explanation
-    assert [row.tie for row in r.rows] == [False, True]
+    assert [row.tie for row in r.rows] == [False, True] and r.decided_by == "prior"
 
 
 def test_consistent_but_tiny_gap_is_a_tie() -> None:
@@ -204,6 +217,7 @@ def test_diverged_candidates_are_excluded_and_named() -> None:
     r = rank_sweep("momentum", cands)
     assert r.winner == (0.95, 0.85)  # tie with 0.9: cyclical preferred
     assert "cyclical momentum is preferred" in r.explanation and "0.99 diverged" in r.explanation
+    assert r.decided_by == "prior" and r.tie_prefer == "cyclical"
     assert r.rows[0].status == "diverged" and r.rows[0].rank is None and r.rows[0].diagnosis == "diverged"
 
 
@@ -211,6 +225,7 @@ def test_all_diverged_gives_no_winner() -> None:
     cands = [SweepCandidate(w, STEPS, val_curve(1.2), diverged=True) for w in (1e-2, 1e-3)]
     r = rank_sweep("weight_decay", cands)
     assert r.winner is None and "lower the max LR" in r.explanation
+    assert r.decided_by == "no_usable_curve" and all(row.status == "diverged" for row in r.rows)
 
 
 def test_runs_in_progress_are_compared_at_equal_progress() -> None:
@@ -242,7 +257,7 @@ def test_batch_sizes_compare_by_epoch() -> None:
 
     r = rank_sweep("batch_size", [run(256, 1.30, 0), run(512, 1.20, 1), run(1024, 1.25, 2)])
     assert r.axis == "epoch" and r.winner == 512
-    assert "at epoch 4.5" in r.explanation
+    assert r.decision_at == pytest.approx(0.9 * 5) and "at epoch 4.5" in r.explanation
 
 
 def test_tie_rules_are_stated() -> None:
@@ -252,6 +267,7 @@ def test_tie_rules_are_stated() -> None:
     rule = TieRule("smaller", "custom reason")
     r = rank_sweep("weight_decay", wd_candidates([(1e-4, 1.21), (1e-5, 1.211)], 0.02), tie_rule=rule)
     assert r.winner == 1e-5 and "custom reason" in r.explanation
+    assert r.tie_rule == "custom reason" and r.tie_prefer == "smaller" and r.decided_by == "prior"
 
 
 def test_bad_arguments() -> None:
@@ -271,7 +287,9 @@ def test_a_tie_keeps_the_start_value_instead_of_a_prior() -> None:
     r = rank_sweep("weight_decay", cands, model="resnet56", start=3e-5)
     assert r.winner == 3e-5
     assert "not enough evidence at this budget to move from the start value 3e-5" in r.explanation
-    assert rank_sweep("weight_decay", cands, model="resnet56").winner == 1e-4  # no start: the prior
+    assert r.decided_by == "start_value" and r.trails_both == []
+    r2 = rank_sweep("weight_decay", cands, model="resnet56")
+    assert r2.winner == 1e-4 and r2.decided_by == "prior"  # no start: the prior
 
 
 def _tbs_run(tbs: int, final: float, acc: float, seed: int) -> dict:
@@ -293,9 +311,10 @@ def test_tbs_pair_where_the_smaller_leads_on_both_metrics_keeps_it() -> None:
     cands = [_tbs_run(128, 1.69, 0.297, 0), _tbs_run(256, 1.73, 0.273, 1)]
     r = rank_sweep("batch_size", cands, start=128)
     assert r.axis == "epoch" and r.winner == 128 and "256 trails on both metrics" in r.explanation
+    assert r.decided_by == "trails_both" and r.trails_both == ["256"]
     # Without a start value the prior may break the tie, but never for a candidate worse on both metrics.
     r2 = rank_sweep("batch_size", cands)
-    assert r2.winner == 128 and "256 trails on both metrics" in r2.explanation
+    assert r2.winner == 128 and r2.decided_by == "trails_both" and r2.trails_both == ["256"]
 
 
 def test_a_wild_candidate_does_not_break_the_noise_estimate() -> None:
@@ -333,11 +352,15 @@ def test_a_pair_where_one_swings_wildly_is_not_a_tie() -> None:
     row = next(x for x in r.rows if x.value == 1024)
     assert not row.tie and row.rank == 2
     assert "every one of 5 paired evaluations" in r.explanation
+    assert r.decided_by == "gap" and r.runner_gap is not None
+    assert r.runner_gap.paired == 5 and r.runner_gap.every is not None and r.runner_gap.every > 0
     # The same swings with the sign flipping at one evaluation are noise again: no sign-test shortcut.
     mixed = swings.copy()
     mixed[-3] = -2.0
     r2 = rank_sweep("batch_size", [cands[0], {**cands[1], "val_loss": calm + mixed}], start=1024)
     assert "every one of" not in r2.explanation
+    assert r2.decided_by == "start_value" and r2.runner_gap is None  # no gap decided
+    assert r2.winner == 1024 and [row.tie for row in r2.rows] == [True, False]  # a tie: the start stays
 
 
 def test_a_start_value_that_trails_on_both_metrics_does_not_stay() -> None:
@@ -356,4 +379,4 @@ def test_a_start_value_that_trails_on_both_metrics_does_not_stay() -> None:
 
     cands = [run((0.95, 0.85), 1.16, 0.594), run((0.9, 0.9), 1.07, 0.626)]
     r = rank_sweep("momentum", cands, start=(0.95, 0.85))
-    assert r.winner == (0.9, 0.9) and "0.95–0.85 trails on both metrics" in r.explanation
+    assert r.winner == (0.9, 0.9) and r.decided_by == "trails_both" and r.trails_both == ["0.95–0.85"]

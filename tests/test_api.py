@@ -237,7 +237,8 @@ def test_suggest_lr_and_diagnose_are_the_advisors() -> None:
     )
     assert isinstance(d, diagnosis.Diagnosis)
     assert d.kind == "overfitting", d.explanation
-    assert "WD" in d.remedy and "0.0003" in d.remedy or "3e-4" in d.remedy, d.remedy
+    # x3 on WD; the remedy names the value only when the current WD came through the keyword.
+    assert d.change == {"weight_decay": 3.0} and "raise WD to 3e-4 (from 1e-4)" in d.remedy, d.remedy
     with pytest.raises(ValueError, match="one val loss per entry"):
         tuneassist.diagnose(steps, train_loss, val_steps, val_loss[:-1])
 

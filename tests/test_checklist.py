@@ -445,6 +445,7 @@ def test_final_step_judges_the_profile_against_what_the_user_would_have_run() ->
     rec = cl.recommend("final", curves)
     assert rec.ok and rec.value["variant"] == "lr_only"
     assert "did not earn their place" in rec.reason and "untuned baseline" in rec.reason
+    assert set(rec.value["compare"]) == {"final", "lr_only", "baseline"}  # what the reason compares
     cl.accept(rec)
     prof = cl.profile_spec()
     assert (prof.batch_size, prof.weight_decay, prof.momentum_max) == (128, 1e-3, 0.95)
@@ -512,3 +513,4 @@ def test_losing_to_the_untuned_baseline_earns_one_refinement_even_on_quick() -> 
     rec = cl.recommend("final", curves)
     assert not rec.needs_more_runs and rec.value["variant"] == "refine1"  # once only
     assert "untuned baseline: val 58.3%" in rec.reason  # and it says so
+    assert rec.value["val_acc"] < rec.value["compare"]["baseline"]["val_acc"] == pytest.approx(0.583)

@@ -3,6 +3,7 @@ the size it was tuned at, and `train --profile` trains at it (an LR tuned at 64x
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,21 @@ def test_train_from_a_profile_trains_at_its_image_size_unless_told_otherwise(
     path = tmp_path / "tuned.toml"
     path.write_text(profile_from_runspec(spec.validate(), "tuned").to_toml())
     common = ["--data-dir", str(tmp_path / "c"), "--device", "cpu", "--threads", "1", "--steps", "2"]
+    common.append("--json")
+    # --json gives the start line's facts as fields (tests/test_image_folders.py reads the line itself)
     rc, out, err = run_main(capsys, "train", "--profile", str(path), *common)
     assert rc == 0, err
-    assert "24x24 images" in err
+    facts = json.loads(out)
+    assert facts["image_size"] == 24 and facts["num_classes"] == 2 and facts["device"] == "cpu"
+    assert facts["train_size"] + facts["val_size"] == 24 and facts["test_size"] == 8  # 12 + 4 per class
+    assert facts["streamed"] is False and facts["devices"] == 1
     rc, out, err = run_main(capsys, "train", "--profile", str(path), "--image-size", "16", *common)
     assert rc == 0, err
-    assert "16x16 images" in err
+    assert json.loads(out)["image_size"] == 16
     # another data set than the profile's: the profile's folder size does not apply to it
     rc, out, err = run_main(capsys, "train", "--profile", str(path), "--data", "synthetic:100", *common)
     assert rc == 0, err
-    assert "32x32 images" in err
+    assert json.loads(out)["image_size"] == 32
 
 
 def test_the_checklist_runs_at_the_size_and_on_the_path_tune_was_given() -> None:

@@ -303,9 +303,12 @@ def test_lost_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             assert sorted(s.refresh_lost()) == sorted([stale, reused, gone])
             assert s.get_run(alive)["status"] == "running"
             assert "heartbeat" in s.get_run(stale)["error"] and "is gone" in s.get_run(gone)["error"]
+            why = {i: s.get_run(i).info.get("lost_reason") for i in (stale, reused, gone)}
+            assert why == {stale: "heartbeat", reused: "pid_reused", gone: "gone"}
             fake.kill()
             fake.wait()
             assert s.get_run(alive)["status"] == "lost"  # read-time detection
+            assert s.get_run(alive).info["lost_reason"] == "gone"
     finally:
         for p in (fake, other):
             p.kill()
@@ -454,6 +457,8 @@ def test_runs_cli_list_export_cancel_watch(
     ws = ["--workspace", str(tmp_path)]
     assert main(["runs", "cancel", str(queued), *ws]) == 0
     assert f"run {queued} cancelled" in capsys.readouterr().out
+    with Store(tmp_path) as s:
+        assert s.get_run(queued).status == "cancelled"
     assert main(["runs", *ws]) == 0
     table = capsys.readouterr().out
     assert "demo" in table and "2.00/2" in table and "1.55" in table and "70.0%" in table

@@ -8,6 +8,7 @@ cached). `--stream` forces the streamed path; $TUNEASSIST_DATA_BUDGET_MIB stands
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ def test_a_folder_that_does_not_fit_is_streamed_per_file_and_never_decoded_whole
     root = _folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
     resident = load_dataset(f"folder:{root}", data_dir=cache, device="cpu")
+    assert not resident.streamed  # it fits: held whole
     assert "fit in the" in resident.note and resident.note.endswith("held on cpu")
     for cached in (cache / "folders").glob("*.pt"):
         cached.unlink()
@@ -136,6 +138,14 @@ def test_lr_find_has_the_flag_too(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc, out, err = run_main(capsys, *args, "--stream", "--threads", "1")
     assert rc == 0, err
     assert "streaming through" in err and "as asked (--stream)" in err
+    rc, out, err = run_main(capsys, *args, "--threads", "1", "--json")  # and --json says which, as a field
+    assert rc == 0, err
+    start = json.loads(out)["start"]
+    assert start["streamed"] is False and start["device"] == "cpu" and start["image_size"] == 32
+    rc, out, err = run_main(capsys, *args, "--stream", "--threads", "1", "--json")
+    assert rc == 0, err
+    start = json.loads(out)["start"]
+    assert start["streamed"] is True and start["train_size"] + start["val_size"] == 200
 
 
 def test_the_budget_and_the_workers_are_read_once_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -286,6 +286,7 @@ def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Pa
     assert "4 · Weight decay" in after  # moved on to the next step
     s = TuningSession(Store(ws), ids["session"])
     assert s.checklist.decisions["momentum"].source == "recommended"
+    assert s.checklist.current_step == "weight_decay"  # what "4 · Weight decay" on the screen shows
 
 
 def test_runs_screen_and_detail(seeded: tuple[Path, dict]) -> None:

@@ -118,6 +118,7 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
         shell.wait()
     out = log.read_text()
     assert f"run {first} (train) started on cpu" in out, out
+    assert store.get_run(first).device == "cpu"  # the slot the line names
     assert f"run {second} (train) queued" in out and f"tuneassist runs watch {second}" in out
     assert store.get_run(first)["status"] == "running" and store.get_run(second)["status"] == "queued"
     # Follow the first run with the CLI (not a terminal: progress lines, no plot).
@@ -179,6 +180,7 @@ def test_sigkilled_worker_becomes_lost_and_resume_completes_it(tmp_path: Path, e
     assert time.monotonic() - killed <= 3 + 1  # within the heartbeat timeout
     lost = store.get_run(run_id)
     assert "resume" in lost["error"] and lost["checkpoint_step"] % SPE == 0
+    assert lost.info["lost_reason"] in ("gone", "heartbeat")  # killed: never a reused process id
     assert lost["checkpoint_step"] < 4 * SPE  # killed mid-run
     res = _cli(env, "runs", "resume", str(run_id), "--workspace", str(ws))
     assert res.returncode == 0, res.stderr
@@ -211,6 +213,7 @@ def test_frozen_worker_is_lost_by_heartbeat_and_never_clobbers_the_run(
         stopped = time.monotonic()
         _wait(lambda: store.get_run(run_id)["status"] == "lost", 10, "the heartbeat timeout", store)
         assert time.monotonic() - stopped >= 2 and "heartbeat" in store.get_run(run_id)["error"]
+        assert store.get_run(run_id).info["lost_reason"] == "heartbeat"
         # Cancel the lost run, then let the frozen worker go on: it must see the run is no longer its own.
         cancel = _cli(env, "runs", "cancel", str(run_id), "--workspace", str(ws))
         assert cancel.returncode == 0 and f"run {run_id} cancelled" in cancel.stdout

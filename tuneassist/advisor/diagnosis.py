@@ -297,6 +297,9 @@ def _trend(
             window=win.span,
         )
     if sigma > NOISE * level:
+        # No `change`, on purpose: a larger TBS is no factor the final refinement (reading.py) can apply
+        # alone, as the 1cycle range was found at this TBS (it needs rescale_lr_for_batch or a new range
+        # test); the other remedies (more eval images, longer runs) change the reading, not the values.
         return Diagnosis(
             kind="too_noisy",
             evidence=win.evidence,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -53,6 +53,7 @@ from tuneassist.advisor.sweep_noise import (
 # ranking that reads them.
 __all__ = [
     "PARAM_LABELS",
+    "DecidedBy",
     "Rescaled",
     "SweepCandidate",
     "SweepResult",
@@ -182,6 +183,14 @@ class SweepRow:
     run_id: int | str | None = None  # the store's run id
 
 
+# Why the winner won, for code and tests (the sentence says it to the user): the only usable curve, a
+# gap larger than the noise on `metric`, val accuracy separating a val-loss tie, the other tied
+# candidates trailing on both metrics, the start value kept, or the tie rule's prior.
+DecidedBy = Literal[
+    "no_usable_curve", "only_usable", "gap", "accuracy", "trails_both", "start_value", "prior"
+]
+
+
 @dataclass
 class SweepResult:
     param: str
@@ -192,11 +201,16 @@ class SweepResult:
     decision_at: float | None
     noise: float | None  # tie threshold on the deciding metric
     rows: list[SweepRow]
-    tie_rule: str
+    tie_rule: str  # the tie rule's reason sentence (its direction is `tie_prefer`)
     explanation: str
+    decided_by: DecidedBy
+    tie_prefer: str  # TieRule.prefer: 'larger' | 'smaller' | 'cyclical'
+    trails_both: list[str] = field(default_factory=list)  # tied labels out for trailing on both metrics
+    runner_gap: Gap | None = None  # the runner-up's gap on `metric`, when a gap decided
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["runner_gap"] = None if self.runner_gap is None else self.runner_gap._asdict()
         d["winner"] = list(self.winner) if isinstance(self.winner, tuple) else self.winner
         for r in d["rows"]:
             if isinstance(r["value"], tuple):
@@ -261,21 +275,12 @@ class _Sweep:
             for i in range(len(self.cands))
         ]
 
-    def result(
-        self, winner: int, metric: str, thr: float | None, ties: set[int], order: list[int], expl: str
-    ) -> SweepResult:
-        return SweepResult(
-            self.param,
-            self.cands[winner].value,
-            self.labels[winner],
-            metric,
-            self.axis,
-            self.at,
-            thr,
-            self.rows(ties, order, winner),
-            self.rule.reason,
-            expl,
-        )
+    def result(self, winner: int, metric: str, thr: float | None, ties: set[int], order: list[int], expl: str,
+               why: _Pick | DecidedBy, gap: Gap | None = None) -> SweepResult:  # fmt: skip
+        by, trails = (why.by, why.trails) if isinstance(why, _Pick) else (why, [])
+        return SweepResult(self.param, self.cands[winner].value, self.labels[winner], metric, self.axis,
+                           self.at, thr, self.rows(ties, order, winner), self.rule.reason, expl, by,
+                           self.rule.prefer, trails, gap)  # fmt: skip
 
     def num(self, i: int, acc: bool) -> str:
         return _fmt_acc(self.acc_at[i]) if acc else f"{self.loss_at[i]:.3g}"
@@ -399,7 +404,16 @@ def _dominated(sw: _Sweep, i: int, tied: list[int]) -> bool:
     )
 
 
-def _tie_pick(sw: _Sweep, tied: list[int]) -> tuple[int, str]:
+class _Pick(NamedTuple):
+    """A tie's winner, the clause that says how it was chosen, and the same in fields."""
+
+    winner: int
+    how: str
+    by: DecidedBy  # 'trails_both' | 'start_value' | 'prior'
+    trails: list[str]  # the tied labels out for trailing on both metrics
+
+
+def _tie_pick(sw: _Sweep, tied: list[int]) -> _Pick:
     """The prior: the winner of a tie the evidence cannot break, and the clause that says how it was chosen.
 
     First out: a candidate that trails another tied one on both metrics (weak evidence, but
@@ -409,16 +423,18 @@ def _tie_pick(sw: _Sweep, tied: list[int]) -> tuple[int, str]:
     out = [labels[i] for i in tied if i not in keep]
     trail = f"{' and '.join(out)} trail{'s' if len(out) == 1 else ''} on both metrics" if out else ""
     if len(keep) == 1:
-        return keep[0], f"neither metric separates them alone, but {trail}"
+        return _Pick(keep[0], f"neither metric separates them alone, but {trail}", "trails_both", out)
     for i in keep:
         if sw.start is not None and same_value(sw.cands[i].value, sw.start):
             why = f"not enough evidence at this budget to move from the start value {labels[i]}; it stays"
-            return i, f"{why} ({trail})" if trail else why
+            return _Pick(i, f"{why} ({trail})" if trail else why, "start_value", out)
     pick = max(keep, key=lambda i: sw.rule.key(sw.cands[i].value))
-    return (
+    return _Pick(
         pick,
         f"the evidence cannot order them{f' ({trail})' if trail else ''}, so a prior breaks the tie: "
         f"{sw.rule.reason}",
+        "prior",
+        out,
     )
 
 
@@ -428,9 +444,11 @@ def _no_usable_curve(sw: _Sweep, bad: list[str]) -> SweepResult:
         f"No {sw.name} recommended: no candidate trained to a usable validation curve"
         f"{' (all diverged)' if bad and len(bad) == len(sw.cands) else ''}; lower the max LR and re-run."
     )
+    rows = sw.rows(set(), [], None)
     return SweepResult(
-        sw.param, None, None, "val_loss", sw.axis, None, None, sw.rows(set(), [], None), sw.rule.reason, expl
-    )
+        sw.param, None, None, "val_loss", sw.axis, None, None, rows, sw.rule.reason, expl, "no_usable_curve",
+        sw.rule.prefer,
+    )  # fmt: skip
 
 
 def _only_usable(sw: _Sweep, bad_note: str) -> SweepResult:
@@ -439,7 +457,7 @@ def _only_usable(sw: _Sweep, bad_note: str) -> SweepResult:
         f"{sw.name} {sw.labels[i]}: the only candidate with a usable curve (val loss {sw.loss_at[i]:.3g} at "
         f"{sw.where}).{bad_note}"
     )
-    return sw.result(i, "val_loss", None, set(), [i], expl)
+    return sw.result(i, "val_loss", None, set(), [i], expl, "only_usable")
 
 
 def _words(by_acc: bool) -> tuple[str, str, str]:
@@ -456,7 +474,7 @@ def _clear_lead(sw: _Sweep, order: list[int], g: dict[int, Gap], by_acc: bool, b
         f"{sw.num(runner, by_acc)} for {sw.labels[runner]}; {gap_words(g[runner], by_acc)})."
         f"{bad_note}"
     )
-    return sw.result(lead, decided_by, g[runner].thr, set(), order, expl)
+    return sw.result(lead, decided_by, g[runner].thr, set(), order, expl, "gap", g[runner])
 
 
 def _accuracy_decides(
@@ -479,8 +497,9 @@ def _accuracy_decides(
             f" ({gap_words(ag[runner], True)}).{bad_note}"
         )
         order2 = a_order + [i for i in order if i not in group]
-        return sw.result(a_lead, "val_acc", ag[runner].thr, ties, order2, expl)
-    pick, how = _tie_pick(sw, a_group)
+        return sw.result(a_lead, "val_acc", ag[runner].thr, ties, order2, expl, "accuracy", ag[runner])
+    tp = _tie_pick(sw, a_group)
+    pick, how = tp.winner, tp.how
     acc_txt = ", ".join(f"{_fmt_acc(sw.acc_at[i])} for {labels[i]}" for i in a_group)
     expl = (
         f"{sw.name} {labels[pick]}: val loss ties at {sw.where} ({sw.num(lead, False)} for {labels[lead]} vs "
@@ -488,7 +507,7 @@ def _accuracy_decides(
         f"{bad_note}"
     )
     order2 = [pick] + [i for i in order if i != pick]
-    return sw.result(pick, "val_loss", thr, ties, order2, expl)
+    return sw.result(pick, "val_loss", thr, ties, order2, expl, tp)
 
 
 def _tie(
@@ -497,7 +516,8 @@ def _tie(
     """The deciding metric ties the leaders and nothing else can order them: the prior picks."""
     lead, labels = order[0], sw.labels
     what, best_word, decided_by = _words(by_acc)
-    pick, how = _tie_pick(sw, group)
+    tp = _tie_pick(sw, group)
+    pick, how = tp.winner, tp.how
     if pick == lead:
         expl = (
             f"{sw.name} {labels[lead]}: {best_word} {what} at {sw.where} ({sw.num(lead, by_acc)} vs "
@@ -510,7 +530,7 @@ def _tie(
             f"{thr:.2g}); {how}.{bad_note}"
         )
     order2 = [pick] + [i for i in order if i != pick]
-    return sw.result(pick, decided_by, thr, set(group), order2, expl)
+    return sw.result(pick, decided_by, thr, set(group), order2, expl, tp)
 
 
 def rank_sweep(

@@ -102,6 +102,7 @@ def run_summary(run: Run, sessions: dict[int, str] | None = None) -> dict[str, A
         "started": run.started,
         "ended": run.ended,
         "checkpoint_step": run.checkpoint_step,
+        "lost_reason": run.info.get("lost_reason"),  # why a lost run is lost (runs.liveness.LostReason)
         "error": run.error,
         "outcome": run.columns["outcome"],
         "spec": run.columns["spec"],

@@ -221,6 +221,18 @@ def _times(devices: int | None) -> str:
     return f" x {devices} devices (DDP)" if devices and devices > 1 else ""
 
 
+# What `train --json` and `lr-find --json` say about the run's data and device: the facts of the start
+# line (None where the user's own training function does not tell them).
+RUN_FACTS = (
+    "device", "devices", "num_classes", "image_size", "train_size", "val_size", "test_size", "streamed"
+)  # fmt: skip
+
+
+def run_facts(start: dict[str, Any]) -> dict[str, Any]:
+    """The start event's facts, for --json: what the start line and the data note say in words."""
+    return {k: start.get(k) for k in RUN_FACTS}
+
+
 class Progress:
     """Progress on stderr: a live status line on a terminal, one line per evaluation otherwise."""
 
@@ -242,6 +254,7 @@ class Progress:
         self.last_draw = 0.0
         self.last_loss: float | None = None
         self.ips = 0.0
+        self.start: dict[str, Any] = {}  # the start event, kept even when quiet (--json reports it)
 
     def _eta(self, step: int) -> str:
         el = time.perf_counter() - self.t0
@@ -249,6 +262,8 @@ class Progress:
         return f"{int(left // 60)}:{int(left % 60):02d}"
 
     def __call__(self, e: dict[str, Any]) -> None:
+        if e["type"] == "start":
+            self.start = e
         if self.quiet:
             return
         t = e["type"]
@@ -397,6 +412,7 @@ def run_lr_find(spec: RunSpec, quiet: bool = False) -> dict[str, Any]:
         "suggestion": suggestion.to_dict(),
         "curve": {"lr": lrs, "train_loss": losses, "val_lr": val_lrs, "val_loss": val_losses},
         "end": end,
+        "start": run_facts(progress.start),
     }
 
 
@@ -489,7 +505,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, **over)
     if args.background:
         return _background(args, spec, "train")
-    end = train_fn(spec)(spec, on_event=Progress(args.json))
+    progress = Progress(args.json)
+    end = train_fn(spec)(spec, on_event=progress)
     if _rank() != 0:
         return 0 if end["outcome"] == "finished" else 1
     summary = {
@@ -502,6 +519,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "steps": end["step"],
         "wall_time": end["wall_time"],
         "images_per_s": end["images_per_s"],
+        **run_facts(progress.start),
     }
     if args.json:
         print(json.dumps(summary))

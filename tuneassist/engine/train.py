@@ -264,6 +264,7 @@ class _Run:
             "val_size": int(ds.val_y.numel()),
             "test_size": int(ds.test_y.numel()),
             "start_step": start_step,
+            "streamed": ds.streamed,  # the fact `data_note` says in words: streamed, or held on the device
             "data_note": ds.note,
         }
 

@@ -50,6 +50,7 @@ class Database:
         self.read_only = False
         self.read_only_why = ""  # why read_only: "is read-only here" or "is on a full disk (...)"
         self._lost_overlay: dict[int, str] = {}  # runs found lost that a read-only store cannot mark
+        self._lost_reasons: dict[int, str] = {}  # their info["lost_reason"] (runs.liveness.LostReason)
         self._make_workspace()
         self._check_file()
         self._con = self._connect()

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tuneassist.errors import UserError
 from tuneassist.hardware import process_alive
@@ -21,12 +21,18 @@ from tuneassist.runs.db import Database
 from tuneassist.runs.packing import Fits, count_limit
 from tuneassist.runs.workspace import heartbeat_timeout
 
+# Why a run was marked lost, kept in its `info` as "lost_reason" (the `error` sentence says it to the
+# user): its heartbeat stopped, its worker process is gone, or the process id now runs another program.
+LostReason = Literal["heartbeat", "gone", "pid_reused"]
+
 
 class Liveness(Database):
     """The store's liveness checks and the transactions that move a run between owners."""
 
     def refresh_lost(self, run_ids: Sequence[int] | None = None) -> list[int]:
-        """Mark running runs whose worker vanished (pid gone, heartbeat too old) as lost; return their ids."""
+        """Mark running runs whose worker vanished (pid gone, heartbeat too old) as lost; return their ids.
+
+        The reason is also kept as `info["lost_reason"]` (a LostReason), so code need not parse `error`."""
         timeout = heartbeat_timeout()
 
         def candidates(c: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -41,13 +47,16 @@ class Liveness(Database):
         now = time.time()
         host = socket.gethostname()
         dead: dict[int, tuple[int, str]] = {}
+        reasons: dict[int, LostReason] = {}
         for r in rows:
-            why = _vanished(r["pid"], r["host"], r["heartbeat"], now, timeout, host)
-            if why:
+            gone = _vanished(r["pid"], r["host"], r["heartbeat"], now, timeout, host)
+            if gone:
                 hint = f"log: {self.log_path(r['id'])}; resume it with: tuneassist runs resume {r['id']}"
+                reasons[r["id"]], why = gone
                 dead[r["id"]] = (r["attempt"], f"{why} ({hint})")
         if not dead:
             return []
+        self._lost_reasons.update(reasons)  # for readers of a store that cannot record them
         if self.read_only:
             note = f" (not recorded: the workspace {self.read_only_why})"
             self._lost_overlay.update({i: why + note for i, (_, why) in dead.items()})
@@ -57,9 +66,11 @@ class Liveness(Database):
             lost = []
             for run_id, (attempt, why) in dead.items():
                 n = c.execute(
-                    "UPDATE runs SET status = 'lost', ended = ?, error = ? "
+                    "UPDATE runs SET status = 'lost', ended = ?, error = ?, "
+                    "info = CASE WHEN json_valid(COALESCE(info, '{}')) "
+                    "THEN json_set(COALESCE(info, '{}'), '$.lost_reason', ?) ELSE info END "
                     "WHERE id = ? AND status = 'running' AND attempt = ?",
-                    (time.time(), why, run_id, attempt),
+                    (time.time(), why, reasons[run_id], run_id, attempt),
                 ).rowcount
                 if n:
                     lost.append(run_id)
@@ -119,7 +130,8 @@ class Liveness(Database):
             keep = int(keep_checkpoint)
             c.execute(
                 "UPDATE runs SET status = 'queued', resume = ?, cancel_requested = 0, pid = NULL, "
-                "ended = NULL, error = NULL, outcome = NULL, "
+                "ended = NULL, error = NULL, outcome = NULL, info = CASE WHEN json_valid(info) "
+                "THEN json_remove(info, '$.lost_reason') ELSE info END, "
                 "checkpoint_step = CASE WHEN ? THEN checkpoint_step END, "
                 "checkpoint_epoch = CASE WHEN ? THEN checkpoint_epoch END WHERE id = ?",
                 (keep, keep, keep, run_id),
@@ -253,14 +265,15 @@ class Liveness(Database):
 
 def _vanished(
     pid: int | None, run_host: str | None, heartbeat: float | None, now: float, timeout: float, host: str
-) -> str | None:
-    """Why a running run's worker counts as gone, or None while it looks alive."""
+) -> tuple[LostReason, str] | None:
+    """Why a running run's worker counts as gone (a reason and its sentence), or None while it looks alive."""
     if heartbeat is None or now - heartbeat > timeout:
         age = "never" if heartbeat is None else f"{now - heartbeat:.0f} s ago"
         who = f"worker process {pid}" if pid else "its worker"
-        return f"{who} stopped sending heartbeats (last {age})"
+        return "heartbeat", f"{who} stopped sending heartbeats (last {age})"
     if pid and run_host == host and not pid_alive(pid):
-        return f"worker process {pid} is gone (killed or crashed)"
+        reason: LostReason = "pid_reused" if process_alive(pid) else "gone"
+        return reason, f"worker process {pid} is gone (killed or crashed)"
     return None
 
 

@@ -214,6 +214,8 @@ class Records(Liveness):
         if why is not None and d["status"] == "running":
             d["status"] = "lost"
             d["error"] = why
+            info = d["info"] if isinstance(d["info"], dict) else {}
+            d["info"] = {**info, "lost_reason": self._lost_reasons.get(d["id"])}
         return Run.from_columns(d)
 
     def get_run(self, run_id: int, refresh: bool = True) -> Run:
