@@ -190,6 +190,19 @@ def test_batch_larger_than_split_is_a_user_error() -> None:
     assert len(DeviceLoader(_images(), _ids(), LoaderSettings(128, "cpu", MEAN, STD, train=False))) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"batch_size": 0}, UserError, "batch size 0 must be a positive integer"),
+        ({"mean": (0.5,)}, ValueError, "mean/std need 3 values, got 1/3"),
+        ({"rank": 2, "world_size": 2}, ValueError, "rank 2 outside world size 2"),
+    ],
+)
+def test_settings_are_checked_when_a_loader_takes_them(change: dict, error: type, message: str) -> None:
+    settings = replace(LoaderSettings(16, "cpu", MEAN, STD, train=True), **change)
+    with pytest.raises(error, match=message):
+        DeviceLoader(_images(), _ids(), settings)
+
 
 def test_source_tensor_is_not_modified() -> None:
     x = _images()
