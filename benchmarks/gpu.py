@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tuneassist.engine.loader import DeviceLoader
+from tuneassist.engine.loader import DeviceLoader, LoaderSettings
 from tuneassist.engine.models import build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.spec import RunSpec
@@ -94,8 +94,10 @@ def _sync(device: torch.device) -> None:
 
 def time_pipeline(x: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device) -> dict[str, float]:
     """One DeviceLoader epoch (augmented, channels_last, normalised) after a warm-up epoch."""
-    loader = DeviceLoader(x, y, batch, device, CIFAR_MEAN, CIFAR_STD, train=True, augment=True,
-                          channels_last=True)  # fmt: skip
+    settings = LoaderSettings(
+        batch, device, CIFAR_MEAN, CIFAR_STD, train=True, augment=True, channels_last=True
+    )
+    loader = DeviceLoader(x, y, settings)
     for _ in loader:  # warm-up: kernels loaded, memory cached
         pass
     _sync(device)
@@ -138,8 +140,10 @@ def time_training(
     )
     use_bf16 = cuda and bf16
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    loader = DeviceLoader(x, y, batch, device, CIFAR_MEAN, CIFAR_STD, train=True, augment=True, seed=0,
-                          channels_last=cl)  # fmt: skip
+    settings = LoaderSettings(
+        batch, device, CIFAR_MEAN, CIFAR_STD, train=True, augment=True, seed=0, channels_last=cl
+    )
+    loader = DeviceLoader(x, y, settings)
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with amp():

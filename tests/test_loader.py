@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tuneassist.engine.data import channel_stats
-from tuneassist.engine.loader import DeviceLoader
+from tuneassist.engine.loader import DeviceLoader, LoaderSettings
 from tuneassist.errors import UserError
 
 N, C, H, W = 64, 3, 32, 32
@@ -47,7 +49,8 @@ def _all_crops(img: torch.Tensor, pad: int = 4) -> list[tuple[int, int, bool, to
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_crop_and_flip_keep_pixel_content(channels_last: bool) -> None:
     x = _images()
-    loader = DeviceLoader(x, _ids(), 32, "cpu", MEAN, STD, train=True, seed=3, channels_last=channels_last)
+    settings = LoaderSettings(32, "cpu", MEAN, STD, train=True, seed=3, channels_last=channels_last)
+    loader = DeviceLoader(x, _ids(), settings)
     flips, offsets = set(), set()
     for xb, yb in loader:
         got = _denorm(xb, MEAN, STD)
@@ -64,7 +67,7 @@ def test_crop_and_flip_keep_pixel_content(channels_last: bool) -> None:
 
 def test_no_augment_returns_exact_images() -> None:
     x = _images()
-    loader = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, augment=False)
+    loader = DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, augment=False))
     for xb, yb in loader:
         assert torch.equal(_denorm(xb, MEAN, STD), x[yb].to(torch.int64))
 
@@ -77,14 +80,16 @@ def test_normalised_batches_have_zero_mean_unit_std() -> None:
     x = (base + spread * torch.randn(256, C, H, W, generator=g)).clamp(0, 255).round().to(torch.uint8)
     mean, std = channel_stats(x)
     for augment in (False, True):
-        loader = DeviceLoader(x, _ids(256), 256, "cpu", mean, std, train=True, augment=augment)
+        settings = LoaderSettings(256, "cpu", mean, std, train=True, augment=augment)
+        loader = DeviceLoader(x, _ids(256), settings)
         (xb, _), *_ = list(loader)
         if augment:  # black padding pulls a few pixels far below the mean; the centre is all image
             xb = xb[:, :, 4:-4, 4:-4]
         m, s = xb.mean(dim=(0, 2, 3)), xb.std(dim=(0, 2, 3))
         assert torch.allclose(m, torch.zeros(3), atol=0.02), m
         assert torch.allclose(s, torch.ones(3), atol=0.02), s
-    xb = torch.cat([b for b, _ in DeviceLoader(x, _ids(256), 100, "cpu", mean, std, train=False)])
+    settings = LoaderSettings(100, "cpu", mean, std, train=False)
+    xb = torch.cat([b for b, _ in DeviceLoader(x, _ids(256), settings)])
     assert torch.allclose(xb.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)
     assert torch.allclose(xb.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
 
@@ -93,7 +98,7 @@ def test_shuffle_is_a_permutation_and_deterministic_per_seed_and_epoch() -> None
     x = _images()
 
     def order(seed: int, epoch: int) -> list[int]:
-        loader = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, seed=seed)
+        loader = DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, seed=seed))
         loader.set_epoch(epoch)
         return torch.cat([y for _, y in loader]).tolist()
 
@@ -106,22 +111,22 @@ def test_shuffle_is_a_permutation_and_deterministic_per_seed_and_epoch() -> None
     assert order(1, 0) != order(0, 1)  # seed and epoch do not just add up
 
     # Same seed and epoch: identical images too (same crops and flips).
-    a = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, seed=5)
-    b = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, seed=5)
+    a = DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, seed=5))
+    b = DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, seed=5))
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_epochs_advance_and_resume_mid_epoch() -> None:
     x = _images()
-    loader = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, seed=2)
+    loader = DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, seed=2))
     first = [y.clone() for _, y in loader]
     second = [y.clone() for _, y in loader]  # next iteration is the next epoch
     assert loader.epoch == 2
     assert torch.cat(first).tolist() != torch.cat(second).tolist()
     loader.set_epoch(1)
     assert all(torch.equal(a, b) for (_, a), b in zip(loader, second, strict=True))
-    full = list(DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=True, seed=2))
+    full = list(DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=True, seed=2)))
     loader.set_epoch(0, start_batch=2)
     tail = list(loader)
     assert len(tail) == len(full) - 2
@@ -131,7 +136,7 @@ def test_epochs_advance_and_resume_mid_epoch() -> None:
 
 def test_train_batches_have_fixed_shape_and_drop_the_partial_one() -> None:
     x = _images(50)
-    loader = DeviceLoader(x, _ids(50), 16, "cpu", MEAN, STD, train=True)
+    loader = DeviceLoader(x, _ids(50), LoaderSettings(16, "cpu", MEAN, STD, train=True))
     assert len(loader) == 3
     batches = list(loader)
     assert len(batches) == 3
@@ -144,7 +149,7 @@ def test_train_batches_have_fixed_shape_and_drop_the_partial_one() -> None:
 
 def test_eval_keeps_all_samples_in_order() -> None:
     x = _images(50)
-    loader = DeviceLoader(x, _ids(50), 16, "cpu", MEAN, STD, train=False)
+    loader = DeviceLoader(x, _ids(50), LoaderSettings(16, "cpu", MEAN, STD, train=False))
     assert len(loader) == 4
     batches = list(loader)
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
@@ -157,8 +162,9 @@ def test_eval_keeps_all_samples_in_order() -> None:
 def test_channels_last_gives_the_same_values_with_channels_last_strides() -> None:
     x = _images()
     for train in (True, False):
-        a = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=train, seed=4)
-        b = DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=train, seed=4, channels_last=True)
+        settings = LoaderSettings(16, "cpu", MEAN, STD, train=train, seed=4)
+        a = DeviceLoader(x, _ids(), settings)
+        b = DeviceLoader(x, _ids(), replace(settings, channels_last=True))
         for (xa, ya), (xb, yb) in zip(a, b, strict=True):
             assert xb.is_contiguous(memory_format=torch.channels_last)
             assert xb.shape == xa.shape
@@ -169,7 +175,8 @@ def test_ranks_get_disjoint_samples() -> None:
     x = _images()
     seen = []
     for rank in range(2):
-        loader = DeviceLoader(x, _ids(), 8, "cpu", MEAN, STD, train=True, seed=1, rank=rank, world_size=2)
+        settings = LoaderSettings(8, "cpu", MEAN, STD, train=True, seed=1, rank=rank, world_size=2)
+        loader = DeviceLoader(x, _ids(), settings)
         assert len(loader) == 4
         seen.append(set(torch.cat([y for _, y in loader]).tolist()))
     assert not seen[0] & seen[1]
@@ -178,15 +185,29 @@ def test_ranks_get_disjoint_samples() -> None:
 
 def test_batch_larger_than_split_is_a_user_error() -> None:
     with pytest.raises(UserError, match="batch size 128 is larger than the 64 training images"):
-        DeviceLoader(_images(), _ids(), 128, "cpu", MEAN, STD, train=True)
+        DeviceLoader(_images(), _ids(), LoaderSettings(128, "cpu", MEAN, STD, train=True))
     # Evaluation keeps the partial batch, so a large eval batch is fine.
-    assert len(DeviceLoader(_images(), _ids(), 128, "cpu", MEAN, STD, train=False)) == 1
+    assert len(DeviceLoader(_images(), _ids(), LoaderSettings(128, "cpu", MEAN, STD, train=False))) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"batch_size": 0}, UserError, "batch size 0 must be a positive integer"),
+        ({"mean": (0.5,)}, ValueError, "mean/std need 3 values, got 1/3"),
+        ({"rank": 2, "world_size": 2}, ValueError, "rank 2 outside world size 2"),
+    ],
+)
+def test_settings_are_checked_when_a_loader_takes_them(change: dict, error: type, message: str) -> None:
+    settings = replace(LoaderSettings(16, "cpu", MEAN, STD, train=True), **change)
+    with pytest.raises(error, match=message):
+        DeviceLoader(_images(), _ids(), settings)
 
 
 def test_source_tensor_is_not_modified() -> None:
     x = _images()
     before = x.clone()
     for train in (True, False):
-        for _ in DeviceLoader(x, _ids(), 16, "cpu", MEAN, STD, train=train):
+        for _ in DeviceLoader(x, _ids(), LoaderSettings(16, "cpu", MEAN, STD, train=train)):
             pass
     assert torch.equal(x, before)

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 from tuneassist.engine import residency  # noqa: E402
 from tuneassist.engine.data import load_dataset  # noqa: E402
 from tuneassist.engine.items import FolderImages, TensorImages  # noqa: E402
-from tuneassist.engine.loader import DeviceLoader  # noqa: E402
+from tuneassist.engine.loader import DeviceLoader, LoaderSettings  # noqa: E402
 from tuneassist.engine.stream import StreamLoader, open_loader, stream_workers  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*the validation split has only")  # small on purpose
@@ -53,13 +53,12 @@ def test_streamed_batches_are_the_resident_batches_bit_for_bit() -> None:
     for train in (True, False):
         for channels_last in (False, True):
             for rank, world in ((0, 1), (1, 2)):
-                kw = dict(train=train, seed=5, channels_last=channels_last, rank=rank, world_size=world)
-                a = open_loader(
-                    resident.train_x, resident.train_y, 32, "cpu", resident.mean, resident.std, **kw
-                )
-                b = open_loader(
-                    streamed.train_x, streamed.train_y, 32, "cpu", streamed.mean, streamed.std, **kw
-                )
+                settings = LoaderSettings(
+                    32, "cpu", resident.mean, resident.std, train=train, seed=5,
+                    channels_last=channels_last, rank=rank, world_size=world,
+                )  # fmt: skip
+                a = open_loader(resident.train_x, resident.train_y, settings)
+                b = open_loader(streamed.train_x, streamed.train_y, settings)
                 assert isinstance(b, StreamLoader) and type(a) is DeviceLoader
                 assert len(a) == len(b) and a.num_samples == b.num_samples
                 a.set_epoch(3, start_batch=2)  # resume mid-epoch
@@ -91,11 +90,13 @@ def test_a_folder_that_does_not_fit_is_streamed_per_file_and_never_decoded_whole
     assert not list((cache / "folders").glob("*.pt"))  # nothing decoded whole, nothing cached
     assert ds.train_x.shape == resident.train_x.shape and torch.equal(ds.train_y, resident.train_y)
     assert (ds.mean, ds.std) == (resident.mean, resident.std)  # a small split's sample is all of it
-    a = open_loader(resident.train_x, resident.train_y, 8, "cpu", resident.mean, resident.std, train=True)
-    b = open_loader(ds.train_x, ds.train_y, 8, "cpu", ds.mean, ds.std, train=True)
+    settings = LoaderSettings(8, "cpu", ds.mean, ds.std, train=True)
+    a = open_loader(resident.train_x, resident.train_y, settings)
+    b = open_loader(ds.train_x, ds.train_y, settings)
     assert _same_batches(a, b) == len(a) == 27 // 8
-    a = open_loader(resident.test_x, resident.test_y, 5, "cpu", resident.mean, resident.std, train=False)
-    b = open_loader(ds.test_x, ds.test_y, 5, "cpu", ds.mean, ds.std, train=False)
+    settings = LoaderSettings(5, "cpu", ds.mean, ds.std, train=False)
+    a = open_loader(resident.test_x, resident.test_y, settings)
+    b = open_loader(ds.test_x, ds.test_y, settings)
     assert _same_batches(a, b) == 2  # 9 test images, the last batch kept
 
 

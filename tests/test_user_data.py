@@ -98,6 +98,7 @@ def test_resident_and_streamed_user_data_give_the_same_batches(
     torch = pytest.importorskip("torch")
     from tuneassist.engine.data import load_dataset
     from tuneassist.engine.items import UserImages
+    from tuneassist.engine.loader import LoaderSettings
     from tuneassist.engine.stream import open_loader
 
     name = _module(
@@ -117,12 +118,9 @@ def test_resident_and_streamed_user_data_give_the_same_batches(
     assert a.train_x.shape == (63, 3, 20, 24) and isinstance(b.train_x, UserImages)
     assert (a.mean, a.std) == (b.mean, b.std) and abs(a.mean[0] - 0.5) < 0.05
     for train in (True, False):
-        la = open_loader(
-            a.train_x, a.train_y, 16, "cpu", a.mean, a.std, train=train, seed=1, channels_last=True
-        )
-        lb = open_loader(
-            b.train_x, b.train_y, 16, "cpu", b.mean, b.std, train=train, seed=1, channels_last=True
-        )
+        settings = LoaderSettings(16, "cpu", a.mean, a.std, train=train, seed=1, channels_last=True)
+        la = open_loader(a.train_x, a.train_y, settings)
+        lb = open_loader(b.train_x, b.train_y, settings)
         pairs = list(zip(la, lb, strict=True))
         assert len(pairs) == (3 if train else 4)
         for (xa, ya), (xb, yb) in pairs:

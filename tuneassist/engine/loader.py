@@ -32,8 +32,8 @@ from tuneassist.errors import UserError
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """A loader's knobs, written once: DeviceLoader and engine.stream.StreamLoader take them as their
-    arguments after the split (batch_size, device, mean, std, then keywords) and check them alike."""
+    """A loader's knobs, written once: DeviceLoader and engine.stream.StreamLoader take one as their
+    argument after the split and check it alike (``dataclasses.replace`` derives one from another)."""
 
     batch_size: int
     device: str | torch.device
@@ -87,13 +87,12 @@ class DeviceLoader:
     ``world_size``-th sample from position ``rank``, so the ranks' samples are disjoint.
     """
 
-    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """`args`/`kwargs`: the LoaderSettings (batch_size, device, mean, std, train=, augment= ...)."""
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, settings: LoaderSettings) -> None:
+        """`settings`: the batch size, device, mean/std, mode and augmentation (see LoaderSettings)."""
         if x_uint8.dtype not in (torch.uint8, torch.float32) or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images N,C,H,W, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         n, c, h, w = x_uint8.shape
-        s = LoaderSettings(*args, **kwargs)
-        self._configure((n, c, h, w), y, s)
+        self._configure((n, c, h, w), y, settings)
 
         x = x_uint8.to(self.device)
         if self.augment:
@@ -118,7 +117,7 @@ class DeviceLoader:
             self.y = self.y[self.rank :: self.world_size].contiguous()
 
         view = (c,) if self.channels_last else (c, 1, 1)
-        self._scale, self._shift = normaliser(s.mean, s.std, x_uint8.dtype, view, self.device)
+        self._scale, self._shift = normaliser(settings.mean, settings.std, x_uint8.dtype, view, self.device)
 
         if self.augment:
             self._build_rows()

@@ -1,8 +1,9 @@
 """Streamed batches: a split that does not fit on the device comes through DataLoader worker processes.
 
-`StreamLoader` is the `DeviceLoader` of a split held as items (engine/items.py): the same constructor,
-`len`, `set_epoch(e, start_batch=k)`, `epoch` and `(x float32 normalised, y int64)` batches on the
-device, so the training loop cannot tell them apart (`open_loader(...)` returns one when given items).
+`StreamLoader` is the `DeviceLoader` of a split held as items (engine/items.py): the same constructor
+(the split, its labels, an engine.loader.LoaderSettings), `len`, `set_epoch(e, start_batch=k)`, `epoch`
+and `(x float32 normalised, y int64)` batches on the device, so the training loop cannot tell them apart
+(`open_loader(...)` returns one when given items).
 
 Same batches: each epoch's permutation, crop offsets and flips are drawn exactly as `DeviceLoader`
 draws them (the same generator, seed and order, on the CPU), and each item is padded with black,
@@ -132,18 +133,19 @@ class StreamLoader(DeviceLoader):
     """`DeviceLoader` for a split held as items: batches read by `workers` DataLoader processes."""
 
     def __init__(
-        self, x_uint8: ItemImages, y: torch.Tensor, *args: Any, workers: int | None = None, **kwargs: Any
+        self, x_uint8: ItemImages, y: torch.Tensor, settings: LoaderSettings, *, workers: int | None = None
     ) -> None:
-        """DeviceLoader's arguments (engine.loader.LoaderSettings), plus `workers`: DataLoader processes
-        (default `stream_workers()`)."""
+        """`settings` as DeviceLoader takes them (engine.loader.LoaderSettings), plus `workers`:
+        DataLoader processes (default `stream_workers()`)."""
         images = x_uint8
         n, c, h, w = images.shape
-        s = LoaderSettings(*args, **kwargs)
-        self._configure((n, c, h, w), y, s)
+        self._configure((n, c, h, w), y, settings)
         self._n_all = n
         self.y = y.to(torch.int64)
         self.workers = stream_workers() if workers is None else int(workers)
-        self._scale, self._shift = normaliser(s.mean, s.std, images.dtype, (c, 1, 1), self.device)
+        self._scale, self._shift = normaliser(
+            settings.mean, settings.std, images.dtype, (c, 1, 1), self.device
+        )
         self._batches = _EpochBatches(self.batch_size, len(self))
         pin = self.device.type == "cuda"
         kw: dict[str, Any] = {}
@@ -203,9 +205,11 @@ class StreamLoader(DeviceLoader):
             yield out.mul_(self._scale).add_(self._shift), yb.to(self.device, non_blocking=True)
 
 
-def open_loader(x: torch.Tensor | ItemImages, *args: Any, **kwargs: Any) -> DeviceLoader:
+def open_loader(
+    x: torch.Tensor | ItemImages, y: torch.Tensor, settings: LoaderSettings, *, workers: int | None = None
+) -> DeviceLoader:
     """The loader for a split as `load_dataset` holds it: a `DeviceLoader` for a tensor on the device,
-    a `StreamLoader` for items (the same constructor arguments)."""
+    a `StreamLoader` for items (`workers`: its DataLoader processes; a resident split has none)."""
     if isinstance(x, torch.Tensor):
-        return DeviceLoader(x, *args, **kwargs)
-    return StreamLoader(x, *args, **kwargs)
+        return DeviceLoader(x, y, settings)
+    return StreamLoader(x, y, settings, workers=workers)

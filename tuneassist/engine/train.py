@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from tuneassist.engine.device import (
 from tuneassist.engine.divergence import DivergenceMonitor
 from tuneassist.engine.evaluate import eval_subset_indices, evaluate
 from tuneassist.engine.events import EventSink, end_event, sink, stopper
-from tuneassist.engine.loader import DeviceLoader
+from tuneassist.engine.loader import DeviceLoader, LoaderSettings
 from tuneassist.engine.models import build_model
 from tuneassist.engine.optim import build_optimizer, set_hyper
 from tuneassist.engine.schedules import Schedule, build_schedule
@@ -159,34 +159,38 @@ def _build_models(
 @dataclass
 class _Loaders:
     """The run's batches on its device: training (this rank's share), validation, the quick
-    validation subset, and how to make one for the test split."""
+    validation subset, and how to make one for the test split (with the validation's settings)."""
 
     train: DeviceLoader
     val: DeviceLoader
     quick_val: DeviceLoader
-    kw: dict[str, Any]
-    eval_bs: int
+    evaluation: LoaderSettings
 
     @classmethod
     def build(cls, spec: RunSpec, ds: Dataset, device: torch.device, rank: int, world: int) -> _Loaders:
-        kw: dict[str, Any] = dict(device=device, mean=ds.mean, std=ds.std, channels_last=spec.channels_last,
-                                  rank=rank, world_size=world)  # fmt: skip
-        per_rank = spec.batch_size // world  # spec.batch_size is the total over all ranks
-        train = open_loader(
-            ds.train_x, ds.train_y, per_rank, train=True, augment=spec.augment, seed=spec.seed, **kw
+        evaluation = LoaderSettings(
+            max(spec.batch_size, 256),
+            device,
+            ds.mean,
+            ds.std,
+            train=False,
+            channels_last=spec.channels_last,
+            rank=rank,
+            world_size=world,
         )
-        eval_bs = max(spec.batch_size, 256)
-        val = open_loader(ds.val_x, ds.val_y, eval_bs, train=False, **kw)
+        training = replace(  # spec.batch_size is the total over all ranks
+            evaluation, batch_size=spec.batch_size // world, train=True, augment=spec.augment, seed=spec.seed
+        )
+        train = open_loader(ds.train_x, ds.train_y, training)
+        val = open_loader(ds.val_x, ds.val_y, evaluation)
         quick_val = val
         if spec.eval_subset and spec.eval_subset < ds.val_y.numel():
             pick = eval_subset_indices(ds.val_y.numel(), spec.eval_subset)
-            quick_val = open_loader(
-                ds.val_x.index_select(0, pick), ds.val_y[pick], eval_bs, train=False, **kw
-            )
-        return cls(train, val, quick_val, kw, eval_bs)
+            quick_val = open_loader(ds.val_x.index_select(0, pick), ds.val_y[pick], evaluation)
+        return cls(train, val, quick_val, evaluation)
 
     def test(self, ds: Dataset) -> DeviceLoader:
-        return open_loader(ds.test_x, ds.test_y, self.eval_bs, train=False, **self.kw)
+        return open_loader(ds.test_x, ds.test_y, self.evaluation)
 
 
 @dataclass
