@@ -112,8 +112,8 @@ def run_summary(run: Run, sessions: dict[int, str] | None = None) -> dict[str, A
         "ended": run.ended,
         "checkpoint_step": run.checkpoint_step,
         "error": run.error,
-        "outcome": run.columns["outcome"],
-        "spec": run.columns["spec"],
+        "outcome": run.outcome or None,  # null until the run ends (every stored outcome has keys)
+        "spec": run.spec_data,
     }
 
 
