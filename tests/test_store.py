@@ -543,10 +543,7 @@ def test_standby_is_handed_one_run_in_the_claim_and_retires_atomically(tmp_path:
             handed: list[int] = []
             claims = s.claim_queued(lambda spec: CPU, 2, handed=handed)
             assert [c[0] for c in claims] == ids[:2] and handed == [ids[0]]
-            assert (
-                s.get_run(ids[0], refresh=False).pid == a
-                and s.get_run(ids[1], refresh=False).pid is None
-            )
+            assert s.get_run(ids[0], refresh=False).pid == a and s.get_run(ids[1], refresh=False).pid is None
             assert s.handed_run(a) == ids[0] and s.handed_run(b) is None
             assert not s.retire_standby(a)  # handed a run: it must run it, not leave
             assert not s.standby_registered()

@@ -264,9 +264,7 @@ def test_resume_with_a_missing_checkpoint_is_refused_and_keeps_the_curve(
 
     with Store(ws) as store:
         run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=40)))
-        wait_for(
-            lambda: (store.get_run(run_id).checkpoint_step or 0) >= 2 * SPE, 120, "2 checkpoints", store
-        )
+        wait_for(lambda: (store.get_run(run_id).checkpoint_step or 0) >= 2 * SPE, 120, "2 checkpoints", store)
         assert cancel_run(store, run_id, wait=60) == "cancelled"
         run = store.get_run(run_id)
         rows = store.metrics(run_id)

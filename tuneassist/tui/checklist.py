@@ -182,9 +182,7 @@ class ChecklistScreen(LiveScreen):
         if cached is not None and cached[0] == key:
             return cached[1]
         if all(st in ("failed", "lost", "cancelled") for st in statuses):
-            errs = [
-                f"run {r.id} {r.status}: {r.error or 'no error recorded'}" for r in rows if r
-            ]
+            errs = [f"run {r.id} {r.status}: {r.error or 'no error recorded'}" for r in rows if r]
             msg = "Every run of this step ended without a result. " + " · ".join(errs[:2])
             self._recs[step] = (key, msg)
             return msg
