@@ -47,20 +47,20 @@ def run_sweep(
             most = 0
             while True:
                 runs = [store.get_run(i) for i in ids]
-                most = max(most, sum(r["status"] == "running" for r in runs))
-                if all(r["status"] not in ("queued", "running") for r in runs):
+                most = max(most, sum(r.status == "running" for r in runs))
+                if all(r.status not in ("queued", "running") for r in runs):
                     break
                 if time.time() - t0 > timeout:
                     raise TimeoutError(f"sweep not done after {timeout:.0f} s; see {store.workspace}")
                 time.sleep(0.1)
-            wall = max(r["ended"] for r in runs) - t0
+            wall = max(r.ended for r in runs) - t0
             return {
                 "per_device": per_device,
                 "wall_s": wall,
-                "run_s": [r["ended"] - r["started"] for r in runs],
-                "images_per_s": [r["images_per_s"] for r in runs],
-                "statuses": [r["status"] for r in runs],
-                "errors": [r["error"] for r in runs if r["error"]],
+                "run_s": [r.ended - r.started for r in runs],
+                "images_per_s": [r.images_per_s for r in runs],
+                "statuses": [r.status for r in runs],
+                "errors": [r.error for r in runs if r.error],
                 "most_at_once": most,
             }
         finally:

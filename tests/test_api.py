@@ -277,7 +277,7 @@ def test_track_from_a_plain_loop_shows_in_runs_with_every_row(tmp_path: Path) ->
             run.log(step, **row)
         # live: the store already lists it as running, no worker and no device slot
         live = Store(ws).get_run(run.run_id)
-        assert live["status"] == "running" and live["kind"] == "track" and live["device"] is None
+        assert live.status == "running" and live.kind == "track" and live.device is None
     listed = json.loads(_cli("runs", "--json", "--workspace", str(ws)).stdout)
     (r,) = [x for x in listed if x["id"] == run.run_id]
     assert r["status"] == "finished" and r["kind"] == "track"
@@ -321,10 +321,10 @@ def test_track_ends_failed_diverged_or_cancelled(tmp_path: Path) -> None:
         assert stopped.should_stop
     store = Store(ws)
     f, b, c = (store.get_run(r.run_id) for r in (failing, blown, stopped))
-    assert f["status"] == "failed" and "ZeroDivisionError: oops" in f["error"]
-    assert b["status"] == "diverged" and "step 1" in b["outcome"]["reason"]
+    assert f.status == "failed" and "ZeroDivisionError: oops" in f.error
+    assert b.status == "diverged" and "step 1" in b.outcome["reason"]
     assert store.metrics(blown.run_id)[1]["train_loss"] is None  # NaN stored as NULL, like a worker's
-    assert c["status"] == "cancelled"
+    assert c.status == "cancelled"
     with pytest.raises(TypeError, match="step"):
         with tuneassist.track(workspace=ws) as bad:
             bad.log(-1, train_loss=1.0)

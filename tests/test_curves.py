@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import make_run
 
 from tuneassist.curves import Curves, finite_points
 from tuneassist.runs.store import MetricWriter, Store
@@ -92,7 +93,9 @@ def test_tui_and_cli_place_every_evaluation_at_the_same_step(
         live = Live(store, manage_queue=False)
         live.poll()
         curve = live.curve(rid)
-        _, chart = run_chart(live.run(rid) or {}, curve)
+        run = live.run(rid)
+        assert run is not None
+        _, chart = run_chart(run, curve)
     tui_val = next(s for s in chart.series if s.label == "val loss")
     tui_points = finite_points(tui_val.xs, tui_val.ys)
     assert list(zip(curve.eval_steps, curve.eval_epochs, strict=True)) == want
@@ -146,7 +149,7 @@ def test_live_curve_reads_only_new_rows_and_says_when_points_arrived(tmp_path: P
 
 
 def test_curves_from_rows_keeps_missing_values_as_nan_and_an_eval_only_row_unshifted() -> None:
-    run = {"id": 7, "attempt": 0, "status": "running", "info": {"steps_per_epoch": 2}}
+    run = make_run(id=7, attempt=0, status="running", info={"steps_per_epoch": 2})
     rows = [
         {"step": 0, "epoch": 0.0, "lr": 0.1, "train_loss": None, "val_loss": None, "val_acc": None},
         {"step": 1, "epoch": 0.5, "lr": 0.1, "train_loss": 1.0, "val_loss": 2.0, "val_acc": None},

@@ -148,23 +148,23 @@ def test_background_two_device_run_reproduces_one_process_and_stores_one_curve(w
     one_train, one_val, one_end = _curves(train, spec)
     assert len(one_train) == 28 and len(one_val) == 4  # 7 steps per epoch: 461 train images // 64
     store, run_id = _launch(ws, replace(spec, devices=2))
-    _wait(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 120, "the run", store)
+    _wait(lambda: store.get_run(run_id).status not in ("queued", "running"), 120, "the run", store)
     run = store.get_run(run_id)
-    assert run["status"] == "finished", run
+    assert run.status == "finished", run
     rows = store.metrics(run_id)
     assert [r["step"] for r in rows] == list(range(28))
     assert max(_rel(one_train, [r["train_loss"] for r in rows])) < 1e-4
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [6, 13, 20, 27]
     assert max(_rel(one_val, [r["val_loss"] for r in rows if r["val_loss"] is not None])) < 1e-4
-    out = run["outcome"]
+    out = run.outcome
     assert abs(out["test_loss"] - one_end["test_loss"]) / one_end["test_loss"] < 1e-4
     assert out["val_acc"] == one_end["val_acc"] and out["step"] == 28
     log = store.log_path(run_id).read_text()
     # Rank 0 alone reports: one start, one line per evaluation and per checkpoint (3 epochs, the end).
     assert log.count("start: {") == 1 and log.count("eval after step") == 4, log
     assert log.count("checkpoint at step") == 4, log
-    assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 28 and run["checkpoint_step"] == 28
-    assert not ddp_pids(run["pid"])
+    assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 28 and run.checkpoint_step == 28
+    assert not ddp_pids(run.pid)
 
 
 @pytest.mark.slow
@@ -175,22 +175,22 @@ def test_cancelled_two_device_run_checkpoints_stops_every_rank_and_resumes(ws: P
     spec = _spec(data="synthetic:300", steps=None, epochs=15, devices=2, checkpoint_every=1, sync_every=2,
                  eval_every=None)  # fmt: skip
     store, run_id = _launch(ws, spec)
-    _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
-    worker = store.get_run(run_id)["pid"]
+    _wait(lambda: store.get_run(run_id).checkpoint_step, 120, "a checkpoint", store)
+    worker = store.get_run(run_id).pid
     assert len(ddp_pids(worker)) == 3  # torchrun's agent and two ranks
     cancel_run(store, run_id)
-    _wait(lambda: store.get_run(run_id)["status"] == "cancelled", 60, "the cancel", store)
+    _wait(lambda: store.get_run(run_id).status == "cancelled", 60, "the cancel", store)
     run = store.get_run(run_id)
-    stopped_at = run["outcome"]["step"]
-    assert run["checkpoint_step"] == stopped_at < 15 * spe
+    stopped_at = run.outcome["step"]
+    assert run.checkpoint_step == stopped_at < 15 * spe
     _wait(lambda: not ddp_pids(worker), 30, "the ranks to exit", store)
     assert [r["step"] for r in store.metrics(run_id)] == list(range(stopped_at))
     resume_run(store, run_id)
-    _wait(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 120, "the resumed run", store)
+    _wait(lambda: store.get_run(run_id).status not in ("queued", "running"), 120, "the resumed run", store)
     run = store.get_run(run_id)
-    assert run["status"] == "finished", run
+    assert run.status == "finished", run
     assert f"'start_step': {stopped_at}" in store.log_path(run_id).read_text()
-    assert [r["step"] for r in store.metrics(run_id)] == list(range(run["outcome"]["step"]))
+    assert [r["step"] for r in store.metrics(run_id)] == list(range(run.outcome["step"]))
 
 
 @pytest.mark.slow
@@ -232,11 +232,11 @@ def test_ranks_of_a_killed_worker_exit(ws: Path) -> None:
     spec = _spec(data="synthetic:300", steps=None, epochs=60, devices=2, checkpoint_every=1, sync_every=2,
                  eval_every=None)  # fmt: skip
     store, run_id = _launch(ws, spec)
-    _wait(lambda: store.get_run(run_id)["checkpoint_step"], 120, "a checkpoint", store)
-    worker = store.get_run(run_id)["pid"]
+    _wait(lambda: store.get_run(run_id).checkpoint_step, 120, "a checkpoint", store)
+    worker = store.get_run(run_id).pid
     assert len(ddp_pids(worker)) == 3
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
     _wait(lambda: not ddp_pids(worker), 15, "the ranks to notice", store)
     assert time.monotonic() - killed < 5
-    _wait(lambda: store.get_run(run_id)["status"] == "lost", 15, "the run to be lost", store)
+    _wait(lambda: store.get_run(run_id).status == "lost", 15, "the run to be lost", store)

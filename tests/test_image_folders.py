@@ -196,7 +196,7 @@ def test_the_launcher_records_the_side_a_folder_run_decodes_at(tmp_path: Path) -
     store = Store(tmp_path / "ws")
     spec = RunSpec(data=f"folder:{root}", steps=1, batch_size=4, device="cpu", test=False)
     rid = launch_run(store, spec)
-    assert store.get_run(rid)["spec"]["image_size"] == 48
+    assert store.get_run(rid).spec_data["image_size"] == 48
     from tuneassist.runs.launch import cancel_run
 
     cancel_run(store, rid, wait=60)

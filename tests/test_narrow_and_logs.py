@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from test_tui_screens import seed_store, toasts
+from testkit import make_run
 
 from tuneassist.cli.main import main
 from tuneassist.cli.runs_cmd import _table
@@ -45,9 +46,9 @@ def test_table_cuts_long_cells_with_an_ellipsis() -> None:
 
 
 def test_a_diverged_range_test_reads_as_done_with_its_lr() -> None:
-    rt = {"spec": {"schedule": "range_exp"}, "kind": "lr_range:range", "outcome": {"diverged_lr": 3.2}}
+    rt = make_run(spec={"schedule": "range_exp"}, kind="lr_range:range", outcome={"diverged_lr": 3.2})
     assert run_status("diverged", run=rt).plain == "✓ done, diverged at LR 3.2"
-    train = {"spec": {"schedule": "onecycle"}, "kind": "train", "outcome": {}}
+    train = make_run(spec={"schedule": "onecycle"}, kind="train", outcome={})
     assert run_status("diverged", run=train).plain == "✗ diverged"
 
 

@@ -74,8 +74,9 @@ def test_migration_path_keeps_data(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with Store(tmp_path) as s:
         run = s.get_run(run_id)
-        assert run["note"] == "migrated" and run["spec"] == {"model": "simple3"}
+        assert run.spec_data == {"model": "simple3"}
     con = sqlite3.connect(tmp_path / "tuneassist.db")
+    assert con.execute("SELECT note FROM runs WHERE id = ?", (run_id,)).fetchone()[0] == "migrated"
     assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION + 1
     con.close()
 
@@ -144,9 +145,9 @@ def test_sessions_and_run_listing(tmp_path: Path) -> None:
         assert s.get_session(sid)["model"] == "resnet56"
         a = s.add_run({"model": "simple3"}, "lr_find", session_id=sid)
         b = s.add_run({"model": "resnet20"}, "sweep:momentum")
-        assert [r["id"] for r in s.list_runs(session="cifar-resnet")] == [a]
-        assert [r["id"] for r in s.list_runs(status="queued")] == [a, b]
-        assert s.get_run(b)["kind"] == "sweep:momentum"
+        assert [r.id for r in s.list_runs(session="cifar-resnet")] == [a]
+        assert [r.id for r in s.list_runs(status="queued")] == [a, b]
+        assert s.get_run(b).kind == "sweep:momentum"
         with pytest.raises(UserError, match="no run 99"):
             s.get_run(99)
         with pytest.raises(UserError, match="unknown run status"):
@@ -162,7 +163,7 @@ def test_cancel_by_status(tmp_path: Path) -> None:
         running, attempt = _running(s)
         s.update_run(running, pid=None, heartbeat=time.time())
         assert s.request_cancel(running) == "running"
-        assert s.get_run(running)["cancel_requested"]
+        assert s.get_run(running).cancel_requested
         s.update_run(running, status="finished")
         with pytest.raises(UserError, match="already ended"):
             s.request_cancel(running)
@@ -182,7 +183,7 @@ def test_claims_respect_slots_and_order(tmp_path: Path) -> None:
             (ids[1], ["cuda:0"]),
             (ids[3], ["cuda:1"]),
         ]
-        assert s.get_run(ids[2], refresh=False)["status"] == "queued"
+        assert s.get_run(ids[2], refresh=False).status == "queued"
         assert s.claim_queued(slots, 1) == []
         assert [c[0] for c in s.claim_queued(slots, 2)] == [ids[2]]
 
@@ -216,8 +217,8 @@ def test_writer_merges_evals_and_holds_back_the_newest_step(tmp_path: Path) -> N
         assert rows[4]["epoch"] == pytest.approx(0.8)  # the train row's epoch wins
         assert rows[1]["val_acc"] == 0.2 and rows[5]["val_loss"] is None
         run = s.get_run(run_id)
-        assert run["last_step"] == 5 and run["best_val_loss"] == 1.5 and run["best_val_acc"] == 0.4
-        assert run["last_train_loss"] == pytest.approx(1.4) and run["images_per_s"] == 1e3
+        assert run.last_step == 5 and run.best_val_loss == 1.5 and run.best_val_acc == 0.4
+        assert run.last_train_loss == pytest.approx(1.4) and run.images_per_s == 1e3
         assert s.metrics_since(run_id, 3) == [rows[4], rows[5]]
 
 
@@ -258,7 +259,7 @@ def test_writer_reset_after_and_ownership(tmp_path: Path) -> None:
         w.flush(final=True)
         w.reset_after(5)
         assert [r["step"] for r in s.metrics(run_id)] == list(range(6))
-        assert s.get_run(run_id)["best_val_acc"] == 0.4 and s.get_run(run_id)["last_step"] == 5
+        assert s.get_run(run_id).best_val_acc == 0.4 and s.get_run(run_id).last_step == 5
         # The run is taken over by a newer attempt: this writer's rows must not land.
         s.update_run(run_id, attempt=attempt + 1)
         w.add_train(6, TrainValues(train_loss=1.0))
@@ -301,13 +302,13 @@ def test_lost_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             gone, _ = _running(s)
             s.update_run(gone, pid=dead.pid, heartbeat=time.time())
             assert sorted(s.refresh_lost()) == sorted([stale, reused, gone])
-            assert s.get_run(alive)["status"] == "running"
-            assert "heartbeat" in s.get_run(stale)["error"] and "is gone" in s.get_run(gone)["error"]
+            assert s.get_run(alive).status == "running"
+            assert "heartbeat" in s.get_run(stale).error and "is gone" in s.get_run(gone).error
             why = {i: s.get_run(i).info.get("lost_reason") for i in (stale, reused, gone)}
             assert why == {stale: "heartbeat", reused: "pid_reused", gone: "gone"}
             fake.kill()
             fake.wait()
-            assert s.get_run(alive)["status"] == "lost"  # read-time detection
+            assert s.get_run(alive).status == "lost"  # read-time detection
             assert s.get_run(alive).info["lost_reason"] == "gone"
     finally:
         for p in (fake, other):
@@ -347,7 +348,7 @@ _READER = textwrap.dedent(
     last = {i: -1 for i in ids}
     done = False
     while not done:
-        done = all(r["status"] == "finished" for r in s.list_runs(refresh=False) if r["id"] in ids)
+        done = all(r.status == "finished" for r in s.list_runs(refresh=False) if r.id in ids)
         for i in ids:
             for r in s.metrics_since(i, last[i]):
                 assert r["step"] not in seen[i], "a row was returned twice"
@@ -553,10 +554,7 @@ def test_standby_is_handed_one_run_in_the_claim_and_retires_atomically(tmp_path:
             handed: list[int] = []
             claims = s.claim_queued(lambda spec: CPU, 2, handed=handed)
             assert [c[0] for c in claims] == ids[:2] and handed == [ids[0]]
-            assert (
-                s.get_run(ids[0], refresh=False)["pid"] == a
-                and s.get_run(ids[1], refresh=False)["pid"] is None
-            )
+            assert s.get_run(ids[0], refresh=False).pid == a and s.get_run(ids[1], refresh=False).pid is None
             assert s.handed_run(a) == ids[0] and s.handed_run(b) is None
             assert not s.retire_standby(a)  # handed a run: it must run it, not leave
             assert not s.standby_registered()
@@ -607,13 +605,14 @@ def test_a_run_handed_to_a_loading_standby_keeps_its_heartbeat(tmp_path: Path) -
         time.sleep(1.2)
         loaded.set()
         keeper.join()
-        assert time.time() - s.get_run(run_id, refresh=False)["heartbeat"] < 1.0
+        assert time.time() - s.get_run(run_id, refresh=False).heartbeat < 1.0
 
 
 def test_runs_come_back_typed_with_the_stored_columns_kept(tmp_path: Path) -> None:
     """A run is a typed Run: the spec parsed once (None when this version cannot read it), empty
-    outcome/info until there are some, progress and ETA derived in one place; the columns stay
-    readable by name, exactly as stored (what `runs --json` prints)."""
+    outcome/info until there are some, progress and ETA derived in one place; `runs --json` still
+    prints the spec and outcome exactly as stored."""
+    from tuneassist.cli.runs_cmd import run_summary
     from tuneassist.runs.store import Run
     from tuneassist.spec import RunSpec
 
@@ -623,11 +622,11 @@ def test_runs_come_back_typed_with_the_stored_columns_kept(tmp_path: Path) -> No
         run = s.get_run(good)
         assert isinstance(run, Run) and run.status == "queued" and run.kind == "train"
         assert run.spec is not None and run.spec.model == "resnet20" and run.model == "resnet20"
-        assert run.outcome == {} and run.info == {} and run["outcome"] is None
+        assert run.outcome == {} and run.info == {} and run_summary(run)["outcome"] is None
         assert run.progress == (0, None) and run.eta() is None and run.elapsed() is None
         assert (
             run.total_epochs == 2.0
-            and run["spec"] == run.spec_data == RunSpec(model="resnet20", epochs=2).to_dict()
+            and run_summary(run)["spec"] == run.spec_data == RunSpec(model="resnet20", epochs=2).to_dict()
         )
         s.update_run(good, status="running", started=100.0, last_step=9, info={"total_steps": 40})
         run = s.get_run(good, refresh=False)

@@ -50,18 +50,18 @@ def test_a_background_run_of_the_users_function_lands_in_the_store(tmp_path: Pat
     rid = json.loads(out.stdout)["run_id"]
     store = Store(ws)
     deadline = time.monotonic() + 200
-    while store.get_run(rid)["status"] in ("queued", "running") and time.monotonic() < deadline:
+    while store.get_run(rid).status in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
     run = store.get_run(rid)
-    assert run["status"] == "finished", (run["status"], run["error"])
-    assert run["spec"]["model_dir"] == str(REPO)  # recorded at launch, like a --model of your own
+    assert run.status == "finished", (run.status, run.error)
+    assert run.spec_data["model_dir"] == str(REPO)  # recorded at launch, like a --model of your own
     rows = store.metrics(rid)
     assert [r["step"] for r in rows] == list(range(21))
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [6, 13, 20]
     assert rows[0]["lr"] == pytest.approx(0.04) and max(r["lr"] for r in rows) == pytest.approx(0.4, rel=0.1)
-    assert run["outcome"]["test_acc"] is not None and run["info"]["user_train"] == EXAMPLE
+    assert run.outcome["test_acc"] is not None and run.info["user_train"] == EXAMPLE
     listed = json.loads(_cli(ws, "runs", "--json").stdout)
-    assert listed[0]["model"] == EXAMPLE and listed[0]["best_val_acc"] == run["best_val_acc"]
+    assert listed[0]["model"] == EXAMPLE and listed[0]["best_val_acc"] == run.best_val_acc
 
 
 def test_consent_and_broken_functions_end_in_one_line(tmp_path: Path) -> None:

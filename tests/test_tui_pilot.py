@@ -164,8 +164,8 @@ def test_quit_leaves_run_running_and_reopen_shows_it(ws: Path) -> None:
 
     rid = asyncio.run(first())
     run = store.get_run(rid)
-    assert run["status"] == "running" and pid_alive(run["pid"])
-    step_then = run["last_step"]
+    assert run.status == "running" and pid_alive(run.pid)
+    step_then = run.last_step
 
     async def second() -> None:
         app = TuneApp(poll_seconds=0.3)
@@ -173,7 +173,7 @@ def test_quit_leaves_run_running_and_reopen_shows_it(ws: Path) -> None:
             await pilot.pause()
             text = screen_text(app)
             assert "1 · LR range test (running)" in text and "● 1 running" in text
-            await wait_for(pilot, lambda: (store.get_run(rid)["last_step"] or 0) > step_then + 10, 60,
+            await wait_for(pilot, lambda: (store.get_run(rid).last_step or 0) > step_then + 10, 60,
                            "more steps", app)  # fmt: skip
             points = _plot_points(app)
             await pilot.pause(1.0)
@@ -184,7 +184,7 @@ def test_quit_leaves_run_running_and_reopen_shows_it(ws: Path) -> None:
             await pilot.press("c")
             await pilot.pause()
             await pilot.press("y")
-            await wait_for(pilot, lambda: store.get_run(rid)["status"] == "cancelled", 60, "the cancel", app)
+            await wait_for(pilot, lambda: store.get_run(rid).status == "cancelled", 60, "the cancel", app)
             await wait_for(pilot, lambda: "■ cancelled" in screen_text(app), 5, "the cancelled status", app)
 
     asyncio.run(second())

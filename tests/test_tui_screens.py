@@ -548,10 +548,10 @@ def test_rerun_with_another_seed(seeded: tuple[Path, dict]) -> None:
     new = s.step_runs("momentum")
     assert set(new.values()).isdisjoint({*ids["momentum"].values(), ids["running"]})
     runs = [store.get_run(r) for r in new.values()]
-    assert all(r["status"] == "queued" and r["spec"]["seed"] == 1 for r in runs)
+    assert all(r.status == "queued" and r.spec_data["seed"] == 1 for r in runs)
     assert "◌ queued" in text and "Running: 0 of 3 runs done" in text
     for r in runs:
-        store.request_cancel(r["id"])
+        store.request_cancel(r.id)
     store.close()
 
 
@@ -611,5 +611,5 @@ def test_final_step_compares_the_variants_and_refines_on_one_key(tmp_path: Path)
     store = Store(ws)
     row = store.get_run(int(runs["refine1"]))
     cancel_run(store, int(runs["refine1"]), wait=30)  # a real worker: do not let it train on
-    assert row["spec"]["lr_max"] == pytest.approx(2 * 0.3)  # "raise the max LR to 0.6 (from 0.3)"
-    assert row["spec"]["epochs"] == s.checklist.final_epochs()
+    assert row.spec_data["lr_max"] == pytest.approx(2 * 0.3)  # "raise the max LR to 0.6 (from 0.3)"
+    assert row.spec_data["epochs"] == s.checklist.final_epochs()

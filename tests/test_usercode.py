@@ -148,7 +148,7 @@ def test_run_queued_in_one_directory_and_started_from_another_imports_the_same_m
                    device="cpu", test=False)  # fmt: skip
     rid = launch.launch_run(store, spec)
     stored = store.get_run(rid)
-    assert stored["status"] == "queued" and stored["spec"]["model_dir"] == str(
+    assert stored.status == "queued" and stored.spec_data["model_dir"] == str(
         (tmp_path / "launched").resolve()
     )
     assert not marker.exists()
@@ -157,12 +157,12 @@ def test_run_queued_in_one_directory_and_started_from_another_imports_the_same_m
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 180
-    while store.get_run(rid)["status"] in ("queued", "running") and time.monotonic() < deadline:
+    while store.get_run(rid).status in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
     run = store.get_run(rid)
-    assert run["status"] == "finished", (
-        run["status"],
-        run.get("error"),
+    assert run.status == "finished", (
+        run.status,
+        run.error,
         store.log_path(rid).read_text()[-2000:],
     )
     assert marker.read_text() == str(good)

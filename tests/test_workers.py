@@ -71,8 +71,8 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Com
 def _check_complete_curve(store: Store, run_id: int, epochs: int, spe: int) -> list[dict[str, Any]]:
     """Every optimiser step has exactly one row with its train loss; one evaluation per epoch."""
     run = store.get_run(run_id)
-    assert run["status"] == "finished", run
-    assert run["outcome"]["outcome"] == "finished" and run["outcome"]["epoch"] == pytest.approx(epochs)
+    assert run.status == "finished", run
+    assert run.outcome["outcome"] == "finished" and run.outcome["epoch"] == pytest.approx(epochs)
     rows = store.metrics(run_id)
     total = epochs * spe
     assert [r["step"] for r in rows] == list(range(total))
@@ -81,7 +81,7 @@ def _check_complete_curve(store: Store, run_id: int, epochs: int, spe: int) -> l
     assert evals == [e * spe - 1 for e in range(1, epochs + 1)]  # after each epoch
     walls = [r["wall"] for r in rows]
     assert walls == sorted(walls)
-    assert run["last_step"] == total - 1 and run["best_val_loss"] == min(
+    assert run.last_step == total - 1 and run.best_val_loss == min(
         r["val_loss"] for r in rows if r["val_loss"]
     )
     return rows
@@ -111,8 +111,8 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
     store = Store(ws)
     try:
         _wait(lambda: log.read_text().count("watch it:") == 2, 30, "two launches", store)
-        first, second = (r["id"] for r in store.list_runs(refresh=False))
-        _wait(lambda: store.get_run(first)["pid"], 30, "the first worker", store)
+        first, second = (r.id for r in store.list_runs(refresh=False))
+        _wait(lambda: store.get_run(first).pid, 30, "the first worker", store)
     finally:
         os.killpg(shell.pid, signal.SIGKILL)
         shell.wait()
@@ -120,7 +120,7 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
     assert f"run {first} (train) started on cpu" in out, out
     assert store.get_run(first).device == "cpu"  # the slot the line names
     assert f"run {second} (train) queued" in out and f"tuneassist runs watch {second}" in out
-    assert store.get_run(first)["status"] == "running" and store.get_run(second)["status"] == "queued"
+    assert store.get_run(first).status == "running" and store.get_run(second).status == "queued"
     # Follow the first run with the CLI (not a terminal: progress lines, no plot).
     watch = subprocess.Popen(
         [sys.executable, "-m", "tuneassist.cli.main", "runs", "watch", str(first), "--workspace", str(ws),
@@ -129,9 +129,9 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
 
     def both_done() -> bool:
         runs = store.list_runs()
-        assert sum(r["status"] == "running" for r in runs) <= 1, "two CPU runs at once"
-        assert not any(r["status"] in ("failed", "lost") for r in runs), runs
-        return all(r["status"] == "finished" for r in runs)
+        assert sum(r.status == "running" for r in runs) <= 1, "two CPU runs at once"
+        assert not any(r.status in ("failed", "lost") for r in runs), runs
+        return all(r.status == "finished" for r in runs)
 
     _wait(both_done, 90, "both runs to finish", store)
     wout, werr = watch.communicate(timeout=30)
@@ -144,7 +144,7 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
     _check_complete_curve(store, first, 3, SPE)
     _check_complete_curve(store, second, 1, SPE)
     r1, r2 = store.get_run(first), store.get_run(second)
-    assert r2["started"] >= r1["ended"] - 0.5  # the second waited for the CPU slot
+    assert r2.started >= r1.ended - 0.5  # the second waited for the CPU slot
     # It ran in the standby worker that loaded torch while the first one trained (pid in both logs).
     standby = (ws / "standby.log").read_text()
     pid = re.search(r"pid (\d+)", store.log_path(second).read_text()).group(1)
@@ -163,8 +163,8 @@ def test_cli_background_run_survives_its_launcher_and_the_queue_advances(
 
 def _until_checkpoint(store: Store, run_id: int) -> int:
     """Wait for the run's first checkpoint, then freeze its worker at once (SIGSTOP); returns the pid."""
-    _wait(lambda: store.get_run(run_id)["checkpoint_step"], 60, "a checkpoint", store)
-    pid = store.get_run(run_id)["pid"]
+    _wait(lambda: store.get_run(run_id).checkpoint_step, 60, "a checkpoint", store)
+    pid = store.get_run(run_id).pid
     os.kill(pid, signal.SIGSTOP)
     return pid
 
@@ -176,20 +176,20 @@ def test_sigkilled_worker_becomes_lost_and_resume_completes_it(tmp_path: Path, e
     pid = _until_checkpoint(store, run_id)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    _wait(lambda: store.get_run(run_id)["status"] == "lost", 10, "the run to be lost", store)
+    _wait(lambda: store.get_run(run_id).status == "lost", 10, "the run to be lost", store)
     assert time.monotonic() - killed <= 3 + 1  # within the heartbeat timeout
     lost = store.get_run(run_id)
-    assert "resume" in lost["error"] and lost["checkpoint_step"] % SPE == 0
+    assert "resume" in lost.error and lost.checkpoint_step % SPE == 0
     assert lost.info["lost_reason"] in ("gone", "heartbeat")  # killed: never a reused process id
-    assert lost["checkpoint_step"] < 4 * SPE  # killed mid-run
+    assert lost.checkpoint_step < 4 * SPE  # killed mid-run
     res = _cli(env, "runs", "resume", str(run_id), "--workspace", str(ws))
     assert res.returncode == 0, res.stderr
-    assert f"from its checkpoint at step {lost['checkpoint_step']}" in res.stdout
-    _wait(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 90, "the resumed run", store)
+    assert f"from its checkpoint at step {lost.checkpoint_step}" in res.stdout
+    _wait(lambda: store.get_run(run_id).status not in ("queued", "running"), 90, "the resumed run", store)
     rows = _check_complete_curve(store, run_id, 4, SPE)  # the epochs add up: 4, each step once
     run = store.get_run(run_id)
-    assert run["attempt"] == 2 and run["error"] is None
-    assert f"'start_step': {lost['checkpoint_step']}" in store.log_path(run_id).read_text()
+    assert run.attempt == 2 and run.error is None
+    assert f"'start_step': {lost.checkpoint_step}" in store.log_path(run_id).read_text()
     # The export holds the same complete curve.
     out = tmp_path / "m.csv"
     exp = _cli(
@@ -211,8 +211,8 @@ def test_frozen_worker_is_lost_by_heartbeat_and_never_clobbers_the_run(
     mtime = checkpoint.stat().st_mtime_ns
     try:
         stopped = time.monotonic()
-        _wait(lambda: store.get_run(run_id)["status"] == "lost", 10, "the heartbeat timeout", store)
-        assert time.monotonic() - stopped >= 2 and "heartbeat" in store.get_run(run_id)["error"]
+        _wait(lambda: store.get_run(run_id).status == "lost", 10, "the heartbeat timeout", store)
+        assert time.monotonic() - stopped >= 2 and "heartbeat" in store.get_run(run_id).error
         assert store.get_run(run_id).info["lost_reason"] == "heartbeat"
         # Cancel the lost run, then let the frozen worker go on: it must see the run is no longer its own.
         cancel = _cli(env, "runs", "cancel", str(run_id), "--workspace", str(ws))
@@ -221,7 +221,7 @@ def test_frozen_worker_is_lost_by_heartbeat_and_never_clobbers_the_run(
         os.kill(pid, signal.SIGCONT)
     _wait(lambda: not _alive(pid), 30, "the stale worker to exit", store)
     run = store.get_run(run_id)
-    assert run["status"] == "cancelled" and run["outcome"] is None
+    assert run.status == "cancelled" and run.outcome == {}
     assert "no longer ours" in store.log_path(run_id).read_text()
     assert checkpoint.stat().st_mtime_ns == mtime  # it wrote nothing after losing the run
     assert store.metrics(run_id)[-1]["step"] < 4 * SPE - 1
@@ -246,9 +246,9 @@ _READER = textwrap.dedent(
     last = {i: -1 for i in ids}
     statuses = set()
     while True:
-        runs = {r["id"]: r for r in s.list_runs()}
-        statuses |= {(i, runs[i]["status"]) for i in ids}
-        done = all(runs[i]["status"] not in ("queued", "running") for i in ids)
+        runs = {r.id: r for r in s.list_runs()}
+        statuses |= {(i, runs[i].status) for i in ids}
+        done = all(runs[i].status not in ("queued", "running") for i in ids)
         for i in ids:
             for r in s.metrics_since(i, last[i]):
                 assert r["step"] not in seen[i], "a row was returned twice"
@@ -273,16 +273,16 @@ def test_two_workers_and_two_readers_share_the_store(tmp_path: Path, env: dict[s
         for _ in range(2)
     ]  # fmt: skip
     store = Store(ws)
-    assert store.get_run(a)["status"] == "running" and store.get_run(b)["status"] == "running"
-    _wait(lambda: store.get_run(a)["status"] == "finished", 60, "run a", store)
+    assert store.get_run(a).status == "running" and store.get_run(b).status == "running"
+    _wait(lambda: store.get_run(a).status == "finished", 60, "run a", store)
     # Cancel the long run through the CLI: it stops gracefully and keeps its metrics and a checkpoint.
     cancel = _cli(env, "runs", "cancel", str(b), "--workspace", str(ws))
     assert cancel.returncode == 0, cancel.stderr
     assert f"run {b} cancelled" in cancel.stdout and f"tuneassist runs resume {b}" in cancel.stdout
     outs = [r.communicate(timeout=60) for r in readers]
     run_b = store.get_run(b)
-    assert run_b["status"] == "cancelled" and run_b["outcome"]["outcome"] == "cancelled"
-    assert store.checkpoint_path(b).exists() and run_b["checkpoint_step"] == run_b["outcome"]["step"]
+    assert run_b.status == "cancelled" and run_b.outcome["outcome"] == "cancelled"
+    assert store.checkpoint_path(b).exists() and run_b.checkpoint_step == run_b.outcome["step"]
     for (out, err), reader in zip(outs, readers, strict=True):
         assert reader.returncode == 0, err
         assert "locked" not in err
@@ -295,7 +295,7 @@ def test_two_workers_and_two_readers_share_the_store(tmp_path: Path, env: dict[s
     assert [r["step"] for r in rows_a] == list(range(3 * SPE))
     assert [r["step"] for r in rows_a if r["val_loss"] is not None] == list(range(1, 3 * SPE, 2))
     rows_b = store.metrics(b)
-    assert [r["step"] for r in rows_b] == list(range(run_b["outcome"]["step"]))
+    assert [r["step"] for r in rows_b] == list(range(run_b.outcome["step"]))
     assert rows_b[-1]["val_loss"] is not None  # the evaluation at the cancel point
     jsonl = _cli(env, "runs", "export", str(b), "--format", "jsonl", "--workspace", str(ws))
     assert [json.loads(line) for line in jsonl.stdout.splitlines()] == [{"run_id": b, **r} for r in rows_b]
@@ -312,7 +312,7 @@ def test_failed_run_keeps_its_error(tmp_path: Path, env: dict[str, str]) -> None
     )  # fmt: skip
     store = Store(ws)
     run = store.get_run(bad)
-    assert run["status"] == "failed" and "warp_drive" in run["error"] and "\n" not in run["error"]
+    assert run.status == "failed" and "warp_drive" in run.error and "\n" not in run.error
     assert "failed: unknown run setting" in store.log_path(bad).read_text()
     listing = _cli(env, "runs", "--workspace", str(ws))
     assert f"run {bad} failed: unknown run setting(s) warp_drive" in listing.stdout

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tuneassist.runs.store import Store
+from tuneassist.runs.store import Run, Store
 from tuneassist.spec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +32,12 @@ def tiny_spec(**over: Any) -> dict[str, Any]:
     )  # fmt: skip
     kw.update(over)
     return RunSpec(**kw).validate().to_dict()
+
+
+def make_run(**cols: Any) -> Run:
+    """A stored run's `Run` without a store, built as the store builds it (`Run.from_columns`): what a
+    screen or the curves get, for tests of those alone. Columns not given are those of a queued run."""
+    return Run.from_columns({"id": 1, "kind": "train", "status": "queued", "spec": {}, **cols})
 
 
 def worker_logs(store: Store | None, tail: int = 4000) -> str:
@@ -93,7 +99,7 @@ def kill_workers(path: Path) -> None:
     if not (path / "tuneassist.db").exists():
         return
     with contextlib.suppress(Exception), Store(path) as store:
-        pids = [r["pid"] for r in store.list_runs(status="running", refresh=False) if r["pid"]]
+        pids = [r.pid for r in store.list_runs(status="running", refresh=False) if r.pid]
         pids += [p for pid in pids for p in ddp_pids(pid)]
         standby = store.get_setting("standby")
         if standby:

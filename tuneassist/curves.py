@@ -43,30 +43,6 @@ class StoredRun(Protocol):
     def outcome(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
-class _RunView:
-    """What the curves take from a stored run: a `StoredRun`, or a plain mapping of its columns
-    (recorded runs, tests)."""
-
-    id: int | str | None
-    attempt: int
-    status: str | None
-    info: Mapping[str, Any]
-    outcome: Mapping[str, Any]
-
-    @classmethod
-    def of(cls, run: StoredRun | Mapping[str, Any]) -> _RunView:
-        if isinstance(run, Mapping):
-            return cls(
-                run.get("id"),
-                int(run.get("attempt") or 0),
-                run.get("status"),
-                run.get("info") or {},
-                run.get("outcome") or {},
-            )
-        return cls(run.id, run.attempt, run.status, run.info, run.outcome)
-
-
 def finite_points(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
     """The (x, y) pairs where both are numbers: what a plot can draw."""
     pts = [
@@ -124,29 +100,27 @@ class Curves:
         return c
 
     @classmethod
-    def for_run(cls, run: StoredRun | Mapping[str, Any]) -> Curves:
+    def for_run(cls, run: StoredRun) -> Curves:
         """Empty curves for a stored run, to fill with `add_rows` as its rows arrive."""
-        view = _RunView.of(run)
-        c = cls(run_id=view.id, attempt=view.attempt)
+        c = cls(run_id=run.id, attempt=run.attempt)
         c.note_run(run)
         return c
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: StoredRun | Mapping[str, Any]) -> Curves:
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], run: StoredRun) -> Curves:
         """A stored run's curves from all its metric rows, with its outcome once it has ended."""
         c = cls.for_run(run)
         c.add_rows(rows)
-        view = _RunView.of(run)
-        out = view.outcome
-        if view.status in _READ_OUTCOME and out:
-            c.outcome = out.get("outcome", view.status)
+        out = run.outcome
+        if run.status in _READ_OUTCOME and out:
+            c.outcome = out.get("outcome", run.status)
             c.diverged_lr = out.get("diverged_lr")
             c.end = dict(out)
         return c
 
-    def note_run(self, run: StoredRun | Mapping[str, Any]) -> None:
+    def note_run(self, run: StoredRun) -> None:
         """Take what the worker learned at the start (steps per epoch, classes) once the row has it."""
-        info = _RunView.of(run).info
+        info = run.info
         if self.steps_per_epoch is None:
             self.steps_per_epoch = info.get("steps_per_epoch")
         if self.num_classes is None:

@@ -8,7 +8,7 @@ TUI, so a session started in one can be continued in the other. It never imports
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,11 +116,11 @@ def expected_throughput(store: Store | None, model: str, on_gpu: bool) -> tuple[
     return ips, f"assumed for {model} on {'a GPU' if on_gpu else 'the CPU'}"
 
 
-def sharing(runs: Sequence[Run | Mapping[str, Any]]) -> dict[str, float] | None:
+def sharing(runs: Sequence[Run | None]) -> dict[str, float] | None:
     """How runs shared the devices: wall time from the first start to the last end, their own run times
     added up (what one after another would roughly have taken), and the most at once. Ended runs only
-    (a screen's placeholder for a run gone from the store, an empty mapping, counts as none)."""
-    spans = [(float(r.started), float(r.ended)) for r in runs if isinstance(r, Run) and r.started and r.ended]
+    (None, a screen's placeholder for a run gone from the store, counts as none)."""
+    spans = [(float(r.started), float(r.ended)) for r in runs if r is not None and r.started and r.ended]
     if not spans:
         return None
     # An end before a start at the same moment: a run that ends frees its slot for the next.

@@ -36,7 +36,7 @@ ENDED = ("finished", "diverged", "failed", "cancelled", "lost")
 
 
 def _ended(store: Store, *ids: int) -> bool:
-    return all(store.get_run(i)["status"] in ENDED for i in ids)
+    return all(store.get_run(i).status in ENDED for i in ids)
 
 
 # -- out of memory ----------------------------------------------------------------------------------
@@ -68,11 +68,11 @@ def test_reboot_leaves_lost_runs_that_resume_from_the_last_good_checkpoint(
 ) -> None:
     store = Store(ws)
     run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=4)))
-    wait_for(lambda: (store.get_run(run_id)["checkpoint_step"] or 0) >= SPE, 60, "a checkpoint", store)
-    pid = store.get_run(run_id)["pid"]
+    wait_for(lambda: (store.get_run(run_id).checkpoint_step or 0) >= SPE, 60, "a checkpoint", store)
+    pid = store.get_run(run_id).pid
     os.kill(pid, signal.SIGSTOP)  # freeze it, note what is committed, then the machine "reboots"
     committed = store.metrics(run_id)
-    ckpt_step = store.get_run(run_id)["checkpoint_step"]
+    ckpt_step = store.get_run(run_id).checkpoint_step
     assert committed and committed[-1]["step"] >= ckpt_step - 1
     os.killpg(pid, signal.SIGKILL)  # the worker leads its own session: its whole group goes
     # After the reboot its pid belongs to an unrelated process, and a checkpoint write was cut short.
@@ -84,13 +84,13 @@ def test_reboot_leaves_lost_runs_that_resume_from_the_last_good_checkpoint(
         half = ckpt.with_name("checkpoint.pt.tmp")
         half.write_bytes(good[: len(good) // 2])
         lost_at = time.monotonic()
-        wait_for(lambda: store.get_run(run_id)["status"] == "lost", 10, "the run to be lost", store)
+        wait_for(lambda: store.get_run(run_id).status == "lost", 10, "the run to be lost", store)
         assert time.monotonic() - lost_at < 5
     finally:
         stranger.kill()
         stranger.wait()
     lost = store.get_run(run_id)
-    assert f"tuneassist runs resume {run_id}" in lost["error"]
+    assert f"tuneassist runs resume {run_id}" in lost.error
     assert store.metrics(run_id) == committed, "a committed metric row was lost"
 
     code, out, err = run_main(capsys, "runs", "resume", str(run_id))
@@ -98,7 +98,7 @@ def test_reboot_leaves_lost_runs_that_resume_from_the_last_good_checkpoint(
     assert f"from its checkpoint at step {ckpt_step}" in out
     wait_for(lambda: _ended(store, run_id), 90, "the resumed run", store)
     run = store.get_run(run_id)
-    assert run["status"] == "finished" and run["attempt"] == 2, run
+    assert run.status == "finished" and run.attempt == 2, run
     rows = store.metrics(run_id)
     assert [r["step"] for r in rows] == list(range(4 * SPE))  # each step once, the epochs add up
     before = [r for r in committed if r["step"] < ckpt_step]
@@ -134,7 +134,7 @@ _SCENARIO = textwrap.dedent(
         preexec_fn=limit_file_size if mode == "efbig" else None, stdout=subprocess.DEVNULL,
     )
     if mode in ("erofs", "eacces"):  # the folder turns read-only once training is under way
-        while store.get_run(run_id, refresh=False)["info"] is None and worker.poll() is None:
+        while not store.get_run(run_id, refresh=False).info and worker.poll() is None:
             time.sleep(0.01)
         if mode == "erofs":
             for cmd in (["mount", "--bind", str(run_dir), str(run_dir)],
@@ -151,7 +151,7 @@ _SCENARIO = textwrap.dedent(
 
     run = store.get_run(run_id)
     print(json.dumps({
-        "run": {k: run[k] for k in ("id", "status", "error", "checkpoint_step", "info")},
+        "run": {k: getattr(run, k) for k in ("id", "status", "error", "checkpoint_step", "info")},
         "steps": [r["step"] for r in store.metrics(run_id)],
         "files": sorted(os.listdir(run_dir)),
         "runs": tuneassist("runs"),

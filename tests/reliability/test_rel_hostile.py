@@ -124,9 +124,9 @@ def test_planted_run_folder_and_symlinks_never_redirect_a_run(tmp_path: Path, ws
     assert r.returncode == 0, r.stderr
     assert "moved it aside" in r.stderr and r.stderr.count("\n") == 1, r.stderr  # one warning line
     with Store(ws) as store:
-        run = wait_for(lambda: store.get_run(1)["status"] not in ("queued", "running") and store.get_run(1),
+        run = wait_for(lambda: store.get_run(1).status not in ("queued", "running") and store.get_run(1),
                        120, "the run to end", store)  # fmt: skip
-        assert run["status"] == "finished", run
+        assert run.status == "finished", run
     assert victim1.read_text() == "precious 1\n" and victim2.read_text() == "precious 2\n"
     fresh = ws / "runs" / "1"
     assert not fresh.is_symlink() and (fresh / "worker.log").is_file()
@@ -226,7 +226,7 @@ def test_exports_refuse_the_store_its_wal_and_run_files(
                 code, _, err = run_main(capsys, *argv)
                 one_line_error(code, err, "run store", str(target))
         assert {p: p.stat().st_size for p in sizes} == sizes
-        assert store.metrics(run_id) == before and store.get_run(run_id)["status"] == "queued"
+        assert store.metrics(run_id) == before and store.get_run(run_id).status == "queued"
         assert not (ws / "runs" / str(run_id) / "new.csv").exists()
         # Elsewhere: a temp file renamed over the target, so a file hard-linked to it keeps its text.
         out, other = tmp_path / "out.csv", tmp_path / "other"
@@ -265,18 +265,16 @@ def test_resume_with_a_missing_checkpoint_is_refused_and_keeps_the_curve(
 
     with Store(ws) as store:
         run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=40)))
-        wait_for(
-            lambda: (store.get_run(run_id)["checkpoint_step"] or 0) >= 2 * SPE, 120, "2 checkpoints", store
-        )
+        wait_for(lambda: (store.get_run(run_id).checkpoint_step or 0) >= 2 * SPE, 120, "2 checkpoints", store)
         assert cancel_run(store, run_id, wait=60) == "cancelled"
         run = store.get_run(run_id)
         rows = store.metrics(run_id)
-        assert run["checkpoint_step"] and len(rows) > run["checkpoint_step"] // 4 > 0
+        assert run.checkpoint_step and len(rows) > run.checkpoint_step // 4 > 0
         store.checkpoint_path(run_id).unlink()
         code, out, err = run_main(capsys, "runs", "resume", str(run_id))
-        one_line_error(code, err, "is missing", f"step {run['checkpoint_step']}", "--from-start")
+        one_line_error(code, err, "is missing", f"step {run.checkpoint_step}", "--from-start")
         after = store.get_run(run_id)
-        assert after["status"] == "cancelled" and after["checkpoint_step"] == run["checkpoint_step"]
+        assert after.status == "cancelled" and after.checkpoint_step == run.checkpoint_step
         assert store.metrics(run_id) == rows
 
 
@@ -532,11 +530,11 @@ def test_run_folder_removed_during_a_run_comes_back_private(ws: Path) -> None:
 
     with Store(ws) as store:
         run_id = launch_run(store, RunSpec.from_dict(tiny_spec(epochs=60)))
-        wait_for(lambda: (store.get_run(run_id)["checkpoint_step"] or 0) >= SPE, 120, "a checkpoint", store)
+        wait_for(lambda: (store.get_run(run_id).checkpoint_step or 0) >= SPE, 120, "a checkpoint", store)
         shutil.rmtree(ws / "runs")  # `rm -rf runs/` while the worker trains
-        wait_for(lambda: store.get_run(run_id)["status"] not in ("queued", "running"), 180, "the end", store)
+        wait_for(lambda: store.get_run(run_id).status not in ("queued", "running"), 180, "the end", store)
         run = store.get_run(run_id)
-        assert run["status"] == "finished", run
+        assert run.status == "finished", run
         for d in (ws / "runs", ws / "runs" / str(run_id)):
             assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
         assert stat.S_IMODE((ws / "runs" / str(run_id) / "checkpoint.pt").stat().st_mode) == 0o600

@@ -44,17 +44,17 @@ def run_queue(ws: Path, specs: list[dict[str, Any]], timeout: float) -> dict[str
         t0 = time.perf_counter()
         runs = store.list_runs()
         reads.append(time.perf_counter() - t0)
-        max_running = max(max_running, sum(r["status"] == "running" for r in runs))
+        max_running = max(max_running, sum(r.status == "running" for r in runs))
         db_bytes = max(db_bytes, sum(p.stat().st_size for p in ws.glob("tuneassist.db*")))
-        if all(r["status"] in ENDED for r in runs):
+        if all(r.status in ENDED for r in runs):
             break
-        assert time.monotonic() < deadline, [(r["id"], r["status"]) for r in runs]
+        assert time.monotonic() < deadline, [(r.id, r.status) for r in runs]
         time.sleep(0.2)
     runs = store.list_runs()
     return {
         "store": store,
         "ids": ids,
-        "runs": {r["id"]: r for r in runs},
+        "runs": {r.id: r for r in runs},
         "max_running": max_running,
         "db_bytes": db_bytes,
         "reads": reads,
@@ -96,14 +96,14 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def test_queued_runs_all_end_one_at_a_time_and_the_store_stays_responsive(queue: dict[str, Any]) -> None:
-    statuses = {name: queue["runs"][i]["status"] for name, i in queue["by_name"].items()}
+    statuses = {name: queue["runs"][i].status for name, i in queue["by_name"].items()}
     assert statuses == {
         "range": "diverged", "blowup": "diverged", "oom": "failed", "plain": "finished"
     }  # fmt: skip
     assert queue["max_running"] == 1  # the default: one run at a time on the CPU
-    runs = sorted(queue["runs"].values(), key=lambda r: r["started"])
+    runs = sorted(queue["runs"].values(), key=lambda r: r.started)
     for a, b in zip(runs, runs[1:], strict=False):
-        assert b["started"] >= a["ended"] - 0.5, "a queued run started before the previous one ended"
+        assert b.started >= a.ended - 0.5, "a queued run started before the previous one ended"
     print("\n" + _report(queue, "queue"))
     assert max(queue["reads"]) < 1.0  # the UI never waits a second for the runs table
 
@@ -115,9 +115,9 @@ def test_diverged_runs_keep_their_curves_and_count_as_evidence(
     rng, blow = queue["by_name"]["range"], queue["by_name"]["blowup"]
     for run_id in (rng, blow):
         run = store.get_run(run_id)
-        assert run["status"] == "diverged", run
-        assert run["error"] is None and run["outcome"]["outcome"] == "diverged"
-        at = run["outcome"]["diverged_at_step"]
+        assert run.status == "diverged", run
+        assert run.error is None and run.outcome["outcome"] == "diverged"
+        at = run.outcome["diverged_at_step"]
         rows = store.metrics(run_id)
         assert [r["step"] for r in rows] == list(range(at + 1)), "the curve up to the blow-up is kept"
         assert "Traceback" not in store.log_path(run_id).read_text()
@@ -126,7 +126,7 @@ def test_diverged_runs_keep_their_curves_and_count_as_evidence(
 
     # The advisor reads the diverged range test as evidence: the divergence point caps the max LR.
     curves = curves_from_store(store, rng)
-    div_lr = store.get_run(rng)["outcome"]["diverged_lr"]
+    div_lr = store.get_run(rng).outcome["diverged_lr"]
     assert curves.outcome == "diverged" and curves.diverged_lr == div_lr
     cl = Checklist(data="synthetic:300", model="simple3", budget="quick")
     key = cl.propose("lr_range").candidates[0].key
@@ -147,12 +147,12 @@ def test_diverged_runs_keep_their_curves_and_count_as_evidence(
 
 def test_out_of_memory_run_is_failed_with_the_batch_and_a_smaller_one(queue: dict[str, Any]) -> None:
     run = queue["runs"][queue["by_name"]["oom"]]
-    assert run["status"] == "failed" and "\n" not in run["error"]
-    assert run["error"].startswith(
+    assert run.status == "failed" and "\n" not in run.error
+    assert run.error.startswith(
         "out of memory on cpu at batch size 64 (simulated by TUNEASSIST_FAKE_OOM_ABOVE); use --batch-size 32 "
         "or less (the largest that fits: python -m tuneassist.engine.probe --model simple3"
-    ), run["error"]
-    assert queue["store"].metric_count(run["id"]) == 0  # it failed at its first step
+    ), run.error
+    assert queue["store"].metric_count(run.id) == 0  # it failed at its first step
 
 
 @pytest.mark.slow
@@ -165,7 +165,7 @@ def test_twenty_short_runs_queued_at_once(tmp_path: Path, monkeypatch: pytest.Mo
         got = run_queue(ws, specs, timeout=600)
     finally:
         kill_workers(ws)
-    assert [got["runs"][i]["status"] for i in got["ids"]] == ["finished"] * 20
+    assert [got["runs"][i].status for i in got["ids"]] == ["finished"] * 20
     assert got["max_running"] == 1
     print("\n" + _report(got, "20 runs"))
     assert max(got["reads"]) < 1.0

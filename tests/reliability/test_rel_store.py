@@ -133,10 +133,10 @@ def test_two_windows_accepting_and_launching_the_same_step_record_it_once(
     cl = final.checklist
     assert cl.decisions["lr_range"].value == got[0]["value"]
     assert not any(h.get("event") == "replaced" and h.get("step") == "lr_range" for h in cl.history)
-    step_runs = [r for r in store.list_runs(session=session.id) if r["kind"].startswith("batch_size:")]
-    assert sorted(r["id"] for r in step_runs) == sorted(int(i) for i in cl.runs["batch_size"].values())
-    assert sorted(got[0]["ids"]) == sorted(r["id"] for r in step_runs)
-    assert all(r["status"] == "queued" for r in step_runs)
+    step_runs = [r for r in store.list_runs(session=session.id) if r.kind.startswith("batch_size:")]
+    assert sorted(r.id for r in step_runs) == sorted(int(i) for i in cl.runs["batch_size"].values())
+    assert sorted(got[0]["ids"]) == sorted(r.id for r in step_runs)
+    assert all(r.status == "queued" for r in step_runs)
 
 
 # -- stores this version cannot read as they are ------------------------------------------------------

@@ -135,7 +135,7 @@ def test_resume_refuses_a_bad_checkpoint_and_loads_nothing(
 
     code, out, err = run_main(capsys, "runs", "resume", str(run_id))
     one_line_error(code, err, str(ckpt), needle, f"tuneassist runs resume {run_id} --from-start")
-    assert store.get_run(run_id)["status"] == "cancelled"  # nothing was queued
+    assert store.get_run(run_id).status == "cancelled"  # nothing was queued
     # The worker's own gate (torch.load weights_only=True) refuses it too.
     with pytest.raises(UserError, match="it was not loaded") as exc:
         load_checkpoint(ckpt)
@@ -165,7 +165,7 @@ def test_resume_from_start_sets_the_bad_checkpoint_aside(
         holder.wait()
     assert code == 0 and "from the start (no checkpoint)" in out, err
     run = store.get_run(run_id, refresh=False)
-    assert run["status"] == "queued" and not run["resume"] and run["checkpoint_step"] is None
+    assert run.status == "queued" and not run.resume and run.checkpoint_step is None
     assert not store.checkpoint_path(run_id).exists()
     assert store.checkpoint_path(run_id).with_name("checkpoint.pt.bad").read_bytes().startswith(b"PK")
 

@@ -106,7 +106,7 @@ class _TrackHeartbeat(threading.Thread):
         while not self.done.wait(self.interval):
             with contextlib.suppress(Exception):  # a busy store must not stop the user's training
                 self.store.update_run(self.run_.run_id, _only_if=owner, heartbeat=time.time())
-                if self.store.get_run(self.run_.run_id, refresh=False)["cancel_requested"]:
+                if self.store.get_run(self.run_.run_id, refresh=False).cancel_requested:
                     self.run_._cancel.set()
 
     def finish(self) -> None:

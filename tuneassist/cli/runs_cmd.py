@@ -104,8 +104,8 @@ def run_summary(run: Run, sessions: dict[int, str] | None = None) -> dict[str, A
         "checkpoint_step": run.checkpoint_step,
         "lost_reason": run.info.get("lost_reason"),  # why a lost run is lost (runs.liveness.LostReason)
         "error": run.error,
-        "outcome": run.columns["outcome"],
-        "spec": run.columns["spec"],
+        "outcome": run.outcome or None,  # null until the run ends (every stored outcome has keys)
+        "spec": run.spec_data,
     }
 
 

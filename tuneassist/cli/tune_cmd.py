@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneassist.errors import UserError
+
+if TYPE_CHECKING:
+    from tuneassist.runs.store import Run, Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,30 +119,30 @@ def _duration(text: str) -> float:
 class Waiter:
     """Waits for runs in the store, showing one live line on a terminal."""
 
-    def __init__(self, store: Any, quiet: bool) -> None:
+    def __init__(self, store: Store, quiet: bool) -> None:
         from tuneassist.cli.status import StatusLine
 
         self.store, self.quiet, self.tty = store, quiet, sys.stderr.isatty()
         self.status = StatusLine(sys.stderr)  # cut to the terminal's width, so it redraws in place
 
-    def wait(self, run_ids: list[int], label: str) -> list[dict[str, Any]]:
+    def wait(self, run_ids: list[int], label: str) -> list[Run]:
         from tuneassist.session import ENDED
 
         t0 = time.monotonic()
         while True:
             runs = [self.store.get_run(r) for r in run_ids]
-            if all(r["status"] in ENDED for r in runs):
+            if all(r.status in ENDED for r in runs):
                 self.status.clear()
                 return runs
             if self.tty and not self.quiet:
-                done = sum(r["status"] in ENDED for r in runs)
-                running = [r for r in runs if r["status"] == "running"]
+                done = sum(r.status in ENDED for r in runs)
+                running = [r for r in runs if r.status == "running"]
                 detail = ""
                 if running:
-                    last = self.store.last_metric(running[0]["id"])
-                    total = (running[0].get("info") or {}).get("total_steps")
+                    last = self.store.last_metric(running[0].id)
+                    total = running[0].info.get("total_steps")
                     if last and total:
-                        detail = f" · run {running[0]['id']} step {last['step'] + 1}/{total}"
+                        detail = f" · run {running[0].id} step {last['step'] + 1}/{total}"
                 el = time.monotonic() - t0
                 line = f"{label}: {done}/{len(runs)} runs done{detail} · {int(el // 60)}:{int(el % 60):02d}"
                 self.status.show(line)

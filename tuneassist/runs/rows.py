@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,7 @@ def _parse_spec(data: Any) -> RunSpec | None:
         return None
 
 
-_DERIVED = frozenset(
-    {"spec", "spec_data", "outcome", "info", "columns"}
-)  # built, not copied, by from_columns
+_DERIVED = frozenset({"spec", "spec_data", "outcome", "info"})  # built, not copied, by from_columns
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,8 @@ class Run:
 
     `spec_data` is the spec exactly as stored (what `runs --json` prints and what an older run may
     lack keys in); `spec` is it parsed, or None when this version cannot. `outcome` and `info` are
-    empty dicts when the run has none yet. `columns` keeps every column by name, as decoded, so code
-    not yet moved to attributes can still read `run["status"]` or `run.get("outcome")`.
+    empty dicts when the run has none yet. No mapping interface: readers use the attributes, so a
+    column's name is checked where it is read.
     """
 
     id: int
@@ -78,7 +76,6 @@ class Run:
     best_val_loss: float | None = None
     best_val_acc: float | None = None
     images_per_s: float | None = None
-    columns: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_columns(cls, d: Mapping[str, Any]) -> Run:
@@ -92,18 +89,7 @@ class Run:
             spec=_parse_spec(spec),
             outcome=d.get("outcome") or {},
             info=d.get("info") or {},
-            columns=dict(d),
         )
-
-    # -- the columns by name, for readers that still take a row as a mapping
-    def __getitem__(self, key: str) -> Any:
-        return self.columns[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.columns.get(key, default)
-
-    def keys(self) -> Iterator[str]:
-        return iter(self.columns)
 
     # -- what readers derive
     @property
@@ -148,7 +134,13 @@ class Run:
         return self.steps_done, self.total_steps
 
     def elapsed(self, now: float | None = None) -> float | None:
-        return elapsed(self, now)
+        """Training time over all attempts (downtime between a loss and a resume excluded)."""
+        if not self.started:
+            return None
+        end = self.ended or (now or time.time())
+        if self.status == "queued":
+            end = self.started
+        return float(self.wall_base or 0.0) + max(0.0, end - self.started)
 
     def eta(self) -> float | None:
         """Seconds left for a running run, at its pace so far."""
@@ -166,21 +158,6 @@ def session_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(row)
     d["state"] = loads(d["state"]) or {}
     return d
-
-
-def elapsed(run: Run | Mapping[str, Any], now: float | None = None) -> float | None:
-    """Training time of a run over all its attempts (downtime between a loss and a resume excluded)."""
-    started, ended, status, base = (
-        (run.started, run.ended, run.status, run.wall_base)
-        if isinstance(run, Run)
-        else (run.get("started"), run.get("ended"), run["status"], run.get("wall_base"))
-    )
-    if not started:
-        return None
-    end = ended or (now or time.time())
-    if status == "queued":
-        end = started
-    return float(base or 0.0) + max(0.0, end - started)
 
 
 def fmt_time(seconds: float | None) -> str:

@@ -19,7 +19,7 @@ from tuneassist.runs.liveness import pid_alive
 from tuneassist.runs.metrics import MetricWriter
 from tuneassist.runs.picklescan import checkpoint_problem
 from tuneassist.runs.records import Records
-from tuneassist.runs.rows import Run, elapsed, fmt_time
+from tuneassist.runs.rows import Run, fmt_time
 from tuneassist.runs.schema import (
     ACTIVE,
     APPLICATION_ID,
@@ -60,7 +60,6 @@ __all__ = [
     "Store",
     "check_export_target",
     "checkpoint_problem",
-    "elapsed",
     "fmt_time",
     "heartbeat_interval",
     "heartbeat_timeout",

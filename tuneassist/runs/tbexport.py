@@ -63,7 +63,7 @@ def export_tensorboard(store: Store, run_id: int, out: str | os.PathLike[str] | 
         w = _writer(log_dir)
         try:
             w.add_text("run", f"run {run_id} ({run.kind}, {run.status})", 0)
-            w.add_text("spec", "```\n" + json.dumps(run.columns["spec"], indent=1, default=str) + "\n```", 0)
+            w.add_text("spec", "```\n" + json.dumps(run.spec_data, indent=1, default=str) + "\n```", 0)
             for r in rows:
                 step = int(r["step"])
                 wall = started + float(r["wall"]) if r.get("wall") is not None and started else None

@@ -213,7 +213,7 @@ def run_worker(store: Store, run_id: int, warm: bool = False) -> int:
     try:
         # A fresh spec (the device is picked into it), and from_dict's one-line error for keys this
         # version does not know.
-        spec = RunSpec.from_dict(run.columns["spec"])
+        spec = RunSpec.from_dict(run.spec_data)
         _select_device(spec, (run.device or "").split(","), warm)
         checkpoint = store.run_dir(run_id) / "checkpoint.pt"
         resume = run.resume and checkpoint.exists()

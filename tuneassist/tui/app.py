@@ -205,14 +205,14 @@ class TuneApp(App[None]):
     def _toast_end(self, run: Run) -> None:
         from tuneassist.tui.fmt import run_kind
 
-        status = run["status"]
-        what = f"run {run['id']} ({run_kind(run)}) {status}"
+        status = run.status
+        what = f"run {run.id} ({run_kind(run)}) {status}"
         if status in ("failed", "lost"):
-            self.notify(f"{what}: {run.get('error') or 'no error recorded'}", severity="error", timeout=10)
-        elif status == "diverged" and str(run.get("kind", "")).startswith("lr_range"):
+            self.notify(f"{what}: {run.error or 'no error recorded'}", severity="error", timeout=10)
+        elif status == "diverged" and run.kind.startswith("lr_range"):
             self.notify(f"{what} (expected: a range test runs until the loss blows up)")
         elif status == "diverged":
-            self.notify(f"{what}: {(run.get('outcome') or {}).get('reason', '')}", severity="warning")
+            self.notify(f"{what}: {run.outcome.get('reason', '')}", severity="warning")
         else:
             self.notify(what)
 

@@ -94,7 +94,7 @@ class LiveScreen(Screen):
         clock = (
             self.CLOCK_SECONDS is not None
             and now - getattr(self, "_last_tick", 0.0) >= self.CLOCK_SECONDS
-            and any(r["status"] == "running" for r in self.tapp.live.runs.values())
+            and any(r.status == "running" for r in self.tapp.live.runs.values())
         )
         if not (news or clock):
             return

@@ -25,7 +25,7 @@ from tuneassist.tui.base import LiveScreen, guarded
 from tuneassist.tui.checklist_plot import range_ylim, step_chart
 from tuneassist.tui.checklist_view import StepView, candidate_rows, recommendation_text, recommendation_title
 from tuneassist.tui.dialogs import ConfirmDialog, InputDialog
-from tuneassist.tui.fmt import HINTS, STEP_STATUS, RunRow, badge, fmt_minutes, parse_value, value_text
+from tuneassist.tui.fmt import HINTS, STEP_STATUS, badge, fmt_minutes, parse_value, value_text
 from tuneassist.tui.keys import PLOT_METRIC
 from tuneassist.tui.live import ENDED, PollResult
 from tuneassist.tui.widgets import KeyFooter, PlotView, StepSidebar, TopBar, sync_table
@@ -184,9 +184,7 @@ class ChecklistScreen(LiveScreen):
         if cached is not None and cached[0] == key:
             return cached[1]
         if all(st in ("failed", "lost", "cancelled") for st in statuses):
-            errs = [
-                f"run {r['id']} {r['status']}: {r.get('error') or 'no error recorded'}" for r in rows if r
-            ]
+            errs = [f"run {r.id} {r.status}: {r.error or 'no error recorded'}" for r in rows if r]
             msg = "Every run of this step ended without a result. " + " · ".join(errs[:2])
             self._recs[step] = (key, msg)
             return msg
@@ -203,9 +201,9 @@ class ChecklistScreen(LiveScreen):
     def _images_per_s(self) -> tuple[float, str]:
         s = self.session
         vals = [
-            r["images_per_s"]
+            r.images_per_s
             for r in self.tapp.live.session_runs(s.id if s else None)
-            if r.get("images_per_s") and r["status"] in ("finished", "running")
+            if r.images_per_s and r.status in ("finished", "running")
         ]
         if vals:
             return float(statistics.median(vals)), "measured"
@@ -254,7 +252,7 @@ class ChecklistScreen(LiveScreen):
         assert s is not None
         box = self.query_one("#rec", Static)
         live = self.tapp.live
-        rows: list[RunRow] = [live.run(r) or {} for r in view.runs.values()]
+        rows = [live.run(r) for r in view.runs.values()]
         box.border_title = recommendation_title(rows, self.narrow)
         box.update(recommendation_text(view, s.checklist, rows))
 

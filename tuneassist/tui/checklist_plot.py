@@ -8,7 +8,6 @@ for a sweep, loss or accuracy vs epoch for the final run.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.curves import Curves
 from tuneassist.tui.chart import Band, Chart, Series, VLine, ema
 from tuneassist.tui.checklist_view import StepView
+from tuneassist.tui.live import Live
 
 SWEEP_METRICS = ("val loss", "val acc", "train loss (smoothed)")
 FINAL_METRICS = ("loss", "val acc")
@@ -54,7 +54,7 @@ def step_chart(
     decision: Decision | None,
     current: str | None,
     metric: int,
-    live: Any,
+    live: Live,
 ) -> tuple[Chart, str]:
     """The viewed step's chart and plot title; `metric` counts presses of m (the metric shown)."""
     step = view.step
@@ -67,7 +67,7 @@ def step_chart(
     return _sweep_chart(view, metric, wait)
 
 
-def _range_chart(view: StepView, decision: Decision | None, live: Any) -> Chart:
+def _range_chart(view: StepView, decision: Decision | None, live: Live) -> Chart:
     """Loss vs LR of the latest range test, where it diverged, and the suggested or chosen range."""
     cands, runs, curves, rec = view.cands, view.runs, view.curves, view.rec
     with_run = [c for c in cands if c.key in runs]
@@ -82,7 +82,7 @@ def _range_chart(view: StepView, decision: Decision | None, live: Any) -> Chart:
         ]
         ylim = range_ylim(curve)
         run = live.run(runs[cand.key]) if cand else None
-        d_lr = ((run or {}).get("outcome") or {}).get("diverged_lr")
+        d_lr = run.outcome.get("diverged_lr") if run else None
         if d_lr:
             vlines.append(VLine(float(d_lr), f"diverged {fmt_num(d_lr)}", "red"))
     if isinstance(rec, Recommendation) and isinstance(rec.value, dict) and rec.value.get("lr_max"):

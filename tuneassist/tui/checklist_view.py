@@ -25,8 +25,10 @@ from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.advisor.sweep import same_value
 from tuneassist.curves import Curves
 from tuneassist.errors import UserError
+from tuneassist.runs.rows import Run
 from tuneassist.session import sharing, sharing_text
-from tuneassist.tui.fmt import RunRow, g, pct, progress, progress_text, run_status
+from tuneassist.tui.fmt import g, pct, progress_text, run_status
+from tuneassist.tui.live import Live
 
 
 def _finite(v: Any) -> float | None:
@@ -62,7 +64,7 @@ class StepView:
     rec: Recommendation | str | None
 
 
-def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], list[tuple]]:
+def candidate_rows(view: StepView, live: Live, narrow: bool) -> tuple[list[str], list[tuple]]:
     """The table's row keys and rows: mark (★ winner, ≈ tie), value, run, status, progress, the
     latest (or the reading's) val loss and accuracy, and a note (diagnosis, divergence, error)."""
     cands, runs, curves, rec = view.cands, view.runs, view.curves, view.rec
@@ -83,7 +85,7 @@ def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], 
             status: Text | str = Text("· not started", style="bright_black")
             prog = ""
         else:
-            status = run_status(run["status"], bool(run.get("cancel_requested")), run)
+            status = run_status(run.status, bool(run.cancel_requested), run)
             prog = progress_text(run)
             if curve is not None and curve.val_loss:
                 vl, va = curve.val_loss[-1], curve.val_acc[-1]
@@ -93,11 +95,11 @@ def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], 
                 vl = ranked.get("val_loss", vl)
                 va = ranked.get("val_acc", va)
                 note = ranked.get("diagnosis") or ""
-            out = run.get("outcome") or {}
-            if run["status"] == "diverged" and out.get("diverged_lr") is not None:
+            out = run.outcome
+            if run.status == "diverged" and out.get("diverged_lr") is not None:
                 note = f"diverged at LR {fmt_num(out['diverged_lr'])}"
-            if run["status"] in ("failed", "lost") and run.get("error"):
-                note = str(run["error"]).splitlines()[0]
+            if run.status in ("failed", "lost") and run.error:
+                note = str(run.error).splitlines()[0]
         rows.append(
             (
                 mark,
@@ -114,21 +116,22 @@ def candidate_rows(view: StepView, live: Any, narrow: bool) -> tuple[list[str], 
     return keys, rows
 
 
-def recommendation_title(rows: list[RunRow], narrow: bool) -> str:
-    """The pane's title; once a step's runs all ended, how they shared the device."""
-    active = [r for r in rows if r.get("status") in ("queued", "running")]
+def recommendation_title(rows: list[Run | None], narrow: bool) -> str:
+    """The pane's title; once a step's runs all ended, how they shared the device (None: a run gone
+    from the store)."""
+    active = [r for r in rows if r is not None and r.status in ("queued", "running")]
     shared = sharing(rows) if len(rows) > 1 and not active and not narrow else None
     return "Recommendation" + (f" · {sharing_text(shared)}" if shared else "")
 
 
-def recommendation_text(view: StepView, cl: Checklist, rows: list[RunRow]) -> Text:
+def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -> Text:
     """The pane's text: the decision taken, what is running, what to press, or the reading to act on.
-    `rows` are the step's runs as the store has them."""
+    `rows` are the step's runs as the store has them (None: one gone from it)."""
     step, runs, rec = view.step, view.runs, view.rec
     t = Text()
     current = cl.current_step
     decision = cl.decisions.get(step)
-    active = [r for r in rows if r.get("status") in ("queued", "running")]
+    active = [r for r in rows if r is not None and r.status in ("queued", "running")]
     try:
         pending = cl.propose(step).candidates
     except UserError:
@@ -146,12 +149,12 @@ def recommendation_text(view: StepView, cl: Checklist, rows: list[RunRow]) -> Te
         return t
     if active:
         done = len(rows) - len(active)
-        running = [r for r in active if r.get("status") == "running"]
+        running = [r for r in active if r.status == "running"]
         t.append(f"● Running: {done} of {len(rows)} runs done", style="bold cyan")
         if running:
             r = running[0]
-            d, total = progress(r)
-            t.append(f" · run {r['id']} at step {d}/{total or '?'}")
+            d, total = r.progress
+            t.append(f" · run {r.id} at step {d}/{total or '?'}")
         queued = len(active) - len(running)
         if queued:
             t.append(f" · {queued} queued")

@@ -14,11 +14,8 @@ from rich.text import Text
 from tuneassist.advisor.lr_range import fmt_num
 from tuneassist.errors import UserError
 from tuneassist.runs.rows import Run
-from tuneassist.runs.store import elapsed, fmt_time  # noqa: F401 - fmt_time: the screens' clock
+from tuneassist.runs.store import fmt_time  # noqa: F401 - fmt_time: the screens' clock
 from tuneassist.text import g, pct  # noqa: F401 - the screens' numbers, shared with the CLI
-
-# A run as the screens get it: the store's typed Run, or a plain row (tests, a run gone from the store).
-RunRow = Run | Mapping[str, Any]
 
 
 class Badge(NamedTuple):
@@ -61,12 +58,12 @@ def badge(table: Mapping[str, Badge], status: str) -> Badge:
     return table.get(status) or Badge("?", status, "")
 
 
-def run_status(status: str, cancel_requested: bool = False, run: RunRow | None = None) -> Text:
+def run_status(status: str, cancel_requested: bool = False, run: Run | None = None) -> Text:
     """A run's status in a symbol and words. Given the run, a range test that diverged reads as done,
     with the LR where it diverged: a range test runs until the loss blows up, so that is its expected
     end (the reading the advisor takes), not a failure."""
     if status == "diverged" and run is not None and is_range_test(run):
-        d_lr = (run.get("outcome") or {}).get("diverged_lr")
+        d_lr = run.outcome.get("diverged_lr")
         where = f", diverged at LR {fmt_num(d_lr)}" if d_lr is not None else " (diverged)"
         return DONE.text(where)
     b = badge(RUN_STATUS, status)
@@ -75,11 +72,9 @@ def run_status(status: str, cancel_requested: bool = False, run: RunRow | None =
     return b.text()
 
 
-def is_range_test(run: RunRow) -> bool:
+def is_range_test(run: Run) -> bool:
     """An LR range test, by its schedule (any launcher) or its checklist kind."""
-    return str((run.get("spec") or {}).get("schedule", "")).startswith("range_") or str(
-        run.get("kind") or ""
-    ).startswith(("lr_range", "lr_find"))
+    return run.schedule.startswith("range_") or run.kind.startswith(("lr_range", "lr_find"))
 
 
 def step_status(status: str) -> Text:
@@ -94,31 +89,6 @@ def fmt_minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def progress(run: RunRow) -> tuple[int, int | None]:
-    """(steps done, total steps or None)."""
-    info = run.get("info") or {}
-    out = run.get("outcome") or {}
-    total = info.get("total_steps")
-    if out.get("step") is not None:
-        done = int(out["step"])
-    elif run.get("last_step") is not None:
-        done = int(run["last_step"]) + 1
-    else:
-        done = 0
-    return done, (int(total) if total else None)
-
-
-def eta(run: RunRow) -> float | None:
-    """Seconds left for a running run, at its pace so far."""
-    if run["status"] != "running":
-        return None
-    done, total = progress(run)
-    el = elapsed(run)
-    if not total or not done or not el:
-        return None
-    return el / done * (total - done)
-
-
 def bar(fraction: float, width: int = 10) -> str:
     fraction = min(1.0, max(0.0, fraction))
     full = int(fraction * width)
@@ -129,14 +99,14 @@ def bar(fraction: float, width: int = 10) -> str:
     )
 
 
-def progress_text(run: RunRow, width: int = 8) -> str:
-    done, total = progress(run)
-    if run["status"] == "queued":
+def progress_text(run: Run, width: int = 8) -> str:
+    done, total = run.progress
+    if run.status == "queued":
         return "waiting"
     if not total:
         if done:
             return f"step {done}"
-        return "starting" if run["status"] == "running" else "-"
+        return "starting" if run.status == "running" else "-"
     return f"{bar(done / total, width)} {100 * done / total:3.0f}%"
 
 
@@ -151,11 +121,11 @@ def hyper(spec: dict[str, Any]) -> str:
     return f"lr {lr} m {mom} wd {fmt_num(wd)} bs {spec.get('batch_size')}"
 
 
-def run_kind(run: RunRow) -> str:
+def run_kind(run: Run) -> str:
     """'LR range' for 'lr_range:1e-4 → 10' style kinds; plain kinds as they are."""
     from tuneassist.advisor.checklist import STEP_TITLES
 
-    kind = str(run.get("kind") or "")
+    kind = run.kind
     step, _, label = kind.partition(":")
     if step in STEP_TITLES:
         return f"{STEP_TITLES[step]} {label}".strip()

@@ -282,7 +282,7 @@ class StartScreen(LiveScreen):
             except UserError as exc:
                 prog, budget = f"✗ {exc}", "?"
             runs = live.session_runs(int(s["id"]))
-            active = sum(1 for r in runs if r["status"] in ("queued", "running"))
+            active = sum(1 for r in runs if r.status in ("queued", "running"))
             run_text = f"{len(runs)}" + (f" ({active} running)" if active else "")
             import time as _time
 
