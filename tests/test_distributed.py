@@ -124,8 +124,9 @@ def test_small_candidates_pack_onto_gpus_and_others_get_a_gpu_alone(
 @pytest.fixture
 def ws(ws: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The shared workspace (its workers and their torchrun children are killed at the end), with a
-    longer heartbeat timeout: rank processes load torch before the first beat."""
-    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "5")
+    longer heartbeat timeout: rank processes load torch before the first beat, which on 2 busy cores can
+    take more than 5 s."""
+    monkeypatch.setenv("TUNEASSIST_HEARTBEAT_TIMEOUT", "20")
     return ws
 
 
