@@ -289,6 +289,30 @@ def test_sweep_recommendation_and_accept(seeded: tuple[Path, dict], tmp_path: Pa
     assert s.checklist.current_step == "weight_decay"  # what "4 · Weight decay" on the screen shows
 
 
+def test_the_keys_to_press_stay_on_screen_when_the_reading_is_long(
+    seeded: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading longer than its pane (a noisy curve's cautions on 80x24) is cut, never the keys."""
+    from tuneassist.tui import checklist_view
+
+    ws, ids = seeded
+    with Store(ws) as store:
+        store.update_run(ids["running"], status="finished", ended=time.time(), heartbeat=time.time(),
+                         outcome={"outcome": "finished", "step": 30, "reason": "finished"})  # fmt: skip
+    split = checklist_view._split_first
+    caution = " Caution: noisy curve, the paired gap swings between evaluations." * 6
+    monkeypatch.setattr(checklist_view, "_split_first", lambda r: (split(r)[0], split(r)[1] + caution))
+
+    async def script(app: TuneApp, pilot: Any) -> str:
+        await wait_for(pilot, lambda: "★" in screen_text(app), 10, "the reading", app)
+        await pilot.pause(0.3)
+        return screen_text(app)
+
+    text = run_app(ws, (80, 24), script)
+    assert "▶ Momentum 0.95–0.85" in text  # the reading's head shows
+    assert "[a] accept  [o] override  [r] re-run with another seed" in text, text
+
+
 def test_runs_screen_and_detail(seeded: tuple[Path, dict]) -> None:
     ws, ids = seeded
 
@@ -484,7 +508,7 @@ def test_override_marks_later_steps_stale(seeded: tuple[Path, dict]) -> None:
         await pilot.press(*"0.02:0.2", "enter")
         await pilot.pause(0.3)
         await pilot.press("2")
-        await pilot.pause()
+        await wait_for(pilot, lambda: "Stale: 16" in screen_text(app), 10, "the stale batch size", app)
         return screen_text(app)
 
     text = run_app(ws, (100, 30), script)

@@ -48,10 +48,11 @@ class ChecklistScreen(LiveScreen):
     ChecklistScreen #explain { height: auto; max-height: 4; padding: 0 1; border-top: solid $primary; }
     ChecklistScreen #cands { height: auto; max-height: 7; overflow-x: hidden; }
     ChecklistScreen #plot { border-top: solid $primary; min-height: 7; }
-    ChecklistScreen #rec { height: auto; max-height: 9; padding: 0 1; border-top: solid $accent; }
+    ChecklistScreen #rec { height: auto; max-height: 8; padding: 0 1; border-top: solid $accent; }
+    ChecklistScreen #rec-keys { height: auto; padding: 0 1; }
     ChecklistScreen.-short #explain { max-height: 2; }
     ChecklistScreen.-short #cands { max-height: 5; }
-    ChecklistScreen.-short #rec { max-height: 7; }
+    ChecklistScreen.-short #rec { max-height: 6; }
     """
 
     BINDINGS = [
@@ -87,6 +88,7 @@ class ChecklistScreen(LiveScreen):
                 yield DataTable(id="cands", cursor_type="row", zebra_stripes=False)
                 yield PlotView(id="plot")
                 yield Static(id="rec")
+                yield Static(id="rec-keys")
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -254,7 +256,11 @@ class ChecklistScreen(LiveScreen):
         live = self.tapp.live
         rows = [live.run(r) for r in view.runs.values()]
         box.border_title = recommendation_title(rows, self.narrow)
-        box.update(recommendation_text(view, s.checklist, rows))
+        text, keys = recommendation_text(view, s.checklist, rows)
+        box.update(text)
+        key_line = self.query_one("#rec-keys", Static)
+        key_line.update(keys)
+        key_line.display = bool(keys.plain)
 
     # -- navigation ----------------------------------------------------------------------------
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:

@@ -124,9 +124,17 @@ def recommendation_title(rows: list[Run | None], narrow: bool) -> str:
     return "Recommendation" + (f" · {sharing_text(shared)}" if shared else "")
 
 
-def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -> Text:
-    """The pane's text: the decision taken, what is running, what to press, or the reading to act on.
-    `rows` are the step's runs as the store has them (None: one gone from it)."""
+def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -> tuple[Text, Text]:
+    """The pane's text (the decision taken, what is running, or the reading to act on) and, apart, the
+    keys to press: the screen shows the keys on their own line, so a long reading on a short terminal
+    is what gets cut, never what to press. `rows` are the step's runs as the store has them (None: one
+    gone from it)."""
+    t, keys = _recommendation(view, cl, rows)
+    t.rstrip()
+    return t, Text(keys, style="bold")
+
+
+def _recommendation(view: StepView, cl: Checklist, rows: list[Run | None]) -> tuple[Text, str]:
     step, runs, rec = view.step, view.runs, view.rec
     t = Text()
     current = cl.current_step
@@ -146,7 +154,7 @@ def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -
     if current is not None and STEPS.index(step) > STEPS.index(current) and decision is None:
         t.append(f"Decide step {STEPS.index(current) + 1} ({STEP_TITLES[current]}) first: ", style="bold")
         t.append("this step's runs use its value.")
-        return t
+        return t, ""
     if active:
         done = len(rows) - len(active)
         running = [r for r in active if r.status == "running"]
@@ -170,13 +178,13 @@ def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -
             t.append(" Or o to set the value yourself.")
     elif isinstance(rec, str):
         t.append(f"✗ {rec}", style="bold red")
-        t.append("\n[r] re-run  [o] set the value yourself" if step != "final" else "\n[r] re-run")
+        return t, "[r] re-run  [o] set the value yourself" if step != "final" else "[r] re-run"
     elif isinstance(rec, Recommendation):
         chosen = (
             decision is not None and not decision.stale and rec.ok and _same(rec.value, decision.value)
         )
         if chosen:
-            t.append("[o] change it  [r] re-run with another seed", style="bold")
+            return t, "[o] change it  [r] re-run with another seed"
         elif rec.ok and rec.value is not None and not rec.needs_more_runs:
             head, rest = _split_first(rec.reason)
             t.append("▶ " + head, style="bold")
@@ -188,13 +196,13 @@ def recommendation_text(view: StepView, cl: Checklist, rows: list[Run | None]) -
                 if step == "final"
                 else "[a] accept  [o] override  [r] re-run with another seed"
             )
-            t.append("\n" + keys, style="bold")
+            return t, keys
         elif rec.needs_more_runs:
             t.append(rec.reason)
         else:
             t.append("✗ No usable reading: ", style="bold red")
             t.append(rec.reason)
-            t.append("\n[o] set the value yourself  [r] re-run with another seed")
+            return t, "[o] set the value yourself  [r] re-run with another seed"
     elif decision is None and runs:
         t.append("Reading the runs…")
-    return t
+    return t, ""
