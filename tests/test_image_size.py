@@ -80,3 +80,46 @@ def test_tune_has_the_flags_and_asks_consent_for_user_data(capsys: pytest.Captur
     assert rc == 2 and err.strip() == (
         "error: --data examples.my_data:datasets imports your code; add --allow-import to confirm"
     )
+
+
+def test_tune_probes_memory_at_the_size_it_tunes_at(
+    tmp_path: Path, ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe measures the activations of the runs' side (a 4x larger side is 16x the memory of a
+    sample): `--image-size 64` on a 48x48 folder reaches the probe's command line as 64."""
+    import tuneassist.runs.probe_client as probe_client
+
+    seen: list[list[str]] = []
+
+    class _Stop(BaseException):  # past main()'s one-line handler of every Exception
+        pass
+
+    def command(*a: object) -> list[str]:
+        seen.append(real(*a))  # type: ignore[arg-type]
+        raise _Stop
+
+    real = probe_client.probe_command
+    monkeypatch.setattr(probe_client, "probe_command", command)
+    folder = _folder(tmp_path)
+    with pytest.raises(_Stop):
+        run_main(capsys, "tune", "--data", f"folder:{folder}", "--image-size", "64", "--budget", "quick")
+    cmd = seen[0]
+    assert cmd[cmd.index("--image-size") + 1] == "64" and cmd[cmd.index("--data") + 1] == f"folder:{folder}"
+    assert "--image-size" not in real("simple3", "synthetic")  # without one: the data's own side
+
+
+def test_tune_refuses_a_bad_image_size_before_the_probe(
+    tmp_path: Path, ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuneassist.runs.probe_client as probe_client
+
+    def probed(*a: object, **k: object) -> None:
+        raise AssertionError("the probe ran before the image size was checked")
+
+    monkeypatch.setattr(probe_client, "probe_in_subprocess", probed)
+    folder = _folder(tmp_path)
+    argv = ("tune", "--data", f"folder:{folder}", "--image-size", "5", "--budget", "quick")
+    rc, _, err = run_main(capsys, *argv)
+    assert rc == 2 and err.strip() == (
+        "error: image size 5 must be a whole number of pixels from 8 to 1024, e.g. --image-size 64"
+    )

@@ -98,6 +98,20 @@ DEFAULT_SIDE = 32
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 
 
+def valid_image_size(size: object) -> bool:
+    """The one rule for a side in pixels: a whole number from MIN_IMAGE_SIZE to MAX_IMAGE_SIZE."""
+    return isinstance(size, int) and not isinstance(size, bool) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE
+
+
+def check_image_size(size: object) -> None:
+    """`valid_image_size`, or the one-line error that names the range and the flag."""
+    if size is not None and not valid_image_size(size):
+        raise UserError(
+            f"image size {size!r} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
+            f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
+        )
+
+
 def scan_sizes(paths: list[str]) -> collections.Counter[tuple[int, int]]:
     """(width, height) of every readable image from its header alone (no pixels decoded): what the
     default side is chosen from. Unreadable files are left to the decode, which reports them."""

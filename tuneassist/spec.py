@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneassist.dataref import BUILTIN, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, parse_data
+from tuneassist.dataref import BUILTIN, check_image_size, parse_data
 from tuneassist.errors import UserError
 
 SCHEDULES = ("onecycle", "constant", "step", "range_exp", "range_linear")
@@ -241,11 +241,7 @@ def _check_process(spec: RunSpec) -> None:
 def _check_inputs(spec: RunSpec) -> None:
     """The image size, the model and the data reference."""
     if spec.image_size is not None:
-        if not (isinstance(spec.image_size, int) and MIN_IMAGE_SIZE <= spec.image_size <= MAX_IMAGE_SIZE):
-            raise UserError(
-                f"image size {spec.image_size} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
-                f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
-            )
+        check_image_size(spec.image_size)
         if spec.image_size != 32 and not spec.data.startswith("folder:"):
             raise UserError(
                 f"--image-size {spec.image_size}: {spec.data} is 32x32; the image size applies to "

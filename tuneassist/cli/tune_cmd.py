@@ -205,9 +205,11 @@ def _user_model_dir(args: argparse.Namespace) -> str | None:
     return str(locate_module(args.model)[0])
 
 
-def _probe(args: argparse.Namespace, model_dir: str | None, quiet: bool) -> dict[str, Any] | None:
-    """The memory probe (the largest batch that fits), with a live line while it runs; None with --train
-    (your function builds its own batches) or when it could not tell."""
+def _probe(
+    args: argparse.Namespace, model_dir: str | None, side: int | None, quiet: bool
+) -> dict[str, Any] | None:
+    """The memory probe (the largest batch that fits at the side the runs train at), with a live line
+    while it runs; None with --train (your function builds its own batches) or when it could not tell."""
     from tuneassist.cli.status import StatusLine
     from tuneassist.runs.probe_client import probe_in_subprocess
 
@@ -219,7 +221,7 @@ def _probe(args: argparse.Namespace, model_dir: str | None, quiet: bool) -> dict
 
     probe = None if args.train else probe_in_subprocess(
         args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
-        model_dir=model_dir, on_wait=probing,
+        model_dir=model_dir, on_wait=probing, image_size=side,
     )  # fmt: skip
     status.clear()
     if probe:
@@ -244,7 +246,11 @@ def _new_session(args: argparse.Namespace, store: Any, quiet: bool) -> tuple[Any
     if side is None and args.data.startswith("folder:"):  # the size it is tuned at, in the profile
         side = folder_side(args.data.partition(":")[2])
     model_dir = _user_model_dir(args)
-    probe = _probe(args, model_dir, quiet)
+    from tuneassist.spec import RunSpec
+
+    # The values the probe cannot judge, before its minute: a bad --image-size is a one-line error now.
+    RunSpec(data=args.data, model=args.model, image_size=side).validate()
+    probe = _probe(args, model_dir, side, quiet)
     refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
     ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
     session = TuningSession.create(

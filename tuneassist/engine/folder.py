@@ -35,8 +35,7 @@ import torch
 
 from tuneassist.dataref import (
     FOLDER_TEST_FRACTION,
-    MAX_IMAGE_SIZE,
-    MIN_IMAGE_SIZE,
+    check_image_size,
     common_side,
     folder_test_count,
     scan_sizes,
@@ -293,13 +292,7 @@ def load_folder(
     then comes from the headers of up to 2,000 files, evenly spread (dataref.folder_side's way).
     """
     fix = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/ instead of test/)"
-    if image_size is not None and not (
-        isinstance(image_size, int) and MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
-    ):
-        raise UserError(
-            f"image size {image_size!r} must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
-            f"{MAX_IMAGE_SIZE}, e.g. --image-size 64"
-        )
+    check_image_size(image_size)
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist or is not a directory; {fix}")

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tuneassist.dataref import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, parse_data
+from tuneassist.dataref import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, parse_data, valid_image_size
 from tuneassist.errors import UserError
 from tuneassist.profiles.schema import (
     DECISION_KEYS,
@@ -166,9 +166,8 @@ def _check_hyperparameters(raw: Mapping[str, Any], where: str) -> None:
             f'e.g. train = "mytrain:train" with model = "mytrain:train"'
         )
     image_size = raw.get("image_size")
-    if image_size is not None and not (
-        MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE and str(raw["data"]).startswith("folder:")
-    ):
+    folder = str(raw["data"]).startswith("folder:")
+    if image_size is not None and not (valid_image_size(image_size) and folder):
         raise UserError(
             f"{where}: image_size {image_size} must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, "
             "for folder:PATH data (the other data sets are 32x32), e.g. image_size = 64"

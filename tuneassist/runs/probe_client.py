@@ -27,11 +27,19 @@ REQUIRED_KEYS = ("max_batch", "device", "method", "explanation")
 
 
 def probe_command(
-    model: str, data: str, device: str = "auto", allow_import: bool = False, model_dir: str | None = None
+    model: str,
+    data: str,
+    device: str = "auto",
+    allow_import: bool = False,
+    model_dir: str | None = None,
+    image_size: int | None = None,
 ) -> list[str]:
     """The command line that probes `model` on `data` (as a user could run it by hand); a user model's
-    consent and folder are passed on, so the probe imports what the runs will."""
+    consent and folder are passed on, so the probe imports what the runs will, and the side the runs
+    train at (`--image-size`), so it measures the activations they will have."""
     consent = ["--allow-import", *(["--model-dir", model_dir] if model_dir else [])] if allow_import else []
+    if image_size is not None:
+        consent += ["--image-size", str(image_size)]
     return [
         sys.executable,
         "-m",
@@ -77,13 +85,14 @@ def probe_in_subprocess(
     allow_import: bool = False,
     model_dir: str | None = None,
     on_wait: Callable[[float], None] | None = None,
+    image_size: int | None = None,
 ) -> dict[str, Any] | None:
     """The probe's result (ProbeResult.to_dict()), or None with the reason logged as a warning.
 
     Use ``result['max_batch']`` as the checklist's ``max_fit`` (largest per-device batch).
     """
     try:  # names the probe could never use: say so at once, without starting torch
-        RunSpec(data=data, model=model, device=device).validate()
+        RunSpec(data=data, model=model, device=device, image_size=image_size).validate()
     except UserError as exc:
         log.warning("memory probe of %s on %s not run: %s", model, data, exc)
         return None
@@ -92,7 +101,7 @@ def probe_in_subprocess(
     env["PYTHONPATH"] = os.pathsep.join(
         [root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     )
-    cmd = probe_command(model, data, device, allow_import, model_dir)
+    cmd = probe_command(model, data, device, allow_import, model_dir, image_size)
     try:
         proc = _run_waiting(cmd, env, timeout, on_wait)
     except subprocess.TimeoutExpired:
