@@ -198,3 +198,32 @@ def test_tune_rejects_a_bad_time_budget_in_one_line(capsys) -> None:
             code = exc.code
         err = capsys.readouterr().err
         assert code == 2 and "duration" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [
+        ("--batch-size", "-3", "-3 must be a positive whole number"),  # it launched a range test at bs 1
+        ("--devices", "0", "0 must be a positive whole number"),  # refused only after the memory probe
+        ("--epochs", "0", "0 must be a positive whole number"),
+        ("--image-size", "x", "'x' is not a whole number"),
+        ("--refine", "-1", "-1 must be 0 or a positive whole number"),
+    ],
+)
+def test_tune_refuses_a_bad_number_as_train_does_before_anything_runs(
+    option: str,
+    value: str,
+    why: str,
+    ws: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tuneassist.runs.probe_client as probe_client
+
+    def probed(*a: object, **k: object) -> None:
+        raise AssertionError("the memory probe ran")
+
+    monkeypatch.setattr(probe_client, "probe_in_subprocess", probed)
+    rc, out, err = run_main(capsys, "tune", option, value, "--budget", "quick")
+    assert rc == 2 and out == ""
+    assert err.strip() == f"error: argument {option}: {why}; see `tuneassist tune --help`"

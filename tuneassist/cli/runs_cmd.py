@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneassist.cli.options import add_workspace
+from tuneassist.cli.options import add_workspace, seconds
 from tuneassist.curves import Curves, finite_points
 from tuneassist.errors import UserError, printable
 from tuneassist.runs.launch import advance_queue, cancel_run, export_run, launch_run, resume_run
@@ -472,16 +472,6 @@ def _run_id(text: str) -> int:
     return v
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
-    return v
-
-
 def _list_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument(
@@ -510,13 +500,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _one_run(
         sub, "watch", "follow a run live; Ctrl-C stops watching, never the run", cmd_watch,
-        _opt("--interval", type=_positive, default=1.0, help="seconds between redraws (1)"),
+        _opt("--interval", type=seconds, default=1.0, help="seconds between redraws (1)"),
         _opt("--no-plot", action="store_true", help="progress lines only, no terminal plot"),
     )  # fmt: skip
     _one_run(
         sub, "cancel", "stop a run gracefully (metrics and a checkpoint are kept)", cmd_cancel,
         _opt("--no-wait", action="store_true", help="return at once instead of waiting for it to stop"),
-        _opt("--timeout", type=_positive, default=60.0, help="seconds to wait for it to stop (60)"),
+        _opt("--timeout", type=seconds, default=60.0, help="seconds to wait for it to stop (60)"),
         _opt("--json", action="store_true", help="print the run's id and status as JSON"),
     )  # fmt: skip
     _one_run(

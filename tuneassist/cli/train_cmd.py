@@ -12,39 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuneassist.cli.options import add_background
+from tuneassist.cli.options import add_background, count, number, positive_int, value_range
 from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.spec import BUILTIN_MODELS, RunSpec, lr_range_ok
-
-
-def _float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return v
-
-
-def _range(text: str) -> tuple[float, float]:
-    """'a:b' or a single value 'a' (meaning a:a)."""
-    parts = text.split(":")
-    if len(parts) > 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a value or a range like 0.1:1")
-    vals = [_float(p) for p in parts]
-    return (vals[0], vals[-1])
-
-
-def _posint(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive whole number")
-    return v
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -56,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--image-size",
-        type=_posint,
+        type=positive_int,
         default=None,
         help="side in pixels that a folder:PATH's images are resized to (default: the folder's most common "
         "size; the other data sets are 32x32)",
@@ -83,8 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a module:function (--model, --train or --data) to import your module",
     )
-    p.add_argument("--batch-size", type=_posint, default=128, help="total batch size (default 128)")
-    p.add_argument("--wd", type=_float, default=None, help="L2 weight decay")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="total batch size (default 128)")
+    p.add_argument("--wd", type=number, default=None, help="L2 weight decay")
     p.add_argument("--wd-exclude-bn-bias", action="store_true", help="no weight decay on BN and bias")
     p.add_argument(
         "--nesterov", action="store_true", help="Nesterov momentum (default: off, plain SGD momentum)"
@@ -97,13 +68,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "Adam's beta1",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches (default 0)")
-    p.add_argument("--val-fraction", type=_float, default=0.1, help="share of train held out (0.1)")
+    p.add_argument("--val-fraction", type=number, default=0.1, help="share of train held out (0.1)")
     p.add_argument(
         "--device", default="auto", help="auto (a GPU when torch can use one), cpu, cuda or cuda:N (auto)"
     )
     p.add_argument(
         "--devices",
-        type=_posint,
+        type=positive_int,
         default=None,
         help="devices per run (default 1): N GPUs with DDP (N CPU processes on the CPU); "
         "--batch-size stays the total, each device takes batch/N",
@@ -116,7 +87,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-channels-last", action="store_true", help="NCHW tensors (default: channels_last)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
-    p.add_argument("--threads", type=_posint, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     add_background(p)
 
@@ -129,24 +100,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "which the loss still falls; prints the plot and a 1cycle range.",
     )
     _common(lf)
-    lf.add_argument("--lr", type=_range, default=(1e-4, 10.0), help="LR range start:end (1e-4:10)")
+    lf.add_argument("--lr", type=value_range, default=(1e-4, 10.0), help="LR range start:end (1e-4:10)")
     lf.add_argument("--mode", choices=("exp", "linear"), default="exp", help="LR growth (exp)")
     lf.add_argument(
-        "--steps", type=_posint, default=None, help="steps of the test (default: about 4 epochs, 100..400)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="steps of the test (default: about 4 epochs, 100..400)",
     )
     lf.add_argument(
         "--momentum",
-        type=_range,
+        type=value_range,
         default=(0.95, 0.85),
         help="cyclical momentum high:low while LR rises (0.95:0.85)",
     )
     lf.add_argument(
         "--eval-every",
-        type=_posint,
+        type=positive_int,
         default=None,
         help="steps between validation-loss readings (default: steps/25)",
     )
-    lf.add_argument("--eval-subset", type=_posint, default=1000, help="val images per reading (1000)")
+    lf.add_argument("--eval-subset", type=positive_int, default=1000, help="val images per reading (1000)")
     lf.set_defaults(func=cmd_lr_find)
 
     tr = sub.add_parser(
@@ -162,20 +136,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="LR schedule (default: onecycle, or the profile's)",
     )
-    tr.add_argument("--lr", type=_range, default=None, help="LR min:max for 1cycle, or one value")
-    tr.add_argument("--momentum", type=_range, default=None, help="momentum high:low, or one value")
+    tr.add_argument("--lr", type=value_range, default=None, help="LR min:max for 1cycle, or one value")
+    tr.add_argument("--momentum", type=value_range, default=None, help="momentum high:low, or one value")
     tr.add_argument(
-        "--epochs", type=_float, default=None, help="epochs to train (default 3, or the profile's)"
+        "--epochs", type=number, default=None, help="epochs to train (default 3, or the profile's)"
     )
-    tr.add_argument("--steps", type=_posint, default=None, help="total steps (overrides epochs)")
-    tr.add_argument("--rise-fraction", type=_float, default=None, help="1cycle share rising (0.45)")
+    tr.add_argument("--steps", type=positive_int, default=None, help="total steps (overrides epochs)")
+    tr.add_argument("--rise-fraction", type=number, default=None, help="1cycle share rising (0.45)")
     tr.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=count,
         default=None,
         help="epochs between checkpoints of a --background run (default 1; resume continues from the last)",
     )
-    tr.add_argument("--eval-every", type=_posint, default=None, help="steps between evals (per epoch)")
+    tr.add_argument("--eval-every", type=positive_int, default=None, help="steps between evals (per epoch)")
     tr.set_defaults(func=cmd_train, data=None, model=None, batch_size=None)
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from tuneassist.cli.options import count, positive_int
 from tuneassist.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="side in pixels that a folder:PATH's images are resized to (default: the folder's most common "
         "size); the profile records it",
@@ -68,17 +69,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how long each experiment trains (quick: minutes on a CPU)",
     )
     p.add_argument(
-        "--devices", type=int, default=1, help="devices per run (TBS = per-device batch x N; default 1)"
+        "--devices",
+        type=positive_int,
+        default=1,
+        help="devices per run (TBS = per-device batch x N; default 1)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="the batch size you train with: the start TBS and the baseline's (default 128)",
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="the final run's epochs (default: the budget's; the baselines train as long)",
     )
@@ -92,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--refine",
-        type=int,
+        type=count,
         default=None,
         help="final-length runs allowed to act on the final run's diagnosis (default: 0 quick, 1 otherwise)",
     )
