@@ -75,11 +75,3 @@ def seconds(text: str) -> float:
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
     return v
-
-
-def port(text: str) -> int:
-    """A TCP port to bind: 1 to 65535."""
-    v = _whole(text)
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port; give one from 1 to 65535, e.g. 8000")
-    return v

@@ -12,7 +12,7 @@ import shlex
 import socket
 import sys
 
-from tuneassist.cli.options import add_workspace, port
+from tuneassist.cli.options import add_workspace
 from tuneassist.errors import UserError
 
 DEFAULT_PORT = 8000
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_workspace(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
-    s.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.set_defaults(func=serve)
 
 
