@@ -169,5 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown. Gloo's worker threads can still hold tensors then, and
+    destroying those aborts the process (SIGABRT, "terminate called without an active exception"),
+    after a run that ended well: torchrun would then report the whole run failed. Everything a rank
+    writes (events through the FIFO, the checkpoint, its error file) is written and closed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
