@@ -39,3 +39,31 @@ def test_lost_reason_is_kept_in_info_and_cleared_on_resume(
         run = s.get_run(never)
         assert run.status == "lost" and "not recorded" in (run.error or "")
         assert run.info == {"lost_reason": "heartbeat"}
+
+
+def test_a_worker_read_the_moment_it_is_spawned_is_alive() -> None:
+    """Right after Popen returns, /proc/PID/cmdline is sometimes still empty (about 3 spawns in 100 on
+    this machine): a launcher's next refresh read that as a reused pid and lost the run it had just
+    started ("run 1 is lost (pid …); not starting it"). A live process without a command line is left
+    to the heartbeat; one running another program is still not a worker."""
+    import subprocess
+    import sys
+
+    from tuneassist.runs.liveness import pid_alive
+
+    code = "import time; time.sleep(5)"
+    misread = 0
+    for _ in range(150):
+        p = subprocess.Popen([sys.executable, "-c", code, "tuneassist.runs.worker"], start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)  # fmt: skip
+        misread += not pid_alive(p.pid)
+        p.kill()
+        p.wait()
+    assert misread == 0
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)  # past its exec: its command line is there
+        assert not pid_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
