@@ -195,15 +195,12 @@ def _comparison(final: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user_model_dir(args: argparse.Namespace) -> str | None:
-    """For a module:function model: the user's consent and the module's folder, before the probe imports
-    it (None for a built-in model)."""
+    """For a module:function model (its name already checked): the user's consent and the module's
+    folder, before the probe imports it (None for a built-in model)."""
     from tuneassist.usercode import consent_error, is_user_model, locate_module
 
     if not is_user_model(args.model):
         return None
-    from tuneassist.spec import RunSpec
-
-    RunSpec(data=args.data, model=args.model).validate()  # a malformed name: that error first
     if not args.allow_import:
         raise consent_error(args.model)
     return str(locate_module(args.model)[0])
@@ -249,11 +246,12 @@ def _new_session(args: argparse.Namespace, store: Any, quiet: bool) -> tuple[Any
     side = args.image_size
     if side is None and args.data.startswith("folder:"):  # the size it is tuned at, in the profile
         side = folder_side(args.data.partition(":")[2])
-    model_dir = _user_model_dir(args)
     from tuneassist.spec import RunSpec
 
-    # The values the probe cannot judge, before its minute: a bad --image-size is a one-line error now.
+    # Checked once, before the consent question and the probe's minute: a malformed model name or a bad
+    # --image-size is a one-line error at once.
     RunSpec(data=args.data, model=args.model, image_size=side).validate()
+    model_dir = _user_model_dir(args)
     probe = _probe(args, model_dir, side, quiet)
     refine = args.refine if args.refine is not None else (0 if args.budget == "quick" else 1)
     ips, source = expected_throughput(store, args.model, bool(detect_gpus()))
