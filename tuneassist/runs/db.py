@@ -49,8 +49,8 @@ class Database:
         self._con: sqlite3.Connection | None = None
         self.read_only = False
         self.read_only_why = ""  # why read_only: "is read-only here" or "is on a full disk (...)"
-        self._lost_overlay: dict[int, str] = {}  # runs found lost that a read-only store cannot mark
-        self._lost_reasons: dict[int, str] = {}  # their info["lost_reason"] (runs.liveness.LostReason)
+        # Runs found lost that a read-only store cannot mark: their error and info["lost_reason"].
+        self._lost_overlay: dict[int, tuple[str, str]] = {}
         self._make_workspace()
         self._check_file()
         self._con = self._connect()

@@ -56,10 +56,9 @@ class Liveness(Database):
                 dead[r["id"]] = (r["attempt"], f"{why} ({hint})")
         if not dead:
             return []
-        self._lost_reasons.update(reasons)  # for readers of a store that cannot record them
         if self.read_only:
             note = f" (not recorded: the workspace {self.read_only_why})"
-            self._lost_overlay.update({i: why + note for i, (_, why) in dead.items()})
+            self._lost_overlay.update({i: (why + note, reasons[i]) for i, (_, why) in dead.items()})
             return list(dead)
 
         def mark(c: sqlite3.Connection) -> list[int]:
@@ -79,7 +78,9 @@ class Liveness(Database):
         try:
             return self._write(mark)
         except UserError as e:  # e.g. the disk is full: readers still see the run as lost
-            self._lost_overlay.update({i: f"{why} (not recorded: {e})" for i, (_, why) in dead.items()})
+            self._lost_overlay.update(
+                {i: (f"{why} (not recorded: {e})", reasons[i]) for i, (_, why) in dead.items()}
+            )
             return list(dead)
 
     # ----------------------------------------------------------------- cancel / claims

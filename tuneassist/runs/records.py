@@ -210,12 +210,12 @@ class Records(Liveness):
             d[k] = loads(d[k])
         d["cancel_requested"] = bool(d["cancel_requested"])
         d["resume"] = bool(d["resume"])
-        why = self._lost_overlay.get(d["id"])
-        if why is not None and d["status"] == "running":
+        lost = self._lost_overlay.get(d["id"])
+        if lost is not None and d["status"] == "running":
             d["status"] = "lost"
-            d["error"] = why
+            d["error"], reason = lost
             info = d["info"] if isinstance(d["info"], dict) else {}
-            d["info"] = {**info, "lost_reason": self._lost_reasons.get(d["id"])}
+            d["info"] = {**info, "lost_reason": reason}
         return Run.from_columns(d)
 
     def get_run(self, run_id: int, refresh: bool = True) -> Run:
