@@ -57,7 +57,7 @@ def baseline_images_per_s(
         ]
     )
     loader = DataLoader(
-        PILDataset(ds.train_x, ds.train_y, tf),
+        PILDataset(ds.train.x, ds.train.y, tf),
         batch_size=batch,
         shuffle=True,
         num_workers=workers,

@@ -19,6 +19,7 @@ from PIL import Image
 from tuneassist.engine import cifar, folder, synthetic
 from tuneassist.engine.data import (
     DataWarning,
+    Split,
     channel_stats,
     load_dataset,
     parse_spec,
@@ -58,30 +59,31 @@ def test_synthetic_classes_are_not_separable_by_colour() -> None:
 def test_load_synthetic_spec_size_and_seeded_split() -> None:
     d = load_dataset("synthetic:200", seed=0)
     assert d.name == "synthetic:200" and d.num_classes == 10
-    assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (180, 20, 40)
-    assert d.train_x.dtype == torch.uint8 and d.train_x.shape[1:] == (3, 32, 32)
+    assert (len(d.train.y), len(d.val.y), len(d.test.y)) == (180, 20, 40)
+    assert d.train.x.dtype == torch.uint8 and d.train.x.shape[1:] == (3, 32, 32)
     assert len(d.mean) == 3 and len(d.std) == 3
     assert all(0.3 < m < 0.7 for m in d.mean) and all(0.15 < s < 0.45 for s in d.std)
     same = load_dataset("synthetic:200", seed=0)
-    assert torch.equal(same.val_x, d.val_x) and torch.equal(same.train_y, d.train_y)
+    assert torch.equal(same.val.x, d.val.x) and torch.equal(same.train.y, d.train.y)
     other = load_dataset("synthetic:200", seed=1)
-    assert not torch.equal(other.val_x, d.val_x)
-    assert torch.equal(other.test_x, d.test_x)  # the seed only moves the validation split
-    assert len(load_dataset("synthetic:200", val_fraction=0.25).val_y) == 50
+    assert not torch.equal(other.val.x, d.val.x)
+    assert torch.equal(other.test.x, d.test.x)  # the seed only moves the validation split
+    assert len(load_dataset("synthetic:200", val_fraction=0.25).val.y) == 50
 
 
 def test_split_validation_partitions_the_train_split() -> None:
     x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()
     y = torch.arange(100)
-    tx, ty, vx, vy = split_validation(x, y, 0.1, seed=7)
-    assert len(vy) == 10 and len(ty) == 90
+    train, val = split_validation(Split(x, y), 0.1, seed=7)
+    (tx, ty), (vx, vy) = (train.x, train.y), (val.x, val.y)
+    assert len(vy) == 10 and len(ty) == 90 and (len(train), len(val)) == (90, 10)
     assert sorted(ty.tolist() + vy.tolist()) == list(range(100))
     assert torch.equal(tx[:, 0, 0, 0].long(), ty) and torch.equal(vx[:, 0, 0, 0].long(), vy)
     assert ty.tolist() == sorted(ty.tolist())  # relative order kept
     with pytest.raises(UserError, match="validation fraction"):
-        split_validation(x, y, 1.0, seed=0)
-    tx, ty, vx, vy = split_validation(x, y, 0.0, seed=0)
-    assert len(vy) == 0 and len(ty) == 100
+        split_validation(Split(x, y), 1.0, seed=0)
+    train, val = split_validation(Split(x, y), 0.0, seed=0)
+    assert len(val.y) == 0 and len(train.y) == 100
 
 
 def test_channel_stats_match_a_direct_computation() -> None:
@@ -171,12 +173,12 @@ def test_cifar10_pickles_load_without_network(tmp_path: Path, monkeypatch: pytes
     d = load_dataset("cifar10", data_dir=tmp_path, val_fraction=0.2, seed=0)
     assert calls == []
     assert d.classes[0] == "airplane" and d.classes[-1] == "truck" and d.num_classes == 10
-    assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (16, 4, 3)
-    assert d.test_y.tolist() == [9, 0, 5]
+    assert (len(d.train.y), len(d.val.y), len(d.test.y)) == (16, 4, 3)
+    assert d.test.y.tolist() == [9, 0, 5]
     # Layout: each row is R(1024) G(1024) B(1024) of a 32x32 image in row-major order.
     rows = _cifar_rows(3, 1000)
-    assert np.array_equal(d.test_x[1, 1].numpy(), rows[1, 1024:2048].reshape(32, 32))
-    assert np.array_equal(d.test_x[2, 2, 5].numpy(), rows[2, 2048 + 5 * 32 : 2048 + 6 * 32])
+    assert np.array_equal(d.test.x[1, 1].numpy(), rows[1, 1024:2048].reshape(32, 32))
+    assert np.array_equal(d.test.x[2, 2, 5].numpy(), rows[2, 2048 + 5 * 32 : 2048 + 6 * 32])
     _, tx, ty, _, _ = cifar.load_cifar("cifar10", tmp_path)
     assert ty.tolist() == [k % 10 for k in range(20)]
     assert np.array_equal(tx.reshape(20, -1).numpy(), _cifar_rows(20, 0))
@@ -384,7 +386,7 @@ def test_folder_through_load_dataset_with_val_dir(tmp_path: Path) -> None:
     _make_folder(tmp_path / "imgs", per_class=10, test_dir="val")
     d = load_dataset(f"folder:{tmp_path / 'imgs'}", data_dir=tmp_path / "cache", val_fraction=0.1)
     assert d.classes == ["cat", "dog"] and d.num_classes == 2
-    assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (18, 2, 4)
+    assert (len(d.train.y), len(d.val.y), len(d.test.y)) == (18, 2, 4)
     assert d.name == f"folder:{tmp_path / 'imgs'}"
 
 

@@ -48,10 +48,10 @@ def test_a_64x64_folder_trains_at_64x64_unless_told_otherwise(tmp_path: Path) ->
     root = _folder(tmp_path / "imgs", {"a": 12, "b": 12, "c": 12}, (64, 64))
     cache = tmp_path / "cache"
     ds = load_dataset(f"folder:{root}", data_dir=cache)
-    assert ds.train_x.shape[1:] == (3, 64, 64) and ds.test_x.shape[1:] == (3, 64, 64)
+    assert ds.train.x.shape[1:] == (3, 64, 64) and ds.test.x.shape[1:] == (3, 64, 64)
     # the pixels are the files' own: no resize happened
     first = np.asarray(Image.open(root / "test" / "a" / "000.png"))
-    assert torch.equal(ds.test_x[0], torch.from_numpy(first).permute(2, 0, 1))
+    assert torch.equal(ds.test.x[0], torch.from_numpy(first).permute(2, 0, 1))
 
     events: list[dict] = []
     spec = RunSpec(data=f"folder:{root}", data_dir=str(cache), model="resnet20", steps=3, batch_size=8,
@@ -62,12 +62,12 @@ def test_a_64x64_folder_trains_at_64x64_unless_told_otherwise(tmp_path: Path) ->
 
     with pytest.warns(DataWarning) as rec:
         small = load_dataset(f"folder:{root}", data_dir=cache, image_size=32)
-    assert small.train_x.shape[1:] == (3, 32, 32)
+    assert small.train.x.shape[1:] == (3, 32, 32)
     (msg,) = [str(w.message) for w in rec if "resized" in str(w.message)]
     assert msg.startswith(f"resized {36 + 9} image(s) in {root} that were not 32x32 to 32x32 (--image-size;")
     # both sizes stay cached side by side: asking for 64 again decodes nothing and warns nothing
     again = load_dataset(f"folder:{root}", data_dir=cache)
-    assert torch.equal(again.train_x, ds.train_x)
+    assert torch.equal(again.train.x, ds.train.x)
 
 
 def test_the_default_size_is_the_folders_most_common_and_says_how_others_were_resized(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_the_default_size_is_the_folders_most_common_and_says_how_others_were_re
     _draw(root / "train" / "a" / "odd.png", (100, 30), 0)
     with pytest.warns(DataWarning) as rec:
         ds = load_dataset(f"folder:{root}", data_dir=tmp_path / "cache")
-    assert ds.train_x.shape[1:] == (3, 48, 48)
+    assert ds.train.x.shape[1:] == (3, 48, 48)
     (msg,) = [str(w.message) for w in rec if "resized" in str(w.message)]
     assert "to 48x48 (the folder's most common size; --image-size N sets another; stretched" in msg
     assert f"most are 48x48, but e.g. {root / 'train' / 'a' / 'odd.png'} is 100x30" in msg
@@ -95,20 +95,20 @@ def test_a_single_root_of_class_folders_gets_a_seeded_test_split(tmp_path: Path)
     (note,) = [str(w.message) for w in rec if "no train/ and test/" in str(w.message)]
     assert f"its test split is {FOLDER_TEST_FRACTION:.0%} of each class's images (3 of 18)" in note
     assert "the same for every run" in note and "PATH/train/<class>" in note
-    assert ds.classes == ["cat", "dog", "owl"] and ds.train_x.shape[1:] == (3, 40, 40)
-    assert torch.bincount(ds.test_y, minlength=3).tolist() == [2, 1, 0]  # 20%, at least one, never all
+    assert ds.classes == ["cat", "dog", "owl"] and ds.train.x.shape[1:] == (3, 40, 40)
+    assert torch.bincount(ds.test.y, minlength=3).tolist() == [2, 1, 0]  # 20%, at least one, never all
     assert [folder_test_count(n) for n in (1, 2, 7, 10, 100)] == [0, 1, 1, 2, 20]
-    assert len(ds.train_y) + len(ds.val_y) == 15
+    assert len(ds.train.y) + len(ds.val.y) == 15
     assert estimate_train_size(f"folder:{root}", 0.2) == 15 - round(15 * 0.2)  # the UI's count agrees
 
     # The test split is the same whatever the run's seed, and after a class is added.
     other = load_dataset(f"folder:{root}", data_dir=cache, val_fraction=0.2, seed=9)
-    assert torch.equal(other.test_x, ds.test_x)
+    assert torch.equal(other.test.x, ds.test.x)
     for i in range(5):
         _draw(root / "bee" / f"{i}.png", (40, 40), 3)
     grown = load_dataset(f"folder:{root}", data_dir=cache)
-    cat_dog = (grown.test_y == 1) | (grown.test_y == 2)  # classes sort bee, cat, dog, owl now
-    assert torch.equal(grown.test_x[cat_dog], ds.test_x)
+    cat_dog = (grown.test.y == 1) | (grown.test.y == 2)  # classes sort bee, cat, dog, owl now
+    assert torch.equal(grown.test.x[cat_dog], ds.test.x)
 
 
 @pytest.mark.parametrize(

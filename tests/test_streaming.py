@@ -47,9 +47,9 @@ def _same_batches(a: object, b: object, **kw: object) -> int:
 def test_streamed_batches_are_the_resident_batches_bit_for_bit() -> None:
     resident = load_dataset("synthetic:300", device="cpu")
     streamed = load_dataset("synthetic:300", device="cpu", stream=True)
-    assert not resident.streamed and streamed.streamed and isinstance(streamed.train_x, TensorImages)
+    assert not resident.streamed and streamed.streamed and isinstance(streamed.train.x, TensorImages)
     assert (resident.mean, resident.std) == (streamed.mean, streamed.std)
-    assert torch.equal(resident.val_y, streamed.val_y)  # the same seeded validation split
+    assert torch.equal(resident.val.y, streamed.val.y)  # the same seeded validation split
     for train in (True, False):
         for channels_last in (False, True):
             for rank, world in ((0, 1), (1, 2)):
@@ -57,8 +57,8 @@ def test_streamed_batches_are_the_resident_batches_bit_for_bit() -> None:
                     32, "cpu", resident.mean, resident.std, train=train, seed=5,
                     channels_last=channels_last, rank=rank, world_size=world,
                 )  # fmt: skip
-                a = open_loader(resident.train_x, resident.train_y, settings)
-                b = open_loader(streamed.train_x, streamed.train_y, settings)
+                a = open_loader(resident.train.x, resident.train.y, settings)
+                b = open_loader(streamed.train.x, streamed.train.y, settings)
                 assert isinstance(b, StreamLoader) and type(a) is DeviceLoader
                 assert len(a) == len(b) and a.num_samples == b.num_samples
                 a.set_epoch(3, start_batch=2)  # resume mid-epoch
@@ -82,21 +82,21 @@ def test_a_folder_that_does_not_fit_is_streamed_per_file_and_never_decoded_whole
     monkeypatch.setenv(residency.BUDGET_ENV, "0.05")
     monkeypatch.setenv("TUNEASSIST_STREAM_WORKERS", "2")
     ds = load_dataset(f"folder:{root}", data_dir=cache, device="cpu")
-    assert ds.streamed and isinstance(ds.train_x, FolderImages)
+    assert ds.streamed and isinstance(ds.train.x, FolderImages)
     assert ds.note == (
         f"data: folder:{root}, 39 images at 48x48 (263.2 KiB; 979.9 KiB held on the device) do not fit in "
         "the 51.2 KiB budget ($TUNEASSIST_DATA_BUDGET_MIB): streaming through 2 DataLoader workers"
     )
     assert not list((cache / "folders").glob("*.pt"))  # nothing decoded whole, nothing cached
-    assert ds.train_x.shape == resident.train_x.shape and torch.equal(ds.train_y, resident.train_y)
+    assert ds.train.x.shape == resident.train.x.shape and torch.equal(ds.train.y, resident.train.y)
     assert (ds.mean, ds.std) == (resident.mean, resident.std)  # a small split's sample is all of it
     settings = LoaderSettings(8, "cpu", ds.mean, ds.std, train=True)
-    a = open_loader(resident.train_x, resident.train_y, settings)
-    b = open_loader(ds.train_x, ds.train_y, settings)
+    a = open_loader(resident.train.x, resident.train.y, settings)
+    b = open_loader(ds.train.x, ds.train.y, settings)
     assert _same_batches(a, b) == len(a) == 27 // 8
     settings = LoaderSettings(5, "cpu", ds.mean, ds.std, train=False)
-    a = open_loader(resident.test_x, resident.test_y, settings)
-    b = open_loader(ds.test_x, ds.test_y, settings)
+    a = open_loader(resident.test.x, resident.test.y, settings)
+    b = open_loader(ds.test.x, ds.test.y, settings)
     assert _same_batches(a, b) == 2  # 9 test images, the last batch kept
 
 

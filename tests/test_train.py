@@ -147,12 +147,12 @@ def test_quick_evaluations_read_every_class_of_a_class_ordered_split() -> None:
     spread over it, not its first images (which on CIFAR-10 were airplanes and cars only)."""
     import torch
 
-    from tuneassist.engine.data import split_validation
+    from tuneassist.engine.data import Split, split_validation
     from tuneassist.engine.train import eval_subset_indices
 
     y = torch.arange(10).repeat_interleave(450)  # as load_folder returns it: class by class
     x = torch.zeros(len(y), 3, 2, 2, dtype=torch.uint8)
-    _, _, _, val_y = split_validation(x, y, 0.1, seed=0)
+    val_y = split_validation(Split(x, y), 0.1, seed=0)[1].y
     assert torch.equal(val_y, val_y.sort().values)  # the split keeps the order: the trap
     counts = torch.bincount(val_y[eval_subset_indices(len(val_y), 100)], minlength=10)
     assert counts.min() >= 9 and counts.max() <= 11

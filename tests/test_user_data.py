@@ -114,13 +114,13 @@ def test_resident_and_streamed_user_data_give_the_same_batches(
         load_dataset(ref, device="cpu")
     a = load_dataset(ref, device="cpu", allow_import=True, module_dir=str(tmp_path))
     b = load_dataset(ref, device="cpu", allow_import=True, module_dir=str(tmp_path), stream=True)
-    assert a.classes == ["0", "1", "2"] and a.train_x.dtype == torch.float32
-    assert a.train_x.shape == (63, 3, 20, 24) and isinstance(b.train_x, UserImages)
+    assert a.classes == ["0", "1", "2"] and a.train.x.dtype == torch.float32
+    assert a.train.x.shape == (63, 3, 20, 24) and isinstance(b.train.x, UserImages)
     assert (a.mean, a.std) == (b.mean, b.std) and abs(a.mean[0] - 0.5) < 0.05
     for train in (True, False):
         settings = LoaderSettings(16, "cpu", a.mean, a.std, train=train, seed=1, channels_last=True)
-        la = open_loader(a.train_x, a.train_y, settings)
-        lb = open_loader(b.train_x, b.train_y, settings)
+        la = open_loader(a.train.x, a.train.y, settings)
+        lb = open_loader(b.train.x, b.train.y, settings)
         pairs = list(zip(la, lb, strict=True))
         assert len(pairs) == (3 if train else 4)
         for (xa, ya), (xb, yb) in pairs:

@@ -128,7 +128,7 @@ def test_one_table_of_data_set_facts(tmp_path: Path) -> None:
     from tuneassist.advisor.checklist import TRAIN_SIZES
     from tuneassist.dataref import BUILTIN, after_holdout
     from tuneassist.engine import cifar, synthetic
-    from tuneassist.engine.data import split_validation
+    from tuneassist.engine.data import Split, split_validation
     from tuneassist.engine.probe import data_facts
     from tuneassist.profiles.export import TRAIN_IMAGES
     from tuneassist.session import estimate_train_size
@@ -145,6 +145,6 @@ def test_one_table_of_data_set_facts(tmp_path: Path) -> None:
 
     y = torch.arange(300) % 10
     x = torch.zeros(300, 3, 2, 2, dtype=torch.uint8)
-    train_x, *_ = split_validation(x, y, 0.15, 0)
-    assert len(train_x) == after_holdout(300, 0.15) == estimate_train_size("synthetic:300", 0.15)
+    train, _ = split_validation(Split(x, y), 0.15, 0)
+    assert len(train.x) == after_holdout(300, 0.15) == estimate_train_size("synthetic:300", 0.15)
     assert estimate_train_size("cifar10") is None  # built-in sets: from the table, by the caller

@@ -436,12 +436,13 @@ def test_validation_split_is_stratified_and_a_useless_one_is_named(tmp_path: Pat
     import torch
     from PIL import Image
 
-    from tuneassist.engine.data import DataWarning, load_dataset, split_validation
+    from tuneassist.engine.data import DataWarning, Split, load_dataset, split_validation
 
     y = torch.tensor([0] * 990 + [1] * 10)
     x = torch.zeros(1000, 3, 2, 2, dtype=torch.uint8)
     for seed in range(5):  # every class gives its share, whatever the seed
-        _, ty, _, vy = split_validation(x, y, 0.1, seed=seed)
+        train, val = split_validation(Split(x, y), 0.1, seed=seed)
+        ty, vy = train.y, val.y
         assert (int((vy == 0).sum()), int((vy == 1).sum())) == (99, 1) and len(ty) == 900
     rng = np.random.default_rng(0)
 
@@ -515,7 +516,7 @@ def test_image_folder_with_a_looping_link_and_both_val_and_test_loads_with_one_w
     assert (
         skipped.startswith("skipped 1 entry of") and "loop.png: Too many levels of symbolic links" in skipped
     )
-    assert ds.classes == ["a", "b"] and len(ds.train_y) + len(ds.val_y) == 12
+    assert ds.classes == ["a", "b"] and len(ds.train.y) + len(ds.val.y) == 12
 
 
 def test_run_folder_removed_during_a_run_comes_back_private(ws: Path) -> None:

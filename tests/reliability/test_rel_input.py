@@ -173,7 +173,7 @@ def test_mixed_sizes_modes_and_a_corrupt_file_train_with_one_warning_each(tmp_pa
     assert f"most are 32x32, but e.g. {root / 'train/cat/photo.jpg'} is 500x375" in resized
     assert skipped.startswith(f"skipped 1 unreadable image file(s) in {root}")
     assert str(root / "train/dog/broken.png") in skipped
-    assert ds.train_x.shape[1:] == (3, 32, 32) and len(ds.train_y) + len(ds.val_y) == 15
+    assert ds.train.x.shape[1:] == (3, 32, 32) and len(ds.train.y) + len(ds.val.y) == 15
 
 
 # -- fuzzing the profile loader -----------------------------------------------------------------------

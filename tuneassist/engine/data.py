@@ -26,6 +26,7 @@ from tuneassist.spec import RunSpec
 __all__ = [
     "DataWarning",
     "Dataset",
+    "Split",
     "channel_stats",
     "default_cache_dir",
     "load_dataset",
@@ -49,21 +50,33 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("tuneassist"))
 
 
+@dataclass(frozen=True)
+class Split:
+    """One split's images and their labels, held together so no caller pairs them up by name.
+
+    `x` is a uint8 CPU tensor N,3,H,W (a user's Datasets: float32) or, streamed, ItemImages (the same
+    `shape`, `len` and `index_select`); `y` is an int64 tensor either way."""
+
+    x: Any
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        """The images at `idx`, in that order."""
+        return Split(self.x.index_select(0, idx), self.y[idx])
+
+
 @dataclass
 class Dataset:
-    """Train/val/test splits as uint8 CPU tensors N,3,H,W (labels int64) plus train-split statistics.
-
-    Streamed, the image splits are ItemImages (the same `shape`, `len` and `index_select`); labels are
-    tensors either way."""
+    """The train/val/test splits plus the train split's channel statistics."""
 
     name: str
     classes: list[str]
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train: Split
+    val: Split
+    test: Split
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     note: str = ""  # the one line that says whether the splits are held on the device or streamed
@@ -74,13 +87,13 @@ class Dataset:
 
     @property
     def streamed(self) -> bool:
-        return not isinstance(self.train_x, torch.Tensor)
+        return not isinstance(self.train.x, torch.Tensor)
 
     def summary(self) -> str:
         """One line for logs: name, class count and split sizes."""
         return (
-            f"{self.name}: {self.num_classes} classes, {len(self.train_y)} train / {len(self.val_y)} val / "
-            f"{len(self.test_y)} test images of {tuple(self.train_x.shape[1:])}"
+            f"{self.name}: {self.num_classes} classes, {len(self.train)} train / {len(self.val)} val / "
+            f"{len(self.test)} test images of {tuple(self.train.x.shape[1:])}"
         )
 
 
@@ -106,19 +119,18 @@ def channel_stats(x: torch.Tensor, max_images: int = 16384) -> tuple[tuple[float
     return tuple(means), tuple(stds)
 
 
-def split_validation(
-    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_validation(data: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Hold out round(val_fraction * N) random images (seeded), stratified by class: each class gives
     its share (largest remainders round, ties broken by the seed), so a rare class is not left out by
     chance and a dominant one does not fill the split alone.
 
-    Returns (train_x, train_y, val_x, val_y).
+    Returns (train, val).
 
     Both parts keep the original relative order, so the split is a pure function of (labels, fraction, seed).
     """
     if not (0.0 <= val_fraction < 1.0):
         raise UserError(f"validation fraction {val_fraction} must be in [0, 1), e.g. 0.1")
+    y = data.y
     n = len(y)
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and n_val == 0:
@@ -143,7 +155,7 @@ def split_validation(
                 is_val[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
     val_idx = is_val.nonzero().squeeze(1)
     train_idx = (~is_val).nonzero().squeeze(1)
-    return x.index_select(0, train_idx), y[train_idx], x.index_select(0, val_idx), y[val_idx]
+    return data.subset(train_idx), data.subset(val_idx)
 
 
 MIN_VAL_IMAGES = 100  # below this, a validation accuracy moves by a point or more per image
@@ -273,19 +285,16 @@ def load_dataset(
         from tuneassist.engine.items import TensorImages
 
         tx, sx = TensorImages(tx), TensorImages(sx)  # held in host memory, streamed to the device
-    train_x, train_y, val_x, val_y = split_validation(tx, ty, val_fraction, seed)
+    train, val = split_validation(Split(tx, ty), val_fraction, seed)
     if kind != "synthetic":  # synthetic data is for trying things out: small on purpose
-        _warn_weak_validation(path.name, list(classes), val_y, val_fraction)
-    mean, std = _stats(train_x)
+        _warn_weak_validation(path.name, list(classes), val.y, val_fraction)
+    mean, std = _stats(train.x)
     return Dataset(
         name=path.name,
         classes=list(classes),
-        train_x=train_x,
-        train_y=train_y,
-        val_x=val_x,
-        val_y=val_y,
-        test_x=sx,
-        test_y=sy,
+        train=train,
+        val=val,
+        test=Split(sx, sy),
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
         note=path.note,

@@ -131,7 +131,7 @@ def _configure_process(spec: RunSpec) -> tuple[torch.device, int, int]:
 def _prepare(spec: RunSpec) -> tuple[Dataset, int]:
     """The data set and the steps in one epoch (a batch larger than the training split is refused)."""
     ds = load_for_run(spec)  # held on the device, or streamed when it does not fit (engine/data.py)
-    n_train = int(ds.train_y.numel())
+    n_train = len(ds.train)
     if spec.batch_size > n_train:
         raise UserError(
             f"batch size {spec.batch_size} is larger than the training split ({n_train} images); "
@@ -181,16 +181,16 @@ class _Loaders:
         training = replace(  # spec.batch_size is the total over all ranks
             evaluation, batch_size=spec.batch_size // world, train=True, augment=spec.augment, seed=spec.seed
         )
-        train = open_loader(ds.train_x, ds.train_y, training)
-        val = open_loader(ds.val_x, ds.val_y, evaluation)
+        train = open_loader(ds.train.x, ds.train.y, training)
+        val = open_loader(ds.val.x, ds.val.y, evaluation)
         quick_val = val
-        if spec.eval_subset and spec.eval_subset < ds.val_y.numel():
-            pick = eval_subset_indices(ds.val_y.numel(), spec.eval_subset)
-            quick_val = open_loader(ds.val_x.index_select(0, pick), ds.val_y[pick], evaluation)
+        if spec.eval_subset and spec.eval_subset < len(ds.val):
+            few = ds.val.subset(eval_subset_indices(len(ds.val), spec.eval_subset))
+            quick_val = open_loader(few.x, few.y, evaluation)
         return cls(train, val, quick_val, evaluation)
 
     def test(self, ds: Dataset) -> DeviceLoader:
-        return open_loader(ds.test_x, ds.test_y, self.evaluation)
+        return open_loader(ds.test.x, ds.test.y, self.evaluation)
 
 
 @dataclass
@@ -263,10 +263,10 @@ class _Run:
             "device": str(self.device),
             "devices": self.world,
             "num_classes": ds.num_classes,
-            "image_size": int(ds.train_x.shape[-1]),
-            "train_size": int(ds.train_y.numel()),
-            "val_size": int(ds.val_y.numel()),
-            "test_size": int(ds.test_y.numel()),
+            "image_size": int(ds.train.x.shape[-1]),
+            "train_size": len(ds.train),
+            "val_size": len(ds.val),
+            "test_size": len(ds.test),
             "start_step": start_step,
             "streamed": ds.streamed,  # the fact `data_note` says in words: streamed, or held on the device
             "data_note": ds.note,
