@@ -191,6 +191,9 @@ def test_full_checklist_finds_the_known_optimum() -> None:
     )
     text = cl.summary_text()
     assert "LR range test" in text and "Weight decay" in text and "1e-3" in text
+    # The candidates column is as wide as its longest list: a cut at 34 characters read
+    # "…, LR-only profile, un" + "tuned profile" from the chosen column.
+    assert "tuned profile, LR-only profile, untuned baseline " in text
     prov = cl.provenance()
     assert prov["session"] == "s1" and len(prov["runs"]) == 16 and len(prov["decisions"]) == 5
     assert cl.final["variant"] == "final" and set(cl.final["compare"]) == {"final", "lr_only", "baseline"}
@@ -514,3 +517,12 @@ def test_losing_to_the_untuned_baseline_earns_one_refinement_even_on_quick() -> 
     assert not rec.needs_more_runs and rec.value["variant"] == "refine1"  # once only
     assert "untuned baseline: val 58.3%" in rec.reason  # and it says so
     assert rec.value["val_acc"] < rec.value["compare"]["baseline"]["val_acc"] == pytest.approx(0.583)
+
+
+def test_a_long_candidate_list_is_cut_after_a_whole_item() -> None:
+    from tuneassist.advisor.explain import _clip_list
+
+    assert _clip_list("0.99, 0.97, 0.95", 16) == "0.99, 0.97, 0.95"
+    long = "tuned profile, LR-only profile, untuned baseline"
+    assert _clip_list(long, 34) == "tuned profile, LR-only profile,…"
+    assert _clip_list("averyveryverylongname", 10) == "averyvery…"

@@ -106,12 +106,13 @@ class StepTexts(ChecklistState):
     def summary_text(self) -> str:
         """The summary as a plain-text table (the autopilot prints it)."""
         rows = self.summary()
-        lines = [f"{'step':<16} {'candidates':<34} {'chosen':<14} why"]
-        for i, r in enumerate(rows, 1):
-            chosen = (r["chosen"] or "—") + (" (stale)" if r["stale"] else "")
-            if r["source"] == "override":
-                chosen += " *"
-            lines.append(f"{i} {r['title']:<14} {r['candidates'][:34]:<34} {chosen:<14} {r['why'] or ''}")
+        chosen = [_chosen_text(r) for r in rows]
+        cands = [_clip_list(r["candidates"], _CANDIDATES_WIDTH) for r in rows]
+        cw = max(len("candidates"), *map(len, cands))
+        vw = max(len("chosen"), *map(len, chosen))
+        lines = [f"{'step':<16} {'candidates':<{cw}} {'chosen':<{vw}} why"]
+        for i, (r, c, v) in enumerate(zip(rows, cands, chosen, strict=True), 1):
+            lines.append(f"{i} {r['title']:<14} {c:<{cw}} {v:<{vw}} {r['why'] or ''}")
         if any(r["source"] == "override" for r in rows):
             lines.append("* set by the user")
         return "\n".join(lines)
@@ -134,3 +135,22 @@ class StepTexts(ChecklistState):
                 if s in self.decisions
             ],
         }
+
+
+def _chosen_text(row: Mapping[str, Any]) -> str:
+    """The chosen column: the value, "(stale)" after an earlier step changed, "*" when the user set it."""
+    stale = " (stale)" if row["stale"] else ""
+    return (row["chosen"] or "—") + stale + (" *" if row["source"] == "override" else "")
+
+
+_CANDIDATES_WIDTH = 50  # the summary's candidates column at the most; a longer list ends in "…"
+
+
+def _clip_list(text: str, width: int) -> str:
+    """`text`, a comma-separated list, cut after its last whole item that fits with "…" after it: a
+    cut inside a word ran into the next column ("… LR-only profile, un" + "tuned profile")."""
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    cut = head.rfind(", ")
+    return (head[: cut + 1] if cut > 0 else head) + "…"
