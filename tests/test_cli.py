@@ -227,3 +227,41 @@ def test_tune_refuses_a_bad_number_as_train_does_before_anything_runs(
     rc, out, err = run_main(capsys, "tune", option, value, "--budget", "quick")
     assert rc == 2 and out == ""
     assert err.strip() == f"error: argument {option}: {why}; see `tuneassist tune --help`"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tune", "--data", "synthetic", "--model", "simple3"],
+        ["train", "--data", "synthetic", "--model", "simple3"],
+        ["lr-find", "--data", "synthetic", "--model", "simple3"],
+        ["profile"],
+        ["profile", "list"],
+        ["profile", "show", "p"],
+        ["profile", "export", "p"],
+        ["runs"],
+        ["tui"],
+    ],
+)
+def test_every_command_that_reads_the_workspace_takes_it_after_its_name(argv: list[str]) -> None:
+    """`tuneassist tune … --workspace DIR` was refused ("unrecognized arguments") while `runs` and
+    `tui` took it there; before or after the command, it names the same folder."""
+    from tuneassist.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*argv, "--workspace", "/w"]).workspace == "/w"
+    assert parser.parse_args(["--workspace", "/w", *argv]).workspace == "/w"
+    assert getattr(parser.parse_args(argv), "workspace", None) is None
+
+
+def test_profile_list_reads_the_workspace_named_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "profiles").mkdir()
+    src = Path(__file__).resolve().parents[1] / "tuneassist" / "profiles" / "builtin"
+    shipped = sorted(src.glob("*.toml"))[0]
+    text = shipped.read_text().replace(f'name = "{shipped.stem}"', 'name = "mine"')
+    (tmp_path / "profiles" / "mine.toml").write_text(text)
+    code, out, err = run_main(capsys, "profile", "list", "--workspace", str(tmp_path))
+    assert code == 0, err
+    assert any(line.startswith("mine ") for line in out.splitlines())

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tuneassist.cli.options import add_workspace
 from tuneassist.errors import UserError, printable
 
 
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument("--output", "-o", default=None, help="write to this file (default: stdout)")
     ex.set_defaults(func=cmd_export)
+    for parser in (p, ls, sh, ex):
+        add_workspace(parser)
     p.set_defaults(func=cmd_list, json=False)
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuneassist.cli.options import add_background, count, number, positive_int, value_range
+from tuneassist.cli.options import add_background, add_workspace, count, number, positive_int, value_range
 from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.spec import BUILTIN_MODELS, RunSpec, lr_range_ok
@@ -90,6 +90,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     add_background(p)
+    add_workspace(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

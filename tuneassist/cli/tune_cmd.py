@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from tuneassist.cli.options import count, positive_int
+from tuneassist.cli.options import add_workspace, count, positive_int
 from tuneassist.errors import UserError
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the untuned baseline run (SGD, constant LR 0.01, momentum 0.9, no WD, the start batch)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_workspace(p)
     p.set_defaults(func=cmd_tune)
 
 
