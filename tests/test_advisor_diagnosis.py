@@ -30,6 +30,13 @@ def test_underfitting_when_val_loss_still_falls() -> None:
     assert d.evidence["val_change_rel"] < -0.02
     assert "raise the max LR to 0.8 (from 0.4)" in d.remedy and "lower WD to 3e-5 (from 1e-4)" in d.remedy
     assert d.window == (700, 1000)
+    # The numbers quote the fitted line's two ends, in the loss's own units: "val loss -99.2% over
+    # steps …" (the change over the window's mean) read as a 99% fall.
+    window = val[VSTEPS >= 700]
+    first, last = (float(x) for x in d.explanation.split("val loss ")[-1].split(" on a line")[0].split(" → "))
+    assert last < first and abs((last - first) - d.evidence["val_change"]) < 0.006  # 3 significant digits
+    assert window.min() - 0.02 < last and first < window.max() + 0.02
+    assert "%" not in d.explanation.split("val loss ")[-1]
 
 
 def test_overfitting_when_val_rises_while_train_falls() -> None:

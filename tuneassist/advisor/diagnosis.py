@@ -196,7 +196,8 @@ def _read_window(
     gap = evidence["gap"]
     gap_txt = f", train/val gap {gap:.3g}" if isinstance(gap, float) else ""
     nums = (
-        f"val loss {change / level * 100:+.1f}% over steps {int(wx[0])}–{int(wx[-1])}, noise {sigma:.2g}"
+        f"val loss {end_fit - change:.3g} → {end_fit:.3g} on a line fitted to steps "
+        f"{int(wx[0])}–{int(wx[-1])}, noise {sigma:.2g}"
         f"{gap_txt}"
     )
     return _Window(

@@ -184,7 +184,8 @@ def gap_words(g: Gap, acc: bool) -> str:
         return f"{v * 100:.2g} points" if acc else f"{v:.2g}"
 
     mended = (
-        f" (the paired figure {fmt(g.broken)} exceeded the spread of all candidates: a broken estimate)"
+        f" (the noise read on paired evaluations, {fmt(g.broken)}, was wider than the whole spread of the "
+        "candidates, the mark of one wild curve, so it was set aside)"
         if g.broken is not None
         else ""
     )
