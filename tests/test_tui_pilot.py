@@ -84,7 +84,7 @@ def test_whole_checklist_with_real_workers(ws: Path) -> None:
             await pilot.pause()
             assert "New tuning session" in screen_text(app)  # an empty workspace opens the form
             await pilot.press(*"synthetic:600", "enter")  # replaces the preselected default
-            await wait_for(pilot, lambda: isinstance(app.screen, ChecklistScreen), 10, "the checklist")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChecklistScreen), 120, "the checklist")
             assert app.session is not None and app.session.checklist.data == "synthetic:600"
 
             # 1 · LR range test: launch, watch the plot fill in, accept the reading.

@@ -372,6 +372,38 @@ def test_profiles_screen_save_and_export(seeded: tuple[Path, dict], size: tuple[
     assert "exported" in after and "exports/mine.json" in flat(after).replace(" ", "")
 
 
+def test_a_session_made_in_the_form_is_capped_by_the_memory_probe(tmp_path: Path) -> None:
+    """The form ran no memory probe, so its batch-size grid had no memory limit (a TBS candidate could
+    run out of device memory); `tune` probed. Now the form probes off the UI thread (the real probe
+    subprocess here), and a second create while it runs makes no second session."""
+    from textual.widgets import Input
+
+    from tuneassist.tui.checklist import ChecklistScreen
+
+    ws = tmp_path / "ws"
+
+    async def main() -> tuple[list[str], bool]:
+        app = TuneApp(workspace=ws, manage_queue=False, poll_seconds=0.2)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            app.screen.query_one("#data", Input).value = "synthetic:600"
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.1)
+            await pilot.press("ctrl+n")  # again, while the probe runs
+            responsive = "the memory probe is still running" in " ".join(toasts(app))
+            await wait_for(pilot, lambda: isinstance(app.screen, ChecklistScreen), 120, "the session", app)
+            await pilot.pause(0.5)
+            return toasts(app), responsive
+
+    shown, responsive = asyncio.run(main())
+    assert responsive, shown
+    sessions = [s for s in Store(ws).list_sessions() if "checklist" in (s.get("state") or {})]
+    assert len(sessions) == 1
+    max_fit = sessions[0]["state"]["checklist"]["max_fit"]
+    assert isinstance(max_fit, int) and max_fit >= 16  # only a probe's answer sets it
+    assert any(f"largest batch that fits: {max_fit}" in t for t in shown), shown
+
+
 def test_start_screen_lists_sessions_and_help(seeded: tuple[Path, dict]) -> None:
     ws, ids = seeded
 

@@ -18,6 +18,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+from test_tui_screens import wait_for
 
 from tuneassist.advisor.checklist import Checklist
 from tuneassist.errors import UserError
@@ -175,6 +176,7 @@ def test_start_screen_asks_before_a_module_model_and_names_the_file(
 
     from tuneassist.runs.store import Store
     from tuneassist.tui.app import TuneApp
+    from tuneassist.tui.checklist import ChecklistScreen
     from tuneassist.tui.dialogs import ConfirmDialog
 
     name = f"tuinets_{next(_counter)}"
@@ -182,7 +184,7 @@ def test_start_screen_asks_before_a_module_model_and_names_the_file(
     monkeypatch.chdir(tmp_path / "nets")
     ws = tmp_path / "ws"
 
-    async def main() -> list[str]:
+    async def main() -> tuple[list[str], bool]:
         app = TuneApp(workspace=ws, manage_queue=False, poll_seconds=0.2)
         shown = []
         async with app.run_test(size=(100, 30)) as pilot:
@@ -195,15 +197,20 @@ def test_start_screen_asks_before_a_module_model_and_names_the_file(
                 shown.append(app.screen.message)
                 await pilot.press(answer)
                 await pilot.pause(0.2)
-        return shown
+                if answer == "n":
+                    imported_after_no = marker.exists()
+            await wait_for(pilot, lambda: isinstance(app.screen, ChecklistScreen), 120, "the session", app)
+        return shown, imported_after_no
 
-    shown = asyncio.run(main())
+    shown, imported_after_no = asyncio.run(main())
     assert all(str(f.resolve()) in m and "Import it?" in m for m in shown), shown
     sessions = [s for s in Store(ws).list_sessions() if "checklist" in (s.get("state") or {})]
     assert len(sessions) == 1  # "n" created nothing
     cl = sessions[0]["state"]["checklist"]
     assert cl["allow_import"] is True and cl["model_dir"] == str((tmp_path / "nets").resolve())
-    assert not marker.exists() and name not in sys.modules  # the UI process imported nothing
+    assert not imported_after_no and name not in sys.modules  # "n": nothing; the UI process: never
+    # "y": the memory probe's own process imported the net, from the folder the session records.
+    assert marker.read_text() == str(f.resolve()) and isinstance(cl["max_fit"], int)
 
 
 def test_start_screen_takes_a_training_function_and_user_data_with_one_consent(
@@ -252,6 +259,7 @@ def test_start_screen_size_field_sets_the_sessions_image_size(tmp_path: Path) ->
 
     from tuneassist.runs.store import Store
     from tuneassist.tui.app import TuneApp
+    from tuneassist.tui.checklist import ChecklistScreen
 
     ws = tmp_path / "ws"
 
@@ -264,7 +272,7 @@ def test_start_screen_size_field_sets_the_sessions_image_size(tmp_path: Path) ->
             refused = str(app.screen.query_one("#estimate").render())
             app.screen.query_one("#data", Input).value = f"folder:{tmp_path / 'imgs'}"
             await pilot.press("ctrl+n")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, ChecklistScreen), 120, "the session", app)
         return refused
 
     refused = asyncio.run(main())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -16,6 +19,7 @@ from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
 from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import detect_gpus
+from tuneassist.runs.probe_client import probe_in_subprocess
 from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, parse_duration
 from tuneassist.spec import BUILTIN_MODELS, RunSpec
 from tuneassist.tui.base import LiveScreen, guarded
@@ -27,6 +31,8 @@ from tuneassist.tui.widgets import KeyFooter, TopBar
 from tuneassist.usercode import is_user_model, locate_module
 
 DATA_SUGGESTIONS = ["synthetic", "synthetic:2000", "cifar10", "cifar100", "folder:"]
+log = logging.getLogger(__name__)
+PROBE_SECONDS = 120  # as `tune` waits for it; past this the batch size limit is unknown
 BUDGET_HELP = {
     "quick": "quick (minutes on a CPU)",
     "standard": "standard (short GPU runs)",
@@ -91,6 +97,7 @@ class StartScreen(LiveScreen):
         super().__init__()
         self._rows_sig: tuple | None = None
         self._ids: list[int] = []
+        self._probing = False  # a session waits for its memory probe: one at a time
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -253,19 +260,66 @@ class StartScreen(LiveScreen):
 
     @guarded
     def _create(self, f: dict[str, Any], model_dir: str | None = None, consent: bool = False) -> None:
-        """Create the session; `consent` means the user agreed to import its code (model_dir: where its
-        model or training function's module is)."""
+        """Probe memory, then create the session; `consent` means the user agreed to import its code
+        (model_dir: where its model or training function's module is).
+
+        The probe (the largest batch that fits, as `tune` measures it) caps the batch-size step's grid:
+        without it a TBS candidate could run out of device memory. It runs off the UI thread, after the
+        form's values are checked, so a typo is not found only after the probe's minute."""
+        if self._probing:
+            self.app.notify("the memory probe is still running; the session is created when it ends")
+            return
         ips = (
             expected_throughput(self.tapp.store, f["model"], bool(detect_gpus()))[0] if f["time_s"] else None
         )
+        Checklist(**_checklist_kw(f, ips))  # a bad value: its one-line error now
+        make = functools.partial(self._make_session, f, model_dir, consent, ips)
+        if f["train_fn"]:  # the user's function builds its own batches: nothing to probe
+            make(None)
+            return
+        self._probing = True
+        self.app.notify(f"memory probe: the largest batch of {f['model']} that fits (at most 2 min)")
+        self.run_worker(lambda: self._probe(f, model_dir, consent, make), thread=True, group="probe")
+
+    def _probe(
+        self, f: dict[str, Any], model_dir: str | None, consent: bool, make: Callable[[dict | None], None]
+    ) -> None:
+        """In a worker thread: the probe's subprocess, then `make` on the UI thread."""
+        probe = None
+        try:
+            probe = probe_in_subprocess(
+                f["model"], f["data"], device="auto", timeout=PROBE_SECONDS, allow_import=consent,
+                model_dir=model_dir, image_size=f["image_size"],
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - a probe that breaks leaves the limit unknown, as one that fails
+            log.exception("memory probe failed")
+        self.app.call_from_thread(self._probed, make, probe)
+
+    def _probed(self, make: Callable[[dict | None], None], probe: dict[str, Any] | None) -> None:
+        self._probing = False
+        if probe is None:
+            path = getattr(self.app, "log_file", None)
+            why = f" (the reason is in {path})" if path else ""
+            self.app.notify(
+                f"the memory probe gave no answer{why}; the batch-size step has no memory limit",
+                severity="warning",
+            )
+        make(probe)
+
+    @guarded
+    def _make_session(
+        self, f: dict[str, Any], model_dir: str | None, consent: bool, ips: float | None, probe: dict | None
+    ) -> None:
         session = TuningSession.create(
             self.tapp.store,
             name=f["name"],
             allow_import=consent,
             model_dir=model_dir,
+            max_fit=probe["max_batch"] if probe else None,
             **_checklist_kw(f, ips),
         )
-        self.app.notify(f"session {session.id} created: {session.name}; r starts the LR range test")
+        fits = f" (largest batch that fits: {probe['max_batch']})" if probe else ""
+        self.app.notify(f"session {session.id} created: {session.name}{fits}; r starts the LR range test")
         self.tapp.set_session(session)
         self.tapp.action_goto("checklist")
 
