@@ -215,7 +215,9 @@ def test_ranks_agree_on_divergence() -> None:
 @pytest.mark.slow
 def test_two_ranks_with_batchnorm_track_one_process(models: str) -> None:
     """simple3 has BatchNorm: each rank normalises by its own half batch, so the curves differ a little
-    (measured: 1.3% mean, 5% max relative difference of the train loss; 5% on validation)."""
+    (measured: 1.3% mean, 5% max relative difference of the train loss). Validation reads rank 0's
+    running statistics: at the 1cycle peak (step 14 of 28) one process read 2.74 where two ranks read
+    2.35 (14%), at the other three evaluations 0.02%, 0.5% and 3%; so the mean and the end are bound."""
     from tuneassist.engine.ddp_launch import run_distributed
     from tuneassist.engine.train import train
 
@@ -223,7 +225,8 @@ def test_two_ranks_with_batchnorm_track_one_process(models: str) -> None:
     two_train, two_val, _ = _curves(run_distributed, _spec(devices=2))
     rel = _rel(one_train, two_train)
     assert sum(rel) / len(rel) < 0.03 and max(rel) < 0.1
-    assert max(_rel(one_val, two_val)) < 0.1
+    val = _rel(one_val, two_val)
+    assert sum(val) / len(val) < 0.06 and val[-1] < 0.05 and max(val) < 0.2
 
 
 @pytest.mark.slow
