@@ -117,4 +117,11 @@ def test_tune_runs_the_whole_quick_checklist_on_the_users_function(tmp_path: Pat
     assert profile.train_fn == EXAMPLE and profile.model == EXAMPLE
     assert summary["final"]["test_acc"] is not None and summary["final"]["test_acc"] > 0.3
     runs = json.loads(_cli(tmp_path / "ws", "runs", "--json").stdout)
-    assert runs and all(r["model"] == EXAMPLE and r["status"] == "finished" for r in runs), runs
+    assert runs and all(r["model"] == EXAMPLE for r in runs), runs
+    # A range test ends where the loss blows up ("diverged", as for a built-in model): this one blew up
+    # at LR 9.3, one step before its end, so either ending is its normal one. Every other run finishes.
+    ends = {r["kind"].split(":")[0]: set() for r in runs}
+    for r in runs:
+        ends[r["kind"].split(":")[0]].add(r["status"])
+    assert ends.pop("lr_range") <= {"finished", "diverged"}, runs
+    assert all(e == {"finished"} for e in ends.values()), runs
