@@ -385,8 +385,8 @@ def test_a_start_value_that_trails_on_both_metrics_does_not_stay() -> None:
 def test_quoted_accuracies_carry_the_decimals_that_tell_them_apart() -> None:
     """A tie's sentence "27.0% for 64, 27.0% for 128; … 128 trails on both metrics" contradicted
     itself: the values were 27.04% and 26.98%."""
-    from tuneassist.advisor.sweep import _acc_digits, _fmt_acc
+    from tuneassist.advisor.numfmt import acc_digits, fmt_acc
 
-    assert _acc_digits([0.2704, 0.2698]) == 2 and _fmt_acc(0.2698, 2) == "26.98%"
-    assert _acc_digits([0.304, 0.298, 0.2704]) == 1
-    assert _acc_digits([0.27, 0.27]) == 1  # the same value prints the same
+    assert acc_digits([0.2704, 0.2698]) == 2 and fmt_acc(0.2698, 2) == "26.98%"
+    assert acc_digits([0.304, 0.298, 0.2704]) == 1
+    assert acc_digits([0.27, 0.27]) == 1  # the same value prints the same

@@ -29,6 +29,20 @@ def fmt_num(x: float | None) -> str:
     return s
 
 
+def fmt_acc(a: float | None, digits: int = 1) -> str:
+    """An accuracy in percent; a fraction (<= 1) is scaled."""
+    if a is None:
+        return "—"
+    return f"{a * 100:.{digits}f}%" if a <= 1.0 else f"{a:.{digits}f}%"
+
+
+def acc_digits(values: list[float | None]) -> int:
+    """Decimals that tell the quoted accuracies apart: "27.0% vs 27.0%, 128 trails on both" read as a
+    contradiction when the values were 27.04% and 26.98%."""
+    shown = {fmt_acc(v) for v in values}
+    return 1 if len(shown) == len(set(values)) else 2
+
+
 def fmt_sci(x: float) -> str:
     """Weight decays read best as powers of ten: 1e-2, 3e-5, 0."""
     if x == 0:

@@ -39,7 +39,7 @@ from tuneassist.advisor.grids import (
     rescale_lr_for_batch,
     weight_decay_grid,
 )
-from tuneassist.advisor.numfmt import fmt_num, fmt_sci
+from tuneassist.advisor.numfmt import acc_digits, fmt_acc, fmt_num, fmt_sci
 from tuneassist.advisor.sweep_noise import (
     PAIR_WINDOW,
     Gap,
@@ -225,19 +225,6 @@ def _as_candidate(c: SweepCandidate | Mapping[str, Any]) -> SweepCandidate:
     return SweepCandidate(**{k: v for k, v in c.items() if k in known})
 
 
-def _fmt_acc(a: float | None, digits: int = 1) -> str:
-    if a is None:
-        return "—"
-    return f"{a * 100:.{digits}f}%" if a <= 1.0 else f"{a:.{digits}f}%"
-
-
-def _acc_digits(values: list[float | None]) -> int:
-    """Decimals that tell the quoted accuracies apart: "27.0% vs 27.0%, 128 trails on both" read as a
-    contradiction when the values were 27.04% and 26.98%."""
-    shown = {_fmt_acc(v) for v in values}
-    return 1 if len(shown) == len(set(values)) else 2
-
-
 @dataclass
 class _Sweep:
     """A sweep made ready to rank: the candidates' curves on one axis, their states, and (once there is a
@@ -290,7 +277,7 @@ class _Sweep:
                            self.rule.prefer, trails, gap)  # fmt: skip
 
     def num(self, i: int, acc: bool) -> str:
-        return _fmt_acc(self.acc_at[i]) if acc else f"{self.loss_at[i]:.3g}"
+        return fmt_acc(self.acc_at[i]) if acc else f"{self.loss_at[i]:.3g}"
 
     def acc_series(self) -> list[np.ndarray]:
         return [a if a is not None else np.array([]) for a in self.accs]
@@ -497,19 +484,19 @@ def _accuracy_decides(
     names = ", ".join(labels[i] for i in group)
     if len(a_group) == 1:
         runner = a_order[1]
-        dg = _acc_digits([sw.acc_at[a_lead], sw.acc_at[runner]])
+        dg = acc_digits([sw.acc_at[a_lead], sw.acc_at[runner]])
         expl = (
             f"{sw.name} {labels[a_lead]}: val loss did not separate {names} at {sw.where} "
             f"({sw.num(lead, False)} vs {tied_txt}, within noise {thr:.2g}), so val accuracy decided: "
-            f"{_fmt_acc(sw.acc_at[a_lead], dg)} vs {_fmt_acc(sw.acc_at[runner], dg)} for {labels[runner]}"
+            f"{fmt_acc(sw.acc_at[a_lead], dg)} vs {fmt_acc(sw.acc_at[runner], dg)} for {labels[runner]}"
             f" ({gap_words(ag[runner], True)}).{bad_note}"
         )
         order2 = a_order + [i for i in order if i not in group]
         return sw.result(a_lead, "val_acc", ag[runner].thr, ties, order2, expl, "accuracy", ag[runner])
     tp = _tie_pick(sw, a_group)
     pick, how = tp.winner, tp.how
-    dg = _acc_digits([sw.acc_at[i] for i in a_group])
-    acc_txt = ", ".join(f"{_fmt_acc(sw.acc_at[i], dg)} for {labels[i]}" for i in a_group)
+    dg = acc_digits([sw.acc_at[i] for i in a_group])
+    acc_txt = ", ".join(f"{fmt_acc(sw.acc_at[i], dg)} for {labels[i]}" for i in a_group)
     expl = (
         f"{sw.name} {labels[pick]}: val loss ties at {sw.where} ({sw.num(lead, False)} for {labels[lead]} vs "
         f"{tied_txt}, within noise {thr:.2g}) and val accuracy does too ({acc_txt}); {how}."
