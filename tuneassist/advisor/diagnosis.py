@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuneassist.advisor.grids import first_weight_decay, model_kind
-from tuneassist.advisor.numfmt import fmt_num, fmt_sci, round_sig
+from tuneassist.advisor.numfmt import fmt_acc, fmt_num, fmt_sci, round_sig
 
 KINDS = ("underfitting", "overfitting", "good_fit", "diverged", "too_noisy", "too_short", "not_learning")
 MIN_EVALS = 4
@@ -220,7 +220,7 @@ def _near_chance(
     )
     if not near:
         return None
-    what = f"val accuracy {100 * acc_last:.1f}%" if isinstance(acc_last, float) else f"val loss {vl[-1]:.3g}"
+    what = f"val accuracy {fmt_acc(acc_last)}" if isinstance(acc_last, float) else f"val loss {vl[-1]:.3g}"
     return Diagnosis(
         kind="not_learning",
         evidence={**win.evidence, "chance_acc": chance},

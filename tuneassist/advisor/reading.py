@@ -14,7 +14,7 @@ from typing import Any
 
 from tuneassist.advisor.diagnosis import Diagnosis, diagnose
 from tuneassist.advisor.lr_range import suggest_lr
-from tuneassist.advisor.numfmt import fmt_num
+from tuneassist.advisor.numfmt import fmt_acc, fmt_num
 from tuneassist.advisor.state import ChecklistState
 from tuneassist.advisor.steps import (
     HPARAMS,
@@ -310,16 +310,13 @@ class StepReading(ChecklistState):
     ) -> str:
         """'Final runs: the profile keeps the tuned profile (val accuracy 84.1%, test 83.9%); …'."""
 
-        def pct(v: Any) -> str:
-            return "—" if v is None else f"{100 * float(v):.1f}%"
-
         mine = results.get(chosen, {})
         name = self._label("final", variants[chosen]["value"])
         head = f"Final runs: the profile keeps the {name}"
         if mine.get("outcome") != "finished":
             head = f"Final 1cycle run {mine.get('outcome') or 'unfinished'}"
         else:
-            head += f" (val accuracy {pct(mine.get('val_acc'))}, test {pct(mine.get('test_acc'))})"
+            head += f" (val accuracy {fmt_acc(mine.get('val_acc'))}, test {fmt_acc(mine.get('test_acc'))})"
         parts = []
         for k in [k for k in variants if k != chosen]:
             r = results.get(k)
@@ -332,13 +329,14 @@ class StepReading(ChecklistState):
             gap = ""
             if mine.get("test_acc") is not None and r.get("test_acc") is not None:
                 gap = f", {100 * (float(mine['test_acc']) - float(r['test_acc'])):+.1f} points on test"
-            parts.append(f"{label}: val {pct(r.get('val_acc'))}, test {pct(r.get('test_acc'))}{gap}")
+            parts.append(f"{label}: val {fmt_acc(r.get('val_acc'))}, test {fmt_acc(r.get('test_acc'))}{gap}")
         if parts:
             head += "; " + "; ".join(parts)
         why = ""
         if chosen != "final" and "final" in results and results["final"].get("outcome") == "finished":
             why = (
-                f" The tuned values validated lower ({pct(results['final'].get('val_acc'))}): at this budget "
+                f" The tuned values validated lower ({fmt_acc(results['final'].get('val_acc'))}): at this "
+                "budget "
                 f"the later steps did not earn their place, so the profile takes the {name}'s values."
             )
         return f"{head}.{why} {d.explanation} Next: {d.remedy}"

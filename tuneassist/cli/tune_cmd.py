@@ -213,16 +213,19 @@ def _probe(
     """The memory probe (the largest batch that fits at the side the runs train at), with a live line
     while it runs; None with --train (your function builds its own batches) or when it could not tell."""
     from tuneassist.cli.status import StatusLine
-    from tuneassist.runs.probe_client import probe_in_subprocess
+    from tuneassist.runs.probe_client import PROBE_SECONDS, probe_in_subprocess
 
     status = StatusLine(sys.stderr)
 
     def probing(elapsed: float) -> None:
         if not quiet:
-            status.show(f"memory probe: the largest batch of {args.model} that fits · {elapsed:.0f} s of 120")
+            status.show(
+                f"memory probe: the largest batch of {args.model} that fits · "
+                f"{elapsed:.0f} s of {PROBE_SECONDS:.0f}"
+            )
 
     probe = None if args.train else probe_in_subprocess(
-        args.model, args.data, device="auto", timeout=120, allow_import=args.allow_import,
+        args.model, args.data, device="auto", allow_import=args.allow_import,
         model_dir=model_dir, on_wait=probing, image_size=side,
     )  # fmt: skip
     status.clear()

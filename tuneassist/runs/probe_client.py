@@ -24,6 +24,7 @@ from tuneassist.spec import RunSpec
 log = logging.getLogger("tuneassist.probe")
 
 REQUIRED_KEYS = ("max_batch", "device", "method", "explanation")
+PROBE_SECONDS = 120.0  # how long `tune` and the TUI wait for the probe; past it the batch limit is unknown
 
 
 def probe_command(
@@ -38,8 +39,7 @@ def probe_command(
     consent and folder are passed on, so the probe imports what the runs will, and the side the runs
     train at (`--image-size`), so it measures the activations they will have."""
     consent = ["--allow-import", *(["--model-dir", model_dir] if model_dir else [])] if allow_import else []
-    if image_size is not None:
-        consent += ["--image-size", str(image_size)]
+    size = ["--image-size", str(image_size)] if image_size is not None else []
     return [
         sys.executable,
         "-m",
@@ -52,6 +52,7 @@ def probe_command(
         device,
         "--json",
         *consent,
+        *size,
     ]
 
 
@@ -81,7 +82,7 @@ def probe_in_subprocess(
     model: str,
     data: str,
     device: str = "auto",
-    timeout: float = 120,
+    timeout: float = PROBE_SECONDS,
     allow_import: bool = False,
     model_dir: str | None = None,
     on_wait: Callable[[float], None] | None = None,

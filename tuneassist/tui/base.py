@@ -21,10 +21,10 @@ log = logging.getLogger("tuneassist.tui")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def log_note(app: Any) -> str:
-    """' (traceback in …/tui.log)' for a toast about an unexpected error, when the app logs to a file."""
+def log_note(app: Any, what: str = "traceback") -> str:
+    """' (traceback in …/tui.log)' for a toast about what the log holds, when the app logs to a file."""
     path = getattr(app, "log_file", None)
-    return f" (traceback in {path})" if path else ""
+    return f" ({what} in {path})" if path else ""
 
 
 def guarded(fn: F) -> F:

@@ -19,10 +19,10 @@ from tuneassist.advisor.checklist import BUDGETS, STEP_TITLES, STEPS, Checklist
 from tuneassist.dataref import is_data_module
 from tuneassist.errors import UserError
 from tuneassist.runs.launch import detect_gpus
-from tuneassist.runs.probe_client import probe_in_subprocess
+from tuneassist.runs.probe_client import PROBE_SECONDS, probe_in_subprocess
 from tuneassist.session import TuningSession, estimate_train_size, expected_throughput, parse_duration
 from tuneassist.spec import BUILTIN_MODELS, RunSpec
-from tuneassist.tui.base import LiveScreen, guarded
+from tuneassist.tui.base import LiveScreen, guarded, log_note
 from tuneassist.tui.dialogs import ConfirmDialog
 from tuneassist.tui.fmt import fmt_minutes
 from tuneassist.tui.keys import BACK_TO_CHECKLIST
@@ -32,7 +32,6 @@ from tuneassist.usercode import is_user_model, locate_module
 
 DATA_SUGGESTIONS = ["synthetic", "synthetic:2000", "cifar10", "cifar100", "folder:"]
 log = logging.getLogger(__name__)
-PROBE_SECONDS = 120  # as `tune` waits for it; past this the batch size limit is unknown
 BUDGET_HELP = {
     "quick": "quick (minutes on a CPU)",
     "standard": "standard (short GPU runs)",
@@ -278,7 +277,8 @@ class StartScreen(LiveScreen):
             make(None)
             return
         self._probing = True
-        self.app.notify(f"memory probe: the largest batch of {f['model']} that fits (at most 2 min)")
+        wait = f"at most {PROBE_SECONDS:.0f} s"
+        self.app.notify(f"memory probe: the largest batch of {f['model']} that fits ({wait})")
         self.run_worker(lambda: self._probe(f, model_dir, consent, make), thread=True, group="probe")
 
     def _probe(
@@ -288,7 +288,7 @@ class StartScreen(LiveScreen):
         probe = None
         try:
             probe = probe_in_subprocess(
-                f["model"], f["data"], device="auto", timeout=PROBE_SECONDS, allow_import=consent,
+                f["model"], f["data"], device="auto", allow_import=consent,
                 model_dir=model_dir, image_size=f["image_size"],
             )  # fmt: skip
         except Exception:  # noqa: BLE001 - a probe that breaks leaves the limit unknown, as one that fails
@@ -298,10 +298,9 @@ class StartScreen(LiveScreen):
     def _probed(self, make: Callable[[dict | None], None], probe: dict[str, Any] | None) -> None:
         self._probing = False
         if probe is None:
-            path = getattr(self.app, "log_file", None)
-            why = f" (the reason is in {path})" if path else ""
             self.app.notify(
-                f"the memory probe gave no answer{why}; the batch-size step has no memory limit",
+                f"the memory probe gave no answer{log_note(self.app, 'the reason')}; the batch-size step has "
+                "no memory limit",
                 severity="warning",
             )
         make(probe)
